@@ -1,0 +1,680 @@
+"""Read dlib's serialized model files into numpy arrays and small typed layer descriptions.
+
+A reader, not a dlib port: it decodes the byte format of `dlib/serialize.h` and the DNN
+containers of `dlib/dnn/core.h` (see docs/dlib-model-formats.md, sections 1-3, 7-9) and
+checks what it reads. Nothing here runs a model.
+
+Every problem raises `DlibFormatError`, which names the file, the byte offset and what was
+expected there, so a truncated, swapped or foreign file is reported before any inference runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+
+class DlibFormatError(ValueError):
+    """A model file is not what it claims to be: names the file, the offset and the expectation."""
+
+    def __init__(self, path: str, offset: int, expected: str, found: str = "") -> None:
+        self.path, self.offset, self.expected, self.found = path, offset, expected, found
+        message = f"{path}: at byte {offset}: expected {expected}"
+        if found:
+            message += f", found {found}"
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Primitive decoding (dlib/serialize.h, dlib/float_details.h)
+# ---------------------------------------------------------------------------------------------
+
+_SPECIAL_EXPONENTS = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
+
+
+class ByteReader:
+    """A cursor over a model file's bytes that decodes dlib's primitive encodings."""
+
+    def __init__(self, data: bytes, path: str = "<bytes>") -> None:
+        self.data = memoryview(data)
+        self.path = path
+        self.offset = 0
+
+    def fail(self, expected: str, found: str = "", offset: int | None = None) -> DlibFormatError:
+        return DlibFormatError(self.path, self.offset if offset is None else offset, expected, found)
+
+    def at_end(self) -> bool:
+        return self.offset >= len(self.data)
+
+    def raw(self, count: int, what: str) -> memoryview:
+        end = self.offset + count
+        if count < 0 or end > len(self.data):
+            raise self.fail(f"{count} bytes of {what}", f"only {len(self.data) - self.offset} left (truncated file)")
+        chunk = self.data[self.offset : end]
+        self.offset = end
+        return chunk
+
+    def int(self, what: str = "an integer") -> int:
+        """dlib's pack_int: control byte (sign 0x80, length 0x0F), then |value| little-endian."""
+        start = self.offset
+        if start >= len(self.data):
+            raise self.fail(what, "end of file (truncated file)")
+        control = self.data[start]
+        size = control & 0x0F
+        if control & 0x70 or size == 0 or size > 8:
+            raise self.fail(what, f"byte 0x{control:02x}, which does not start a dlib integer")
+        if start + 1 + size > len(self.data):
+            raise self.fail(what, "end of file (truncated file)")
+        value = int.from_bytes(self.data[start + 1 : start + 1 + size], "little")
+        self.offset = start + 1 + size
+        return -value if control & 0x80 else value
+
+    def uint(self, what: str = "an unsigned integer") -> int:
+        start = self.offset
+        value = self.int(what)
+        if value < 0:
+            raise self.fail(what, f"the negative value {value}", offset=start)
+        return value
+
+    def expect_int(self, expected: int, what: str) -> None:
+        start = self.offset
+        value = self.int(what)
+        if value != expected:
+            raise self.fail(f"{what} = {expected}", str(value), offset=start)
+
+    def bool(self, what: str = "a bool") -> bool:
+        byte = bytes(self.raw(1, what))
+        if byte not in (b"0", b"1"):
+            raise self.fail(what + " ('0' or '1')", repr(byte), offset=self.offset - 1)
+        return byte == b"1"
+
+    def float(self, what: str = "a float") -> float:
+        """float_details: integer mantissa, then integer exponent; value = mantissa * 2**exponent."""
+        start = self.offset
+        if start < len(self.data) and self.data[start] & 0x70:
+            raise self.fail(what, "a legacy ASCII float, which these models never use")
+        mantissa = self.int(what + " (mantissa)")
+        exponent = self.int(what + " (exponent)")
+        if exponent in _SPECIAL_EXPONENTS:
+            return _SPECIAL_EXPONENTS[exponent]
+        try:
+            return math.ldexp(float(mantissa), exponent)
+        except OverflowError:
+            raise self.fail(what, f"mantissa {mantissa} * 2**{exponent}, out of range", offset=start) from None
+
+    def floats(self, count: int, what: str) -> np.ndarray:
+        return np.array([self.float(what) for _ in range(count)], dtype=np.float64)
+
+    def string(self, what: str = "a string") -> str:
+        start = self.offset
+        length = self.int(what + " (length)")
+        if length < 0 or length > 256:
+            raise self.fail(what, f"a length of {length}", offset=start)
+        raw = bytes(self.raw(length, what))
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise self.fail(what, f"non-text bytes {raw[:16]!r}", offset=start) from None
+
+    def expect_string(self, allowed: tuple[str, ...], what: str) -> str:
+        start = self.offset
+        try:
+            value = self.string(what)
+        except DlibFormatError as error:
+            raise self.fail(f"{what} ({' or '.join(map(repr, allowed))})", error.found, offset=start) from None
+        if value not in allowed:
+            raise self.fail(f"{what} ({' or '.join(map(repr, allowed))})", repr(value), offset=start)
+        return value
+
+    def tensor(self, what: str = "a tensor") -> np.ndarray:
+        """resizable_tensor: version 2, n, k, nr, nc, then raw little-endian float32 in NCHW order."""
+        self.expect_int(2, what + " version")
+        shape = tuple(self.uint(what + " dimension") for _ in range(4))
+        count = int(np.prod(shape, dtype=np.int64))
+        if count * 4 > len(self.data) - self.offset:
+            raise self.fail(f"{count} float32 values of {what} {shape}", "a shorter file (truncated file)")
+        values = np.frombuffer(self.raw(count * 4, what), dtype="<f4").reshape(shape)
+        return values.astype(np.float32)
+
+    def alias(self, what: str = "an alias_tensor") -> tuple[int, int, int, int]:
+        self.expect_int(1, what + " version")
+        return tuple(self.uint(what + " dimension") for _ in range(4))  # type: ignore[return-value]
+
+    def expect_count(self, expected: int, what: str) -> int:
+        start = self.offset
+        count = self.uint(f"number of {what}")
+        if count != expected:
+            raise self.fail(f"{expected} {what}", str(count), offset=start)
+        return count
+
+    def float_matrix_column(self, what: str) -> np.ndarray:
+        """dlib::matrix<float,0,1>: -nr, -nc (=-1), then nr floats."""
+        start = self.offset
+        rows, cols = abs(self.int(what + " rows")), abs(self.int(what + " columns"))
+        if cols != 1:
+            raise self.fail(f"{what} as a column vector", f"{rows}x{cols} matrix", offset=start)
+        return self.floats(rows, what)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer descriptions (dlib/dnn/layers.h, input.h, loss.h)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Conv:
+    weights: np.ndarray  # (F, C, kh, kw) float32, cross-correlation
+    bias: np.ndarray  # (F,) float32
+    stride: tuple[int, int]  # (y, x)
+    padding: tuple[int, int]  # (y, x), both sides
+
+
+@dataclass(frozen=True)
+class Affine:
+    """y = gamma * x + beta per channel; `source` says whether the file stored affine_ or bn_con2."""
+
+    gamma: np.ndarray  # (C,) float32
+    beta: np.ndarray  # (C,) float32
+    source: str
+
+
+@dataclass(frozen=True)
+class Relu:
+    pass
+
+
+@dataclass(frozen=True)
+class Pool:
+    kind: str  # "max" or "avg"
+    size: tuple[int, int]  # (0, 0) = the whole input (avg_pool_everything)
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class AddPrev:
+    """Adds the output of a tagged layer (the tag is not stored in the file)."""
+
+
+@dataclass(frozen=True)
+class TagOrSkip:
+    """tag / skip wrappers: identities whose IDs are not stored in the file."""
+
+
+@dataclass(frozen=True)
+class FullyConnected:
+    weights: np.ndarray  # (num_inputs, num_outputs) float32; out = x_flat @ weights
+    bias: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class InputImageSized:
+    means: tuple[float, float, float]  # R, G, B
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class InputImagePyramid:
+    means: tuple[float, float, float]
+    padding: int
+    outer_padding: int
+
+
+@dataclass(frozen=True)
+class DetectorWindow:
+    width: int
+    height: int
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class LossMMOD:
+    windows: tuple[DetectorWindow, ...]
+    loss_per_false_alarm: float
+    loss_per_missed_target: float
+    truth_match_iou_threshold: float
+    nms_iou_threshold: float
+    nms_percent_covered_threshold: float
+    ignore_iou_threshold: float
+    ignore_percent_covered_threshold: float
+    bbox_regression: bool = False
+
+
+@dataclass(frozen=True)
+class LossMetric:
+    margin: float
+    distance_threshold: float
+
+
+Layer = Union[Conv, Affine, Relu, Pool, AddPrev, TagOrSkip, FullyConnected]
+InputLayer = Union[InputImageSized, InputImagePyramid]
+
+
+@dataclass(frozen=True)
+class DlibNetwork:
+    """A parsed network: loss, layers outermost first (as in the type), and the input layer."""
+
+    path: str
+    loss: LossMMOD | LossMetric
+    layers: tuple[Layer, ...]
+    input: InputLayer
+    # Byte offset where each layer's record starts, outermost first (None for tag/skip).
+    offsets: tuple[int | None, ...] = field(default=(), compare=False)
+
+
+def _read_conv(reader: ByteReader, version: str) -> Conv:
+    params = reader.tensor("con_ params")
+    num_filters = reader.int("con_ num_filters")
+    rows, cols = reader.int("con_ kernel rows"), reader.int("con_ kernel cols")
+    stride = (reader.int("con_ stride_y"), reader.int("con_ stride_x"))
+    padding = (reader.int("con_ padding_y"), reader.int("con_ padding_x"))
+    filters_shape = reader.alias("con_ filters alias")
+    reader.alias("con_ biases alias")
+    for name in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult"):
+        reader.float("con_ " + name)
+    use_bias = reader.bool("con_ use_bias") if version in ("con_5", "con_6") else True
+    if version == "con_6":
+        if reader.bool("con_ use_relu"):
+            raise reader.fail("con_ without a fused relu", "use_relu = true")
+    f, c, kh, kw = filters_shape
+    if (f, kh, kw) != (num_filters, rows, cols):
+        raise reader.fail(f"a filters alias of ({num_filters}, C, {rows}, {cols})", str(filters_shape))
+    n_weights = f * c * kh * kw
+    expected = n_weights + (f if use_bias else 0)
+    if params.size != expected:
+        raise reader.fail(f"{expected} con_ parameters for {filters_shape}", f"{params.size}")
+    flat = params.reshape(-1)
+    bias = flat[n_weights:] if use_bias else np.zeros(f, np.float32)
+    return Conv(flat[:n_weights].reshape(f, c, kh, kw).copy(), bias.copy(), stride, padding)
+
+
+def _read_affine(reader: ByteReader, version: str) -> Affine:
+    params = reader.tensor("affine_ params").reshape(-1)
+    reader.alias("affine_ gamma alias")
+    reader.alias("affine_ beta alias")
+    start = reader.offset
+    mode = reader.int("affine_ mode")
+    if mode != 0:
+        raise reader.fail("affine_ in CONV_MODE (0)", f"mode {mode}", offset=start)
+    if version == "affine_2":
+        reader.bool("affine_ disabled")
+    half = params.size // 2
+    return Affine(params[:half].copy(), params[half:].copy(), "affine_")
+
+
+def _read_bn_as_affine(reader: ByteReader, version: str) -> Affine:
+    """A bn_con2 record loaded into an affine_ layer, as dlib does (float32 arithmetic)."""
+    if version != "bn_con2":
+        raise reader.fail("bn_con2 (convolutional batch norm)", repr(version))
+    params = reader.tensor("bn_ params").reshape(-1)
+    reader.alias("bn_ gamma alias")
+    reader.alias("bn_ beta alias")
+    reader.tensor("bn_ means")
+    reader.tensor("bn_ invstds")
+    running_means = reader.tensor("bn_ running_means").reshape(-1)
+    running_variances = reader.tensor("bn_ running_variances").reshape(-1)
+    reader.uint("bn_ num_updates")
+    reader.uint("bn_ running_stats_window_size")
+    for name in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult"):
+        reader.float("bn_ " + name)
+    eps = np.float32(reader.float("bn_ eps"))
+    half = params.size // 2
+    if running_means.size != half or running_variances.size != half:
+        raise reader.fail(f"{half} running means and variances", f"{running_means.size}, {running_variances.size}")
+    gamma = params[:half] / np.sqrt(running_variances + eps)
+    beta = params[half:] - gamma * running_means
+    return Affine(gamma.astype(np.float32), beta.astype(np.float32), "bn_con2")
+
+
+def _read_pool(reader: ByteReader, version: str) -> Pool:
+    size = (reader.int("pool rows"), reader.int("pool cols"))
+    stride = (reader.int("pool stride_y"), reader.int("pool stride_x"))
+    padding = (reader.int("pool padding_y"), reader.int("pool padding_x"))
+    return Pool("max" if version.startswith("max") else "avg", size, stride, padding)
+
+
+def _read_fc(reader: ByteReader, version: str) -> FullyConnected:
+    num_outputs, num_inputs = reader.uint("fc_ num_outputs"), reader.uint("fc_ num_inputs")
+    params = reader.tensor("fc_ params").reshape(-1)
+    reader.alias("fc_ weights alias")
+    reader.alias("fc_ biases alias")
+    bias_mode = reader.int("fc_ bias_mode")
+    for name in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult"):
+        reader.float("fc_ " + name)
+    if version == "fc_3":
+        reader.bool("fc_ use_bias")
+    has_bias = bias_mode == 0
+    expected = (num_inputs + (1 if has_bias else 0)) * num_outputs
+    if params.size != expected:
+        raise reader.fail(f"{expected} fc_ parameters", str(params.size))
+    matrix = params.reshape(-1, num_outputs)
+    return FullyConnected(matrix[:num_inputs].copy(), matrix[num_inputs].copy() if has_bias else None)
+
+
+def _read_relu(reader: ByteReader, version: str) -> Relu:
+    if version == "relu_2":
+        reader.bool("relu_ disabled")
+    return Relu()
+
+
+_LAYER_READERS = {
+    "con_4": _read_conv, "con_5": _read_conv, "con_6": _read_conv,
+    "affine_": _read_affine, "affine_2": _read_affine,
+    "bn_con2": _read_bn_as_affine,
+    "relu_": _read_relu, "relu_2": _read_relu,
+    "max_pool_2": _read_pool, "avg_pool_2": _read_pool,
+    "add_prev_": lambda reader, version: AddPrev(),
+    "fc_2": _read_fc, "fc_3": _read_fc,
+}  # fmt: skip
+
+
+def _read_layer_details(reader: ByteReader) -> Layer:
+    version = reader.expect_string(tuple(_LAYER_READERS), "a layer record name")
+    layer = _LAYER_READERS[version](reader, version)
+    # add_layer's own trailer: 3 bools and 3 tensors (x_grad, cached_output, params_grad).
+    for name in ("this_layer_setup_called", "gradient_input_is_stale", "output_and_gradient_disabled"):
+        reader.bool(name)
+    for name in ("x_grad", "cached_output", "params_grad"):
+        reader.tensor(name)
+    return layer
+
+
+def _read_input(reader: ByteReader) -> InputLayer:
+    version = reader.expect_string(
+        ("input_rgb_image_sized", "input_rgb_image_pyramid", "input_rgb_image_pyramid2"), "an input layer name"
+    )
+    means = (reader.float("avg_red"), reader.float("avg_green"), reader.float("avg_blue"))
+    means32 = tuple(float(np.float32(m)) for m in means)
+    if version == "input_rgb_image_sized":
+        return InputImageSized(means32, reader.uint("input rows"), reader.uint("input cols"))  # type: ignore[arg-type]
+    if version == "input_rgb_image_pyramid2":
+        padding, outer = reader.uint("pyramid_padding"), reader.uint("pyramid_outer_padding")
+    else:
+        padding, outer = 10, 11  # defaults of the v1 record (dlib/dnn/input.h)
+    return InputImagePyramid(means32, padding, outer)  # type: ignore[arg-type]
+
+
+def _read_loss_mmod(reader: ByteReader) -> LossMMOD:
+    start = reader.offset
+    version = reader.int("mmod_options version")
+    if version not in (1, 2, 3, 4):
+        raise reader.fail("mmod_options version 1..4", str(version), offset=start)
+    if version == 1:
+        windows = (DetectorWindow(reader.uint("detector width"), reader.uint("detector height")),)
+    else:
+        count = reader.uint("number of detector windows")
+        found = []
+        for _ in range(count):
+            window_version = reader.int("detector window version")
+            width, height = reader.uint("detector width"), reader.uint("detector height")
+            label = reader.string("detector label") if window_version == 2 else ""
+            found.append(DetectorWindow(width, height, label))
+        windows = tuple(found)
+    values = [reader.float(name) for name in (
+        "loss_per_false_alarm", "loss_per_missed_target", "truth_match_iou_threshold",
+        "overlaps_nms iou", "overlaps_nms percent covered", "overlaps_ignore iou",
+        "overlaps_ignore percent covered")]  # fmt: skip
+    bbr = False
+    if version >= 3:
+        reader.raw(1, "assume_image_pyramid")
+    if version >= 4:
+        bbr = reader.bool("use_bounding_box_regression")
+        reader.float("bbr_lambda")
+    return LossMMOD(windows, *values, bbox_regression=bbr)
+
+
+def _read_loss(reader: ByteReader) -> LossMMOD | LossMetric:
+    reader.expect_int(1, "the network's loss layer version (1)")
+    name = reader.expect_string(("loss_mmod_", "loss_metric_", "loss_metric_2"), "the loss layer name")
+    if name == "loss_mmod_":
+        return _read_loss_mmod(reader)
+    if name == "loss_metric_":
+        return LossMetric(0.1, 0.75)
+    return LossMetric(reader.float("loss_metric margin"), reader.float("loss_metric dist_thresh"))
+
+
+def parse_network(data: bytes, path: str = "<bytes>") -> DlibNetwork:
+    """Parse any dlib DNN file of the layer types above into a `DlibNetwork` (layers outermost first)."""
+    reader = ByteReader(data, path)
+    if bytes(data[:3]) == b"BZh":
+        raise reader.fail("an uncompressed dlib model", "a bzip2 file: decompress it first (bunzip2)")
+    loss = _read_loss(reader)
+    # Wrapper versions, outermost first: 2 = add_layer, 1 = tag/skip, 3 = the layer owning the input.
+    kinds: list[int] = []
+    while True:
+        start = reader.offset
+        version = reader.int("a layer wrapper version (1, 2 or 3)")
+        if version not in (1, 2, 3):
+            raise reader.fail("a layer wrapper version (1, 2 or 3)", str(version), offset=start)
+        kinds.append(version)
+        if version == 3:
+            break
+        if len(kinds) > 10_000:
+            raise reader.fail("the input layer within 10000 layers")
+    input_layer = _read_input(reader)
+    layers: list[Layer | None] = [None] * len(kinds)
+    offsets: list[int | None] = [None] * len(kinds)
+    offsets[-1] = reader.offset
+    innermost = _read_layer_details_owner(reader)
+    layers[-1] = innermost
+    for index in range(len(kinds) - 2, -1, -1):
+        if kinds[index] == 1:
+            layers[index] = TagOrSkip()
+            continue
+        offsets[index] = reader.offset
+        layers[index] = _read_layer_details(reader)
+    if not reader.at_end():
+        raise reader.fail("the end of the file", f"{len(reader.data) - reader.offset} more bytes")
+    return DlibNetwork(path, loss, tuple(layers), input_layer, tuple(offsets))  # type: ignore[arg-type]
+
+
+def _read_layer_details_owner(reader: ByteReader) -> Layer:
+    """The innermost add_layer (version 3): details, 3 bools, 3 tensors, sample_expansion_factor."""
+    version = reader.expect_string(tuple(_LAYER_READERS), "a layer record name")
+    layer = _LAYER_READERS[version](reader, version)
+    for name in ("this_layer_setup_called", "gradient_input_is_stale", "output_and_gradient_disabled"):
+        reader.bool(name)
+    for name in ("x_grad", "cached_output", "grad_final"):
+        reader.tensor(name)
+    reader.int("sample_expansion_factor")
+    return layer
+
+
+# ---------------------------------------------------------------------------------------------
+# The two networks: the structure is not in the file, so it is checked here.
+# ---------------------------------------------------------------------------------------------
+
+# Layer kinds outermost first; "t" = tag/skip. Used to refuse a network of another architecture.
+_DETECTOR_KINDS = ["Conv"] + ["Relu", "Affine", "Conv"] * 6
+_BLOCK = ["Affine", "Conv", "Relu", "Affine", "Conv"]
+_ARES = ["Relu", "AddPrev", *_BLOCK, "t"]
+_ARES_DOWN = ["Relu", "AddPrev", "Pool", "t", "t", *_BLOCK, "t"]
+_EMBEDDER_KINDS = (
+    ["FullyConnected", "Pool"]
+    + _ARES_DOWN + _ARES * 2 + _ARES_DOWN + _ARES * 2 + _ARES_DOWN + _ARES * 3 + _ARES_DOWN + _ARES * 3
+    + ["Pool", "Relu", "Affine", "Conv"]
+)  # fmt: skip
+
+
+def _kind(layer: Layer) -> str:
+    return "t" if isinstance(layer, TagOrSkip) else type(layer).__name__
+
+
+def _check_structure(network: DlibNetwork, expected: list[str], what: str) -> None:
+    found = [_kind(layer) for layer in network.layers]
+    if found != expected:
+        first = next((i for i, (a, b) in enumerate(zip(found, expected)) if a != b), min(len(found), len(expected)))
+        offset = next((o for o in network.offsets[first:] if o is not None), 0) if network.offsets else 0
+        raise DlibFormatError(
+            network.path, offset or 0, f"the {what} architecture ({len(expected)} layers)",
+            f"{len(found)} layers, differing at layer {first}",
+        )
+
+
+def read_network_file(path: str | Path) -> DlibNetwork:
+    path = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DlibFormatError(path, 0, "a readable model file", error.strerror or str(error)) from None
+    if not data:
+        raise DlibFormatError(path, 0, "a dlib model", "an empty file")
+    return parse_network(data, path)
+
+
+def read_mmod_detector(path: str | Path) -> DlibNetwork:
+    """mmod_human_face_detector.dat: loss_mmod, 7 convs with bn_con2, a tiled-pyramid input."""
+    network = read_network_file(path)
+    if not isinstance(network.loss, LossMMOD) or not isinstance(network.input, InputImagePyramid):
+        raise DlibFormatError(network.path, 2, "an MMOD detector (loss_mmod_ + image pyramid input)",
+                              f"a network with {type(network.loss).__name__}")
+    _check_structure(network, _DETECTOR_KINDS, "MMOD face detector")
+    return network
+
+
+def read_face_embedder(path: str | Path) -> DlibNetwork:
+    """dlib_face_recognition_resnet_model_v1.dat: loss_metric, ResNet-29, 150x150 input."""
+    network = read_network_file(path)
+    if not isinstance(network.loss, LossMetric) or not isinstance(network.input, InputImageSized):
+        raise DlibFormatError(network.path, 2, "a face embedder (loss_metric_ + 150x150 input)",
+                              f"a network with {type(network.loss).__name__}")
+    _check_structure(network, _EMBEDDER_KINDS, "ResNet face embedder")
+    return network
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape predictor (dlib/image_processing/shape_predictor.h)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShapePredictorModel:
+    """An ensemble of regression trees, as stacked arrays (C cascades, T trees, depth D)."""
+
+    initial_shape: np.ndarray  # (P, 2) float32, in the unit face box
+    split_index1: np.ndarray  # (C, T, 2**D - 1) int32, heap order
+    split_index2: np.ndarray  # (C, T, 2**D - 1) int32
+    split_threshold: np.ndarray  # (C, T, 2**D - 1) float32
+    leaf_values: np.ndarray  # (C, T, 2**D, P, 2) float32
+    anchor_index: np.ndarray  # (C, F) int32: landmark each feature pixel is anchored to
+    deltas: np.ndarray  # (C, F, 2) float32: offset from the anchor, in unit-box coordinates
+
+    @property
+    def num_parts(self) -> int:
+        return int(self.initial_shape.shape[0])
+
+
+def parse_shape_predictor(data: bytes, path: str = "<bytes>") -> ShapePredictorModel:
+    reader = ByteReader(data, path)
+    if len(data) >= 3 and data[2:3] and bytes(data[2:3]).isalpha():
+        # Networks start with 01 01 <string length> <letters>; a shape predictor with 01 01 81 ...
+        raise reader.fail("a shape predictor (version 1, then the initial shape matrix)",
+                          "what looks like a dlib network (its loss layer name)", offset=2)
+    reader.expect_int(1, "the shape predictor version (1)")
+    start = reader.offset
+    try:
+        initial = reader.float_matrix_column("initial_shape").astype(np.float32)
+    except DlibFormatError as error:
+        raise reader.fail("the initial shape matrix of a shape predictor", error.found or error.expected,
+                          offset=start) from None
+    if initial.size == 0 or initial.size % 2:
+        raise reader.fail("an initial shape of 2*P values", str(initial.size), offset=start)
+    parts = initial.size // 2
+    num_cascades = reader.uint("number of cascades")
+    idx1: list[list[list[int]]] = []
+    idx2: list[list[list[int]]] = []
+    thresholds: list[list[list[float]]] = []
+    leaves: list[list[np.ndarray]] = []
+    for _ in range(num_cascades):
+        num_trees = reader.uint("number of trees")
+        cascade = ([], [], [], [])
+        for _ in range(num_trees):
+            num_splits = reader.uint("number of splits")
+            a, b, t = [], [], []
+            for _ in range(num_splits):
+                a.append(reader.uint("split idx1"))
+                b.append(reader.uint("split idx2"))
+                t.append(reader.float("split threshold"))
+            num_leaves = reader.uint("number of leaves")
+            if num_leaves != num_splits + 1:
+                raise reader.fail(f"{num_splits + 1} leaves for {num_splits} splits", str(num_leaves))
+            tree_leaves = np.empty((num_leaves, 2 * parts), np.float64)
+            for leaf in range(num_leaves):
+                values = reader.float_matrix_column("leaf values")
+                if values.size != 2 * parts:
+                    raise reader.fail(f"{2 * parts} leaf values", str(values.size))
+                tree_leaves[leaf] = values
+            cascade[0].append(a)
+            cascade[1].append(b)
+            cascade[2].append(t)
+            cascade[3].append(tree_leaves)
+        idx1.append(cascade[0])
+        idx2.append(cascade[1])
+        thresholds.append(cascade[2])
+        leaves.append(cascade[3])
+    anchors = [[reader.uint("anchor index") for _ in range(reader.uint("number of anchors"))]
+               for _ in range(reader.expect_count(num_cascades, "anchor lists"))]
+    deltas = [[(reader.float("delta x"), reader.float("delta y")) for _ in range(reader.uint("number of deltas"))]
+              for _ in range(reader.expect_count(num_cascades, "delta lists"))]
+    if not reader.at_end():
+        raise reader.fail("the end of the shape predictor", f"{len(reader.data) - reader.offset} more bytes")
+    try:
+        model = ShapePredictorModel(
+            initial_shape=initial.reshape(parts, 2),
+            split_index1=np.array(idx1, np.int32),
+            split_index2=np.array(idx2, np.int32),
+            split_threshold=np.array(thresholds, np.float32),
+            leaf_values=np.array(leaves, np.float32).reshape(num_cascades, -1, len(leaves[0][0]), parts, 2),
+            anchor_index=np.array(anchors, np.int32),
+            deltas=np.array(deltas, np.float32),
+        )
+    except (ValueError, IndexError):
+        raise reader.fail("trees of equal depth and equal feature counts in every cascade", "ragged arrays") from None
+    num_features = model.anchor_index.shape[1]
+    if model.split_index1.max(initial=0) >= num_features or model.split_index2.max(initial=0) >= num_features:
+        raise reader.fail(f"split feature indices below {num_features}", "larger ones")
+    if model.anchor_index.max(initial=0) >= parts or model.deltas.shape[:2] != model.anchor_index.shape:
+        raise reader.fail(f"anchors below {parts} and one delta per anchor", "mismatched anchors/deltas")
+    return model
+
+
+def read_shape_predictor(path: str | Path) -> ShapePredictorModel:
+    path = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DlibFormatError(path, 0, "a readable model file", error.strerror or str(error)) from None
+    if not data:
+        raise DlibFormatError(path, 0, "a dlib shape predictor", "an empty file")
+    return parse_shape_predictor(data, path)
+
+
+def float_details_bytes(value: float, digits: int = 24) -> bytes:
+    """Encode a float as dlib does (for tests and fixtures): mantissa, then exponent, trailing zero bytes shifted."""
+    if math.isnan(value):
+        return _pack_int(0) + _pack_int(32002)
+    if math.isinf(value):
+        return _pack_int(0) + _pack_int(32000 if value > 0 else 32001)
+    fraction, exponent = math.frexp(value)
+    mantissa = int(fraction * (1 << digits))
+    exponent -= digits
+    for _ in range(8):
+        if mantissa & 0xFF:
+            break
+        mantissa >>= 8
+        exponent += 8
+    return _pack_int(mantissa) + _pack_int(exponent)
+
+
+def _pack_int(value: int) -> bytes:
+    magnitude = abs(value)
+    body = magnitude.to_bytes(max(1, (magnitude.bit_length() + 7) // 8), "little")
+    return bytes([len(body) | (0x80 if value < 0 else 0)]) + body
+
+
+pack_int = _pack_int

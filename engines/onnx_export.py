@@ -1,0 +1,275 @@
+"""Build ONNX graphs of dlib's two networks from the parsed weights, and cache them on disk.
+
+Only standard operators that TensorRT's ONNX parser supports are used: Conv, Relu, Add, Pad,
+MaxPool, AveragePool, GlobalAveragePool, Flatten, Gemm (and Mul/Add for an unfolded affine).
+Each affine (dlib's `affine_`, or a `bn_con2` record loaded as one) directly follows a conv in
+both networks, so by default it is folded into that conv's weights: exact in real arithmetic,
+a change of float rounding of about 1e-7 relative.
+
+The graphs take normalised planes, `(float32(pixel) - mean) / 256` in R, G, B order, NCHW;
+the numpy side does that (it is cheap, and it keeps uint8 handling out of the engines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .dlib_format import (
+    AddPrev,
+    Affine,
+    Conv,
+    DlibNetwork,
+    FullyConnected,
+    Pool,
+    Relu,
+    TagOrSkip,
+    read_face_embedder,
+    read_mmod_detector,
+)
+
+OPSET = 17
+EXPORT_VERSION = 1  # bump when the graph layout changes: old cache files are then ignored
+
+# Tag/skip/add_prev IDs are not stored in the file (docs/dlib-model-formats.md §5): for the
+# embedder, `ares` adds tag1 and `ares_down` adds tag2 after skipping back to tag1.
+_ARES = ["relu", ("add", 1), "aff", "conv", "relu", "aff", "conv", ("tag", 1)]
+_ARES_DOWN = ["relu", ("add", 2), "pool", ("skip", 1), ("tag", 2), "aff", "conv", "relu", "aff", "conv", ("tag", 1)]
+EMBEDDER_ROLES: list = (
+    ["fc", "pool"]
+    + _ARES_DOWN + _ARES * 2 + _ARES_DOWN + _ARES * 2 + _ARES_DOWN + _ARES * 3 + _ARES_DOWN + _ARES * 3
+    + ["pool", "relu", "aff", "conv"]
+)  # fmt: skip
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class _GraphBuilder:
+    nodes: list
+    initializers: list
+    counter: int = 0
+
+    def name(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}_{self.counter}"
+
+    def const(self, array: np.ndarray, prefix: str) -> str:
+        name = self.name(prefix)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], prefix: str | None = None, **attrs) -> str:
+        out = self.name(prefix or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def conv(self, x: str, layer: Conv, affine: Affine | None) -> str:
+        weights, bias = layer.weights.astype(np.float64), layer.bias.astype(np.float64)
+        if affine is not None:  # fold y = g*(w*x + b) + beta into the conv
+            gamma = affine.gamma.astype(np.float64)
+            weights = weights * gamma[:, None, None, None]
+            bias = bias * gamma + affine.beta.astype(np.float64)
+        (sy, sx), (py, px) = layer.stride, layer.padding
+        return self.op(
+            "Conv",
+            [x, self.const(weights.astype(np.float32), "w"), self.const(bias.astype(np.float32), "b")],
+            "conv", kernel_shape=list(layer.weights.shape[2:]), strides=[sy, sx], pads=[py, px, py, px],
+        )  # fmt: skip
+
+    def affine(self, x: str, layer: Affine) -> str:
+        gamma = self.const(layer.gamma.reshape(1, -1, 1, 1), "gamma")
+        beta = self.const(layer.beta.reshape(1, -1, 1, 1), "beta")
+        return self.op("Add", [self.op("Mul", [x, gamma]), beta], "affine")
+
+    def pool(self, x: str, layer: Pool) -> str:
+        if layer.size == (0, 0):
+            return self.op("GlobalAveragePool", [x], "gap")
+        (sy, sx), (py, px) = layer.stride, layer.padding
+        if (py, px) != (0, 0):
+            raise ValueError("padded pooling is not in dlib's face models and is not exported")
+        return self.op(
+            "MaxPool" if layer.kind == "max" else "AveragePool", [x], f"{layer.kind}pool",
+            kernel_shape=list(layer.size), strides=[sy, sx],
+        )  # fmt: skip
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return 1 + (size + 2 * pad - kernel) // stride
+
+
+def _model(builder: _GraphBuilder, graph_name: str, inputs: list, outputs: list, doc: str) -> onnx.ModelProto:
+    graph = helper.make_graph(builder.nodes, graph_name, inputs, outputs, builder.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="facestream")
+    model.ir_version = 8  # readable by TensorRT 8.6+ and every current ONNX Runtime
+    model.doc_string = doc
+    return model
+
+
+def embedder_model(network: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
+    """The ResNet face embedder: input `chips` (N,3,150,150) normalised, output `descriptors` (N,128)."""
+    layers = list(network.layers)
+    if len(layers) != len(EMBEDDER_ROLES):
+        raise ValueError(f"{network.path}: expected {len(EMBEDDER_ROLES)} embedder layers, got {len(layers)}")
+    builder = _GraphBuilder([], [])
+    rows, cols = network.input.rows, network.input.cols  # type: ignore[union-attr]
+    current, shape = "chips", (3, rows, cols)
+    tags: dict[int, tuple[str, tuple[int, int, int]]] = {}
+    pending_conv: tuple[Conv, tuple[int, int, int]] | None = None
+
+    def flush_conv(affine: Affine | None) -> None:
+        nonlocal current, pending_conv
+        if pending_conv is not None:
+            current = builder.conv(current, pending_conv[0], affine)
+            pending_conv = None
+
+    for role, layer in zip(reversed(EMBEDDER_ROLES), reversed(layers)):
+        if role == "conv":
+            assert isinstance(layer, Conv)
+            flush_conv(None)
+            (sy, sx), (py, px) = layer.stride, layer.padding
+            kh, kw = layer.weights.shape[2:]
+            shape = (layer.weights.shape[0], _conv_out(shape[1], kh, sy, py), _conv_out(shape[2], kw, sx, px))
+            pending_conv = (layer, shape)
+            if not fold_affine:
+                flush_conv(None)
+            continue
+        if role == "aff" and pending_conv is not None:
+            assert isinstance(layer, Affine)
+            flush_conv(layer)
+            continue
+        flush_conv(None)
+        if role == "aff":
+            assert isinstance(layer, Affine)
+            current = builder.affine(current, layer)
+        elif role == "relu":
+            assert isinstance(layer, Relu)
+            current = builder.op("Relu", [current], "relu")
+        elif role == "pool":
+            assert isinstance(layer, Pool)
+            current = builder.pool(current, layer)
+            if layer.size == (0, 0):
+                shape = (shape[0], 1, 1)
+            else:
+                shape = (shape[0],) + tuple(
+                    _conv_out(shape[1 + i], layer.size[i], layer.stride[i], 0) for i in range(2)
+                )  # type: ignore[assignment]
+        elif role == "fc":
+            assert isinstance(layer, FullyConnected)
+            flat = builder.op("Flatten", [current], "flatten", axis=1)
+            bias = layer.bias if layer.bias is not None else np.zeros(layer.weights.shape[1], np.float32)
+            current = builder.op("Gemm", [flat, builder.const(layer.weights, "fc_w"), builder.const(bias, "fc_b")], "fc")
+            shape = (layer.weights.shape[1], 1, 1)
+        elif role[0] == "tag":
+            assert isinstance(layer, TagOrSkip)
+            tags[role[1]] = (current, shape)
+        elif role[0] == "skip":
+            current, shape = tags[role[1]]
+        elif role[0] == "add":
+            assert isinstance(layer, AddPrev)
+            other, other_shape = tags[role[1]]
+            out_shape = tuple(max(a, b) for a, b in zip(shape, other_shape))
+            # dlib zero-extends each input at the end of the channel, row and column axes.
+            current = builder.op("Add", [_zero_extend(builder, current, shape, out_shape),
+                                         _zero_extend(builder, other, other_shape, out_shape)], "add")
+            shape = out_shape  # type: ignore[assignment]
+    flush_conv(None)
+    outputs = [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["batch", shape[0]])]
+    builder.nodes[-1].output[0] = "descriptors"
+    outputs[0].name = "descriptors"
+    inputs = [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["batch", 3, rows, cols])]
+    return _model(builder, "dlib_face_recognition_resnet_model_v1", inputs, outputs,
+                  "dlib ResNet face embedder; input (x - mean)/256 RGB planes; output 128-d descriptor")
+
+
+def _zero_extend(builder: _GraphBuilder, x: str, shape: tuple, out_shape: tuple) -> str:
+    if shape == out_shape:
+        return x
+    ends = [0] + [b - a for a, b in zip(shape, out_shape)]  # N, C, H, W
+    pads = builder.const(np.array([0, 0, 0, 0, *ends], np.int64), "pads")
+    return builder.op("Pad", [x, pads], "zext", mode="constant")
+
+
+def detector_model(network: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
+    """The MMOD detector body: input `pyramid` (N,3,H,W) normalised, output `scores` (N,1,Ho,Wo)."""
+    builder = _GraphBuilder([], [])
+    current = "pyramid"
+    layers = list(reversed(network.layers))  # innermost first: conv, affine, relu, ..., conv
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        if isinstance(layer, Conv):
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            if fold_affine and isinstance(following, Affine):
+                current = builder.conv(current, layer, following)
+                index += 2
+                continue
+            current = builder.conv(current, layer, None)
+        elif isinstance(layer, Affine):
+            current = builder.affine(current, layer)
+        elif isinstance(layer, Relu):
+            current = builder.op("Relu", [current], "relu")
+        else:
+            raise ValueError(f"{network.path}: unexpected {type(layer).__name__} in the MMOD detector")
+        index += 1
+    builder.nodes[-1].output[0] = "scores"
+    num_windows = network.layers[0].weights.shape[0]  # type: ignore[union-attr]
+    inputs = [helper.make_tensor_value_info("pyramid", TensorProto.FLOAT, ["batch", 3, "height", "width"])]
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", num_windows, "out_h", "out_w"])]
+    return _model(builder, "mmod_human_face_detector", inputs, outputs,
+                  "dlib MMOD CNN face detector body; input tiled pyramid of (x - mean)/256 RGB planes")
+
+
+_BUILDERS = {
+    "embedder": (read_face_embedder, embedder_model),
+    "detector": (read_mmod_detector, detector_model),
+}
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("FACESTREAM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "facestream"
+    )
+    return Path(root)
+
+
+def cached_onnx(model_path: str | Path, kind: str, cache_dir: str | Path | None = None,
+                fold_affine: bool = True) -> Path:
+    """The ONNX file for a dlib model, built on first use and cached by the model file's sha256.
+
+    A cache file that fails `onnx.checker` is rebuilt. Writes go to a temporary file first and
+    are renamed into place, so concurrent workers never read half a file.
+    """
+    reader, build = _BUILDERS[kind]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    digest = sha256_file(model_path)
+    suffix = "" if fold_affine else "-unfolded"
+    target = cache / f"{kind}-{digest[:16]}-v{EXPORT_VERSION}{suffix}.onnx"
+    if target.exists():
+        try:
+            onnx.checker.check_model(str(target))
+            return target
+        except Exception:  # noqa: BLE001 - any unreadable cache file is simply rebuilt
+            target.unlink(missing_ok=True)
+    model = build(reader(model_path), fold_affine=fold_affine)
+    model.metadata_props.add(key="source_sha256", value=digest)
+    onnx.checker.check_model(model, full_check=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache, suffix=".onnx.tmp", delete=False) as handle:
+        handle.write(model.SerializeToString())
+        temporary = handle.name
+    os.replace(temporary, target)
+    return target

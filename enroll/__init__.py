@@ -1,0 +1,1 @@
+"""Who is who: the gallery store, its FAISS index and the matching rules."""

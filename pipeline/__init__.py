@@ -1,0 +1,1 @@
+"""Frames in, events out: messages, sources, stages, tracker, sinks and the command line."""
