@@ -571,8 +571,8 @@ class ShapePredictorModel:
 
 def parse_shape_predictor(data: bytes, path: str = "<bytes>") -> ShapePredictorModel:
     reader = ByteReader(data, path)
-    if len(data) >= 3 and data[2:3] and bytes(data[2:3]).isalpha():
-        # Networks start with 01 01 <string length> <letters>; a shape predictor with 01 01 81 ...
+    if bytes(data[4:8]) == b"loss":
+        # Networks start with 01 01 <string length> "loss..."; a shape predictor with 01 01 81 ...
         raise reader.fail("a shape predictor (version 1, then the initial shape matrix)",
                           "what looks like a dlib network (its loss layer name)", offset=2)
     reader.expect_int(1, "the shape predictor version (1)")

@@ -1,0 +1,58 @@
+"""Load config.yaml over built-in defaults; the shipped config.yaml documents the same defaults."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "models": {"detector": "", "landmarks": "", "embedder": ""},
+    "cache_dir": "",
+    "engine": {"backend": "onnxruntime", "threads": 0},
+    "detector": {"upsample": 1, "threshold": 0.0, "max_image_pixels": 40_000_000},
+    "embedder": {"max_batch": 32},
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(base))}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a mapping, got {value!r}")
+            merged[key] = _merge(base[key], value, f"{where}.{key}")
+        elif value is None:
+            merged[key] = base[key]
+        elif isinstance(base[key], bool) != isinstance(value, bool) or (
+            isinstance(base[key], (int, float)) and not isinstance(value, (int, float))
+        ):
+            raise ConfigError(f"{where}.{key}: expected a {type(base[key]).__name__}, got {value!r}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None) -> dict[str, Any]:
+    """Defaults, overlaid with `path` (or ./config.yaml when it exists and no path is given)."""
+    if path is None:
+        path = Path("config.yaml") if Path("config.yaml").is_file() else None
+    if path is None:
+        return copy.deepcopy(DEFAULTS)
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return _merge(DEFAULTS, loaded, str(path))
