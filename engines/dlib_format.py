@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -251,8 +250,8 @@ class LossMetric:
     distance_threshold: float
 
 
-Layer = Union[Conv, Affine, Relu, Pool, AddPrev, TagOrSkip, FullyConnected]
-InputLayer = Union[InputImageSized, InputImagePyramid]
+Layer = Conv | Affine | Relu | Pool | AddPrev | TagOrSkip | FullyConnected
+InputLayer = InputImageSized | InputImagePyramid
 
 
 @dataclass(frozen=True)
@@ -278,9 +277,8 @@ def _read_conv(reader: ByteReader, version: str) -> Conv:
     for name in ("lr_mult", "wd_mult", "bias_lr_mult", "bias_wd_mult"):
         reader.float("con_ " + name)
     use_bias = reader.bool("con_ use_bias") if version in ("con_5", "con_6") else True
-    if version == "con_6":
-        if reader.bool("con_ use_relu"):
-            raise reader.fail("con_ without a fused relu", "use_relu = true")
+    if version == "con_6" and reader.bool("con_ use_relu"):
+        raise reader.fail("con_ without a fused relu", "use_relu = true")
     f, c, kh, kw = filters_shape
     if (f, kh, kw) != (num_filters, rows, cols):
         raise reader.fail(f"a filters alias of ({num_filters}, C, {rows}, {cols})", str(filters_shape))
@@ -511,7 +509,9 @@ def _check_structure(network: DlibNetwork, expected: list[str], what: str) -> No
         first = next((i for i, (a, b) in enumerate(zip(found, expected)) if a != b), min(len(found), len(expected)))
         offset = next((o for o in network.offsets[first:] if o is not None), 0) if network.offsets else 0
         raise DlibFormatError(
-            network.path, offset or 0, f"the {what} architecture ({len(expected)} layers)",
+            network.path,
+            offset or 0,
+            f"the {what} architecture ({len(expected)} layers)",
             f"{len(found)} layers, differing at layer {first}",
         )
 
@@ -531,8 +531,12 @@ def read_mmod_detector(path: str | Path) -> DlibNetwork:
     """mmod_human_face_detector.dat: loss_mmod, 7 convs with bn_con2, a tiled-pyramid input."""
     network = read_network_file(path)
     if not isinstance(network.loss, LossMMOD) or not isinstance(network.input, InputImagePyramid):
-        raise DlibFormatError(network.path, 2, "an MMOD detector (loss_mmod_ + image pyramid input)",
-                              f"a network with {type(network.loss).__name__}")
+        raise DlibFormatError(
+            network.path,
+            2,
+            "an MMOD detector (loss_mmod_ + image pyramid input)",
+            f"a network with {type(network.loss).__name__}",
+        )
     _check_structure(network, _DETECTOR_KINDS, "MMOD face detector")
     return network
 
@@ -541,8 +545,12 @@ def read_face_embedder(path: str | Path) -> DlibNetwork:
     """dlib_face_recognition_resnet_model_v1.dat: loss_metric, ResNet-29, 150x150 input."""
     network = read_network_file(path)
     if not isinstance(network.loss, LossMetric) or not isinstance(network.input, InputImageSized):
-        raise DlibFormatError(network.path, 2, "a face embedder (loss_metric_ + 150x150 input)",
-                              f"a network with {type(network.loss).__name__}")
+        raise DlibFormatError(
+            network.path,
+            2,
+            "a face embedder (loss_metric_ + 150x150 input)",
+            f"a network with {type(network.loss).__name__}",
+        )
     _check_structure(network, _EMBEDDER_KINDS, "ResNet face embedder")
     return network
 
@@ -573,15 +581,19 @@ def parse_shape_predictor(data: bytes, path: str = "<bytes>") -> ShapePredictorM
     reader = ByteReader(data, path)
     if bytes(data[4:8]) == b"loss":
         # Networks start with 01 01 <string length> "loss..."; a shape predictor with 01 01 81 ...
-        raise reader.fail("a shape predictor (version 1, then the initial shape matrix)",
-                          "what looks like a dlib network (its loss layer name)", offset=2)
+        raise reader.fail(
+            "a shape predictor (version 1, then the initial shape matrix)",
+            "what looks like a dlib network (its loss layer name)",
+            offset=2,
+        )
     reader.expect_int(1, "the shape predictor version (1)")
     start = reader.offset
     try:
         initial = reader.float_matrix_column("initial_shape").astype(np.float32)
     except DlibFormatError as error:
-        raise reader.fail("the initial shape matrix of a shape predictor", error.found or error.expected,
-                          offset=start) from None
+        raise reader.fail(
+            "the initial shape matrix of a shape predictor", error.found or error.expected, offset=start
+        ) from None
     if initial.size == 0 or initial.size % 2:
         raise reader.fail("an initial shape of 2*P values", str(initial.size), offset=start)
     parts = initial.size // 2
@@ -617,10 +629,14 @@ def parse_shape_predictor(data: bytes, path: str = "<bytes>") -> ShapePredictorM
         idx2.append(cascade[1])
         thresholds.append(cascade[2])
         leaves.append(cascade[3])
-    anchors = [[reader.uint("anchor index") for _ in range(reader.uint("number of anchors"))]
-               for _ in range(reader.expect_count(num_cascades, "anchor lists"))]
-    deltas = [[(reader.float("delta x"), reader.float("delta y")) for _ in range(reader.uint("number of deltas"))]
-              for _ in range(reader.expect_count(num_cascades, "delta lists"))]
+    anchors = [
+        [reader.uint("anchor index") for _ in range(reader.uint("number of anchors"))]
+        for _ in range(reader.expect_count(num_cascades, "anchor lists"))
+    ]
+    deltas = [
+        [(reader.float("delta x"), reader.float("delta y")) for _ in range(reader.uint("number of deltas"))]
+        for _ in range(reader.expect_count(num_cascades, "delta lists"))
+    ]
     if not reader.at_end():
         raise reader.fail("the end of the shape predictor", f"{len(reader.data) - reader.offset} more bytes")
     try:

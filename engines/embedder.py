@@ -30,8 +30,9 @@ class FaceEmbedder:
         self.max_batch = max(1, int(max_batch))
 
     @classmethod
-    def from_file(cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0,
-                  max_batch: int = 32) -> FaceEmbedder:
+    def from_file(
+        cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0, max_batch: int = 32
+    ) -> FaceEmbedder:
         onnx_path = cached_onnx(model_path, "embedder", cache_dir)
         return cls(OnnxRuntimeSession(onnx_path, threads=threads), max_batch=max_batch)
 

@@ -164,14 +164,15 @@ def embedder_model(network: DlibNetwork, fold_affine: bool = True) -> onnx.Model
             if layer.size == (0, 0):
                 shape = (shape[0], 1, 1)
             else:
-                shape = (shape[0],) + tuple(
-                    _conv_out(shape[1 + i], layer.size[i], layer.stride[i], 0) for i in range(2)
-                )  # type: ignore[assignment]
+                rows_out, cols_out = (_conv_out(shape[1 + i], layer.size[i], layer.stride[i], 0) for i in range(2))
+                shape = (shape[0], rows_out, cols_out)
         elif role == "fc":
             assert isinstance(layer, FullyConnected)
             flat = builder.op("Flatten", [current], "flatten", axis=1)
             bias = layer.bias if layer.bias is not None else np.zeros(layer.weights.shape[1], np.float32)
-            current = builder.op("Gemm", [flat, builder.const(layer.weights, "fc_w"), builder.const(bias, "fc_b")], "fc")
+            current = builder.op(
+                "Gemm", [flat, builder.const(layer.weights, "fc_w"), builder.const(bias, "fc_b")], "fc"
+            )
             shape = (layer.weights.shape[1], 1, 1)
         elif role[0] == "tag":
             assert isinstance(layer, TagOrSkip)
@@ -183,16 +184,27 @@ def embedder_model(network: DlibNetwork, fold_affine: bool = True) -> onnx.Model
             other, other_shape = tags[role[1]]
             out_shape = tuple(max(a, b) for a, b in zip(shape, other_shape))
             # dlib zero-extends each input at the end of the channel, row and column axes.
-            current = builder.op("Add", [_zero_extend(builder, current, shape, out_shape),
-                                         _zero_extend(builder, other, other_shape, out_shape)], "add")
+            current = builder.op(
+                "Add",
+                [
+                    _zero_extend(builder, current, shape, out_shape),
+                    _zero_extend(builder, other, other_shape, out_shape),
+                ],
+                "add",
+            )
             shape = out_shape  # type: ignore[assignment]
     flush_conv(None)
     outputs = [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["batch", shape[0]])]
     builder.nodes[-1].output[0] = "descriptors"
     outputs[0].name = "descriptors"
     inputs = [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["batch", 3, rows, cols])]
-    return _model(builder, "dlib_face_recognition_resnet_model_v1", inputs, outputs,
-                  "dlib ResNet face embedder; input (x - mean)/256 RGB planes; output 128-d descriptor")
+    return _model(
+        builder,
+        "dlib_face_recognition_resnet_model_v1",
+        inputs,
+        outputs,
+        "dlib ResNet face embedder; input (x - mean)/256 RGB planes; output 128-d descriptor",
+    )
 
 
 def _zero_extend(builder: _GraphBuilder, x: str, shape: tuple, out_shape: tuple) -> str:
@@ -229,8 +241,13 @@ def detector_model(network: DlibNetwork, fold_affine: bool = True) -> onnx.Model
     num_windows = network.layers[0].weights.shape[0]  # type: ignore[union-attr]
     inputs = [helper.make_tensor_value_info("pyramid", TensorProto.FLOAT, ["batch", 3, "height", "width"])]
     outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", num_windows, "out_h", "out_w"])]
-    return _model(builder, "mmod_human_face_detector", inputs, outputs,
-                  "dlib MMOD CNN face detector body; input tiled pyramid of (x - mean)/256 RGB planes")
+    return _model(
+        builder,
+        "mmod_human_face_detector",
+        inputs,
+        outputs,
+        "dlib MMOD CNN face detector body; input tiled pyramid of (x - mean)/256 RGB planes",
+    )
 
 
 _BUILDERS = {
@@ -246,8 +263,9 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
-def cached_onnx(model_path: str | Path, kind: str, cache_dir: str | Path | None = None,
-                fold_affine: bool = True) -> Path:
+def cached_onnx(
+    model_path: str | Path, kind: str, cache_dir: str | Path | None = None, fold_affine: bool = True
+) -> Path:
     """The ONNX file for a dlib model, built on first use and cached by the model file's sha256.
 
     A cache file that fails `onnx.checker` is rebuilt. Writes go to a temporary file first and
@@ -262,7 +280,7 @@ def cached_onnx(model_path: str | Path, kind: str, cache_dir: str | Path | None 
         try:
             onnx.checker.check_model(str(target))
             return target
-        except Exception:  # noqa: BLE001 - any unreadable cache file is simply rebuilt
+        except Exception:
             target.unlink(missing_ok=True)
     model = build(reader(model_path), fold_affine=fold_affine)
     model.metadata_props.add(key="source_sha256", value=digest)

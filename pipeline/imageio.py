@@ -99,7 +99,9 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         kind = "a truncated or corrupt image" if size is not None else "not an image OpenCV can decode"
         raise ImageError(f"{name}: {kind}")
     if decoded.shape[0] * decoded.shape[1] > max_pixels:
-        raise ImageError(f"{name}: {decoded.shape[1]}x{decoded.shape[0]} pixels is more than the limit of {max_pixels:,}")
+        raise ImageError(
+            f"{name}: {decoded.shape[1]}x{decoded.shape[0]} pixels is more than the limit of {max_pixels:,}"
+        )
     return to_rgb8(decoded)
 
 

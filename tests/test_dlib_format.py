@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from facestream.engines import dlib_format as fmt
 from facestream.engines.models import model_path
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -60,7 +59,14 @@ def test_detector_file() -> None:
     convs = [layer for layer in net.layers if isinstance(layer, fmt.Conv)]
     affines = [layer for layer in net.layers if isinstance(layer, fmt.Affine)]
     assert [c.weights.shape for c in convs][::-1] == [
-        (16, 3, 5, 5), (32, 16, 5, 5), (32, 32, 5, 5), (45, 32, 5, 5), (45, 45, 5, 5), (45, 45, 5, 5), (1, 45, 9, 9)]
+        (16, 3, 5, 5),
+        (32, 16, 5, 5),
+        (32, 32, 5, 5),
+        (45, 32, 5, 5),
+        (45, 45, 5, 5),
+        (45, 45, 5, 5),
+        (1, 45, 9, 9),
+    ]
     assert sum(c.weights.size + c.bias.size for c in convs) == 180_711
     assert {a.source for a in affines} == {"bn_con2"}
 
@@ -106,7 +112,7 @@ def test_empty_file(tmp_path: Path, reader) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(fmt.DlibFormatError, match="missing.dat: at byte 0: expected a readable model file"):
+    with pytest.raises(fmt.DlibFormatError, match=r"missing\.dat: at byte 0: expected a readable model file"):
         fmt.read_mmod_detector(tmp_path / "missing.dat")
 
 
