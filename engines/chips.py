@@ -152,9 +152,7 @@ def _check_size(size: int, padding: float) -> None:
         raise ValueError(f"padding must be >= 0, got {padding!r}")
 
 
-def face_chip_details(
-    landmarks: np.ndarray, size: int = 150, padding: float = 0.25
-) -> tuple[np.ndarray, np.ndarray]:
+def face_chip_details(landmarks: np.ndarray, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """dlib's ``get_face_chip_details`` for 5-point landmarks, batched over faces.
 
     ``landmarks``: (N, 5, 2) pixel points (x, y) in dlib's 5-point order. Returns the chip
@@ -253,9 +251,7 @@ def _plain_copy(img: np.ndarray, rect: np.ndarray) -> np.ndarray:
     return out
 
 
-def extract_face_chips(
-    image: np.ndarray, landmarks: np.ndarray, size: int = 150, padding: float = 0.25
-) -> np.ndarray:
+def extract_face_chips(image: np.ndarray, landmarks: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
     """Aligned face chips exactly as dlib's single-face ``get_face_chip(img, shape, size, padding)``.
 
     ``image``: (H, W, 3) uint8 RGB, or (H, W) uint8 grey (treated as R = G = B).

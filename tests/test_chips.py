@@ -8,13 +8,15 @@ from functools import cache
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, GOLDEN, golden_images, golden_video, load_rgb_as_dlib
+
 from facestream.engines.chips import (
     extract_face_chips,
     face_chip_details,
     pyramid_down2,
     similarity_transform,
 )
+
+from conftest import DATA, GOLDEN, golden_images, golden_video, load_rgb_as_dlib
 
 SIZE, PADDING = 150, 0.25
 # acceptance bar when not bit-identical: at most 1 grey level off, in at most 0.1 % of the values
@@ -39,9 +41,7 @@ def rgb(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[..., :3]) if img.ndim == 3 else img
 
 
-def dlib_chip(
-    dlib, img: np.ndarray, lm: np.ndarray, size: int = SIZE, padding: float = PADDING
-) -> np.ndarray:
+def dlib_chip(dlib, img: np.ndarray, lm: np.ndarray, size: int = SIZE, padding: float = PADDING) -> np.ndarray:
     """dlib.get_face_chip for one face (the box does not matter for 5-point chips); grey → R=G=B."""
     pts = [dlib.point(int(x), int(y)) for x, y in lm]
     det = dlib.full_object_detection(dlib.rectangle(0, 0, 1, 1), pts)

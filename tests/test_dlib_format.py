@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from facestream.engines import dlib_format as fmt
-from facestream.engines.models import model_path
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from facestream.engines import dlib_format as fmt
+from facestream.engines.models import model_path
 
 
 @pytest.mark.parametrize(

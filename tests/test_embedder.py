@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import DATA, golden_images, load_rgb_as_dlib
+
 from facestream.engines.chips import extract_face_chips
 from facestream.engines.embedder import FaceEmbedder, normalize_chips
 from facestream.engines.models import model_path
 from facestream.engines.onnx_export import cached_onnx
+
+from conftest import DATA, golden_images, load_rgb_as_dlib
 
 # Operators TensorRT's ONNX parser supports that these graphs may use.
 ALLOWED_OPS = {"Conv", "Relu", "Add", "Mul", "Pad", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Gemm"}

@@ -1,0 +1,71 @@
+"""Detector throughput: facestream (ONNX Runtime) and dlib-bin's CNN detector side by side.
+
+    python bench/detector.py [--sizes 480p 720p 1080p] [--upsample 0 1] [--json]
+
+Both run in this one process on the same frames (the data pack's obama-480p/720p/1080p.jpg),
+the whole detector each: pyramid, network, decoding and NMS. dlib takes tens of seconds per
+1080p frame at upsample 1, so it is timed once per case; ours is the best of several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_time, emit, graph_flops, machine, peak_gflops
+
+from facestream.engines import pyramid
+from facestream.engines.detector import FaceDetector
+from facestream.engines.models import model_path
+from facestream.engines.onnx_export import cached_onnx
+from facestream.pipeline.imageio import read_image
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+FRAMES = {size: DATA / "fr_examples" / f"obama-{size}.jpg" for size in ("240p", "480p", "720p", "1080p")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["480p", "720p", "1080p"], choices=sorted(FRAMES))
+    parser.add_argument("--upsample", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing time for our figure")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+
+    import dlib
+
+    ours = FaceDetector.from_file(model_path("detector"), threads=args.threads)
+    theirs = dlib.cnn_face_detection_model_v1(str(model_path("detector")))
+    onnx_path = str(cached_onnx(model_path("detector"), "detector"))
+    peak = peak_gflops()
+    rows = []
+    for size in args.sizes:
+        frame = read_image(FRAMES[size])
+        for upsample in args.upsample:
+            height, width = frame.shape[:2]
+            for _ in range(upsample):
+                height, width = pyramid.pyramid_up_size(height, width)
+            tensor_h, tensor_w, _ = pyramid.tiled_pyramid_layout(height, width)
+            flops = graph_flops(onnx_path, (1, 3, tensor_h, tensor_w))
+            ours_s = best_time(lambda u=upsample: ours.detect(frame, u), repeats=2, min_seconds=args.seconds)
+            dlib_s = best_time(lambda u=upsample: theirs(frame, u), repeats=1)
+            faces_ours, faces_dlib = len(ours.detect(frame, upsample)[0]), len(theirs(frame, upsample))
+            rows.append({"size": size, "width": frame.shape[1], "height": frame.shape[0], "upsample": upsample,
+                         "ours_fps": 1 / ours_s, "dlib_fps": 1 / dlib_s, "ratio": dlib_s / ours_s,
+                         "gflop_per_frame": flops / 1e9, "ours_gflops": flops / ours_s / 1e9,
+                         "faces_ours": faces_ours, "faces_dlib": faces_dlib})  # fmt: skip
+    result = {"benchmark": "detector", "machine": machine(), "peak_gflops_numpy_sgemm": peak, "rows": rows}
+    table = [f"detector (MMOD CNN); machine peak (numpy sgemm) {peak:.0f} GFLOP/s",
+             f"{'frame':>6} {'up':>3} {'GFLOP':>7} {'ours fps':>9} {'dlib fps':>9} {'ratio':>7} "
+             f"{'ours GFLOP/s':>13} {'% peak':>7} {'faces':>6}"]  # fmt: skip
+    table += [f"{r['size']:>6} {r['upsample']:>3} {r['gflop_per_frame']:>7.1f} {r['ours_fps']:>9.2f} "
+              f"{r['dlib_fps']:>9.3f} {r['ratio']:>6.1f}x {r['ours_gflops']:>13.1f} "
+              f"{100 * r['ours_gflops'] / peak:>6.0f}% {r['faces_ours']:>3}/{r['faces_dlib']}" for r in rows]  # fmt: skip
+    emit(result, args.json, table)
+
+
+if __name__ == "__main__":
+    main()

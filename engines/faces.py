@@ -1,0 +1,81 @@
+"""The three models together: image -> a `FaceBatch` of boxes, scores, landmarks, chips, descriptors.
+
+A face batch is arrays, not a list of objects (in the manner of supervision's `Detections`):
+row i of every field is face i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .chips import extract_face_chips
+from .detector import FaceDetector
+from .embedder import FaceEmbedder
+from .landmarks import ShapePredictor
+from .models import model_path
+from .onnx_export import default_cache_dir
+
+
+@dataclass
+class FaceBatch:
+    boxes: np.ndarray  # (N,4) int64 [left, top, right, bottom], dlib's inclusive rectangles
+    scores: np.ndarray  # (N,) float64 detector confidence
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.int64))  # (N,5,2) [x, y]
+    chips: np.ndarray = field(default_factory=lambda: np.zeros((0, 150, 150, 3), np.uint8))  # (N,150,150,3) RGB
+    descriptors: np.ndarray = field(default_factory=lambda: np.zeros((0, 128), np.float32))  # (N,128)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def to_records(self) -> list[dict]:
+        """JSON-ready dicts, one per face (no chips)."""
+        records = []
+        for i in range(len(self)):
+            record = {"box": [int(v) for v in self.boxes[i]], "score": float(self.scores[i])}
+            if len(self.landmarks):
+                record["landmarks"] = self.landmarks[i].tolist()
+            if len(self.descriptors):
+                record["embedding"] = [float(v) for v in self.descriptors[i]]
+            records.append(record)
+        return records
+
+
+class FaceAnalyzer:
+    """Detector, shape predictor and embedder, loaded once; `analyze(image)` runs the whole chain."""
+
+    def __init__(self, detector: FaceDetector, predictor: ShapePredictor, embedder: FaceEmbedder) -> None:
+        self.detector, self.predictor, self.embedder = detector, predictor, embedder
+
+    @classmethod
+    def from_config(cls, config: dict) -> FaceAnalyzer:
+        models, engine = config["models"], config["engine"]
+        cache = Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
+        threads = int(engine["threads"])
+        detector = FaceDetector.from_file(
+            model_path("detector", models["detector"]), cache, threads,
+            upsample=config["detector"]["upsample"], threshold=config["detector"]["threshold"],
+        )  # fmt: skip
+        predictor = ShapePredictor.from_file(model_path("landmarks", models["landmarks"]), cache)
+        embedder = FaceEmbedder.from_file(
+            model_path("embedder", models["embedder"]), cache, threads, max_batch=config["embedder"]["max_batch"]
+        )
+        return cls(detector, predictor, embedder)
+
+    def align(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> FaceBatch:
+        """Landmarks and chips for given boxes (no embedding)."""
+        landmarks = self.predictor.predict(image, boxes)
+        return FaceBatch(boxes, scores, landmarks, extract_face_chips(image, landmarks))
+
+    def embed(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Chips and descriptors for given 5-point landmarks (N,5,2)."""
+        chips = extract_face_chips(image, landmarks)
+        return chips, self.embedder.embed_chips(chips)
+
+    def analyze(self, image: np.ndarray, upsample: int | None = None) -> FaceBatch:
+        boxes, scores = self.detector.detect(image, upsample)
+        batch = self.align(image, boxes, scores)
+        batch.descriptors = self.embedder.embed_chips(batch.chips)
+        return batch
