@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, emit, graph_flops, machine, peak_gflops
-
 from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
 from facestream.engines.models import model_path
 from facestream.engines.onnx_export import cached_onnx
 from facestream.pipeline.imageio import read_image
+
+from common import best_time, emit, graph_flops, machine, peak_gflops
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 FRAMES = {size: DATA / "fr_examples" / f"obama-{size}.jpg" for size in ("240p", "480p", "720p", "1080p")}
@@ -50,8 +50,8 @@ def main() -> None:
                 height, width = pyramid.pyramid_up_size(height, width)
             tensor_h, tensor_w, _ = pyramid.tiled_pyramid_layout(height, width)
             flops = graph_flops(onnx_path, (1, 3, tensor_h, tensor_w))
-            ours_s = best_time(lambda u=upsample: ours.detect(frame, u), repeats=2, min_seconds=args.seconds)
-            dlib_s = best_time(lambda u=upsample: theirs(frame, u), repeats=1)
+            ours_s = best_time(lambda f=frame, u=upsample: ours.detect(f, u), repeats=2, min_seconds=args.seconds)
+            dlib_s = best_time(lambda f=frame, u=upsample: theirs(f, u), repeats=1)
             faces_ours, faces_dlib = len(ours.detect(frame, upsample)[0]), len(theirs(frame, upsample))
             rows.append({"size": size, "width": frame.shape[1], "height": frame.shape[0], "upsample": upsample,
                          "ours_fps": 1 / ours_s, "dlib_fps": 1 / dlib_s, "ratio": dlib_s / ours_s,
@@ -61,9 +61,12 @@ def main() -> None:
     table = [f"detector (MMOD CNN); machine peak (numpy sgemm) {peak:.0f} GFLOP/s",
              f"{'frame':>6} {'up':>3} {'GFLOP':>7} {'ours fps':>9} {'dlib fps':>9} {'ratio':>7} "
              f"{'ours GFLOP/s':>13} {'% peak':>7} {'faces':>6}"]  # fmt: skip
-    table += [f"{r['size']:>6} {r['upsample']:>3} {r['gflop_per_frame']:>7.1f} {r['ours_fps']:>9.2f} "
-              f"{r['dlib_fps']:>9.3f} {r['ratio']:>6.1f}x {r['ours_gflops']:>13.1f} "
-              f"{100 * r['ours_gflops'] / peak:>6.0f}% {r['faces_ours']:>3}/{r['faces_dlib']}" for r in rows]  # fmt: skip
+    table += [
+        f"{r['size']:>6} {r['upsample']:>3} {r['gflop_per_frame']:>7.1f} {r['ours_fps']:>9.2f} "
+        f"{r['dlib_fps']:>9.3f} {r['ratio']:>6.1f}x {r['ours_gflops']:>13.1f} "
+        f"{100 * r['ours_gflops'] / peak:>6.0f}% {r['faces_ours']:>3}/{r['faces_dlib']}"
+        for r in rows
+    ]
     emit(result, args.json, table)
 
 
