@@ -19,6 +19,17 @@ class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
+_MAGIC = [
+    (b"\xff\xd8", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"),
+]  # fmt: skip
+
+
+def image_format(header: bytes) -> str | None:
+    """The file format named by the first bytes, or None when they name no known image format."""
+    return next((name for magic, name in _MAGIC if header.startswith(magic)), None)
+
+
 def declared_size(header: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG, PNG, GIF, BMP or WebP header, without decoding; None if unknown."""
     if header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR":
@@ -96,8 +107,8 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
     buffer = np.frombuffer(data, dtype=np.uint8)
     decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if decoded is None:
-        kind = "a truncated or corrupt image" if size is not None else "not an image OpenCV can decode"
-        raise ImageError(f"{name}: {kind}")
+        kind = image_format(data[:16])
+        raise ImageError(f"{name}: a truncated or corrupt {kind} file" if kind else f"{name}: not an image file")
     if decoded.shape[0] * decoded.shape[1] > max_pixels:
         raise ImageError(
             f"{name}: {decoded.shape[1]}x{decoded.shape[0]} pixels is more than the limit of {max_pixels:,}"
