@@ -14,6 +14,16 @@ DEFAULTS: dict[str, Any] = {
     "engine": {"backend": "onnxruntime", "threads": 0},
     "detector": {"upsample": 1, "threshold": 0.0, "max_image_pixels": 40_000_000},
     "embedder": {"max_batch": 32},
+    "gallery": {
+        "path": "gallery.db",
+        "distance_threshold": 0.6,
+        "margin": 0.0,
+        "negative_threshold": 0.5,
+        "approximate_above": 100_000,
+        "hnsw_m": 32,
+        "hnsw_ef_search": 128,
+    },
+    "enrolment": {"largest": False, "min_face_width": 50, "min_sharpness": 15.0},
 }
 
 
