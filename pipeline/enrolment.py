@@ -17,16 +17,20 @@ import numpy as np
 
 from ..engines.faces import FaceAnalyzer
 from ..engines.quality import DETECTOR_SCORE, FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS, face_quality
+from ..enroll.store import NEGATIVE, POSITIVE
 from .imageio import ImageError, decode_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 class GalleryWriter(Protocol):
-    def has_image(self, name: str, image_sha256: str, negative: bool = False) -> bool: ...
+    """What enrolment needs of `enroll.gallery.Gallery`."""
 
-    def add_samples(self, name: str, descriptors: np.ndarray, *, sources: list[str], image_sha256: list[str],
-                    boxes: np.ndarray, quality: list[dict], negative: bool = False) -> list[int]: ...  # fmt: skip
+    def find_image(self, image_sha256: str) -> list[tuple[str, int, str]]: ...
+
+    def add_samples(self, names: str, descriptors: np.ndarray, **details: object) -> np.ndarray: ...
+
+    def add_negative(self, name: str, descriptors: np.ndarray, **details: object) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,10 @@ def enrol_image(gallery: GalleryWriter, analyzer: FaceAnalyzer, name: str, path:
     except OSError as error:
         return ImageReport(str(path), "failed", f"cannot read: {error.strerror or error}")
     digest = hashlib.sha256(data).hexdigest()
-    if gallery.has_image(name, digest, negative=negative):
-        return ImageReport(str(path), "skipped", f"this image is already enrolled for {name}")
+    kind = NEGATIVE if negative else POSITIVE
+    if any(person == name and taken_as == kind for person, _, taken_as in gallery.find_image(digest)):
+        what = "a negative example" if negative else "enrolled"
+        return ImageReport(str(path), "skipped", f"this image is already {what} for {name}")
     try:
         image = decode_image(data, str(path), policy.max_image_pixels)
     except ImageError as error:
@@ -89,8 +95,8 @@ def enrol_image(gallery: GalleryWriter, analyzer: FaceAnalyzer, name: str, path:
         return ImageReport(str(path), "failed", f"face too blurred: sharpness {quality[SHARPNESS]:.1f}, below "
                            f"{policy.min_sharpness} (enrolment.min_sharpness)", box, figures)  # fmt: skip
     descriptors = analyzer.embedder.embed_chips(faces.chips)
-    gallery.add_samples(name, descriptors, sources=[path.name], image_sha256=[digest], boxes=faces.boxes,
-                        quality=[figures], negative=negative)  # fmt: skip
+    add = gallery.add_negative if negative else gallery.add_samples
+    add(name, descriptors, sources=[path.name], image_sha256=[digest], boxes=faces.boxes, quality=[figures])
     score = f", detector score {quality[DETECTOR_SCORE]:.2f}"
     what = "negative example added" if negative else "added"
     return ImageReport(str(path), "added", f"{what}: face {box}{score}", box, figures)
