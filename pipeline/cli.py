@@ -157,7 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     from .enroll_cli import add_enroll_commands
 
     add_enroll_commands(commands)
+    _accept_config_anywhere(commands)
     return parser
+
+
+def _accept_config_anywhere(commands: argparse._SubParsersAction) -> None:
+    """`--config FILE` works after the command too (`facestream enroll list --config x.yaml`)."""
+    pending = list(commands.choices.values())
+    while pending:
+        sub = pending.pop()
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            pending.extend(action.choices.values())
+        if not nested and "--config" not in sub._option_string_actions:
+            sub.add_argument(
+                "--config",
+                metavar="FILE",
+                default=argparse.SUPPRESS,
+                help="configuration file (default: ./config.yaml if present)",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
