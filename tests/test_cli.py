@@ -97,3 +97,10 @@ def test_shipped_config_yaml_equals_the_defaults() -> None:
 
     shipped = yaml.safe_load((Path(__file__).parent.parent / "config.yaml").read_text())
     assert shipped == DEFAULTS
+
+
+def test_config_after_the_command(env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("gallery:\n  distance_threshold: high\n")
+    result = run(["enroll", "list", "--gallery", str(tmp_path / "g.db"), "--config", str(config)], env)
+    assert result.returncode == 2 and "gallery.distance_threshold: expected a float" in result.stderr
