@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .enroll_cli import add_enroll_commands
 
     add_enroll_commands(commands)
+    from .run_cli import add_run_commands
+
+    add_run_commands(commands)
     _accept_config_anywhere(commands)
     return parser
 

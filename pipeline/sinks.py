@@ -1,0 +1,808 @@
+"""The sink process: match descriptors against the gallery, track faces per stream, and write what came out.
+
+Inputs (see stages.py for the socket map): DescriptorsMessages from the embed workers on
+``descriptors``; straight from the source on ``sink_in``: frame images (only when an annotated video
+or a live window is wanted), skip notices (frames the detector did not run on, an empty FacesMessage)
+and EndOfStream.
+
+Order: results of a **file** stream are processed strictly by frame index — a result waits until every
+earlier frame's result is there (the source's in-flight window bounds how many wait), duplicates (a
+frame re-sent after a worker died) are dropped by (stream, frame index). Every result received is
+acknowledged on ``acks`` at once, so the source can stop re-sending it (live frames are acknowledged too:
+the source waits for them before it ends a live stream). **Live** results are processed
+as they come, held at most ``pipeline.live_reorder_ms`` to put the results of parallel workers back in
+order; one older than a frame already processed is dropped (counted as ``late``).
+
+Per frame the tracker (`pipeline.tracker.FaceTracker`, one per stream) assigns track ids, the gallery
+names each embedded face (identity or "unknown", distance) and the track's vote decides its identity.
+The gallery is re-read every ``pipeline.gallery_refresh_s`` (`Gallery.refresh()`), so enrolments and
+removals reach a running pipeline without a restart; a gallery file that does not exist yet is opened
+once it appears.
+
+Outputs, all optional:
+
+* events (``--events FILE`` and the ``events`` PUB socket): one JSON object a line, flushed line by
+  line (a killed sink leaves only complete lines): ``track_started``, ``track_identified``, ``track_ended``
+  with ``stream_id, track_id, frame_index, timestamp, box`` (+ ``identity, distance, previous_identity``;
+  ``track_ended`` + ``identity, distance, first_frame, first_timestamp``), and at each stream's end one
+  ``summary`` line: per identity, its on-screen intervals (frames and seconds). On the PUB socket each
+  event is two frames: the event name (subscribe to a prefix of it) and the same JSON;
+* detections (``--detections FILE``): one line per processed frame, every face in it: ``{"stream_id",
+  "frame_index", "timestamp", "detected", "faces": [{"box", "score", "track_id", "identity",
+  "distance", "match": {"identity", "distance"}}]}``; ``detected`` is false on frames the detector
+  skipped (boxes are the tracker's predictions, ``score`` and ``match`` null); ``identity`` is the
+  track's current decision ("unknown" while undecided, ``distance`` then null), ``match`` this frame's
+  own gallery answer;
+* annotated video (``--output FILE``, mp4v): every processed frame with boxes, names, distances and
+  track ids (several streams: ``FILE`` becomes ``STEM-<stream>.SUFFIX`` per stream); a live window
+  (``--show``) shows the same frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import zmq
+
+from . import messages
+from .messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
+from .stages import PipelineError, StageProcess, StageStats, encode_json, open_socket
+from .tracker import UNKNOWN, FaceTracker, OnScreenInterval, QualityGate, TrackEvent, box_iou, greedy_assignment
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------------------
+# matching: the gallery behind a small interface
+
+
+class Matcher(Protocol):
+    def identify(self, descriptors: np.ndarray) -> Any: ...  # .identities (list[str]), .distances (N,)
+
+    def refresh(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class NullMatcher:
+    """No gallery: every face is unknown (distance NaN)."""
+
+    def identify(self, descriptors: np.ndarray) -> Any:
+        from ..enroll.matching import Matches
+
+        return Matches.empty(len(descriptors))
+
+    def refresh(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class GalleryMatcher:
+    """`enroll.gallery.Gallery`, opened read-only in spirit (the sink never writes it), once the file exists."""
+
+    def __init__(self, path: Path, section: dict[str, Any]) -> None:
+        self.path, self.section = path, section
+        self.gallery: Any = None
+        self._open()
+        if self.gallery is None:
+            log.warning(
+                "no gallery at %s yet: every face is unknown until people are enrolled there "
+                "(facestream enroll import DIR --gallery %s); it is picked up while running",
+                path,
+                path,
+            )
+
+    def _open(self) -> None:
+        if self.gallery is None and self.path.is_file():
+            from ..enroll.gallery import Gallery
+
+            # One faiss thread: the cores belong to the detectors. The index is not saved from here.
+            self.gallery = Gallery.from_config(self.section, path=self.path, threads=1, save_index=False)
+            log.info("gallery %s: %d people", self.path, len(self.gallery.people()))
+
+    def identify(self, descriptors: np.ndarray) -> Any:
+        if self.gallery is None:
+            return NullMatcher().identify(descriptors)
+        return self.gallery.identify(descriptors)
+
+    def refresh(self) -> bool:
+        if self.gallery is None:
+            self._open()
+            return self.gallery is not None
+        return bool(self.gallery.refresh())
+
+    def close(self) -> None:
+        if self.gallery is not None:
+            self.gallery.close()
+
+
+def open_matcher(config: dict, path: str | None) -> Matcher:
+    """The matcher for `--gallery PATH` (else `gallery.path` of the config); GalleryError if it is unusable."""
+    section = dict(config.get("gallery") or {})
+    chosen = path or section.get("path") or "gallery.db"
+    section.pop("path", None)
+    return GalleryMatcher(Path(chosen).expanduser(), section)
+
+
+# ------------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass
+class FaceResult:
+    box: list[int]
+    track_id: int
+    identity: str  # the track's decided identity, "unknown" while undecided
+    distance: float | None
+    score: float | None = None  # None on frames the detector skipped
+    match_identity: str | None = None  # this frame's own gallery answer (detected frames)
+    match_distance: float | None = None
+
+
+@dataclass
+class FrameResult:
+    stream_id: str
+    frame_index: int
+    timestamp: float
+    width: int
+    height: int
+    detected: bool
+    faces: list[FaceResult] = field(default_factory=list)
+
+
+def _number(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def event_record(event: TrackEvent) -> dict[str, Any]:
+    record: dict[str, Any] = {"event": event.kind}
+    for name, value in vars(event).items():
+        if name == "box":
+            value = [int(v) for v in value]
+        elif isinstance(value, float):
+            value = _number(value)
+        record[name] = value
+    return record
+
+
+def detection_record(result: FrameResult) -> dict[str, Any]:
+    faces = []
+    for face in result.faces:
+        match = None
+        if face.match_identity is not None:
+            match = {"identity": face.match_identity, "distance": _number(face.match_distance)}
+        faces.append(
+            {
+                "box": face.box,
+                "score": _number(face.score),
+                "track_id": face.track_id,
+                "identity": face.identity,
+                "distance": _number(face.distance),
+                "match": match,
+            }
+        )
+    return {
+        "stream_id": result.stream_id,
+        "frame_index": result.frame_index,
+        "timestamp": _number(result.timestamp),
+        "width": result.width,
+        "height": result.height,
+        "detected": result.detected,
+        "faces": faces,
+    }
+
+
+def summary_record(stream_id: str, frames: int, summary: dict[str, list[OnScreenInterval]]) -> dict[str, Any]:
+    """Per identity, its on-screen intervals; `seconds` adds up the intervals' durations."""
+    identities = {}
+    for identity, intervals in summary.items():
+        spans = [
+            {
+                "first_frame": i.first_frame,
+                "last_frame": i.last_frame,
+                "first_timestamp": _number(i.first_timestamp),
+                "last_timestamp": _number(i.last_timestamp),
+                "track_ids": list(i.track_ids),
+            }
+            for i in intervals
+        ]
+        seconds = sum(i.last_timestamp - i.first_timestamp for i in intervals)
+        identities[identity] = {"intervals": spans, "seconds": _number(seconds, 3)}
+    return {"event": "summary", "stream_id": stream_id, "frames": frames, "identities": identities}
+
+
+def format_time(seconds: float) -> str:
+    minutes, rest = divmod(max(0.0, seconds), 60.0)
+    return f"{int(minutes)}:{rest:05.2f}"
+
+
+def describe_summary(record: dict[str, Any]) -> list[str]:
+    """Human lines for one summary record."""
+    lines = [f"{record['stream_id']}: {record['frames']} frames"]
+    if not record["identities"]:
+        lines.append("  nobody")
+    for identity, info in record["identities"].items():
+        spans = ", ".join(
+            f"{format_time(s['first_timestamp'] or 0)}-{format_time(s['last_timestamp'] or 0)} "
+            f"(frames {s['first_frame']}-{s['last_frame']})"
+            for s in info["intervals"]
+        )
+        lines.append(f"  {identity}: {spans}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+
+def json_line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
+class JsonLines:
+    """A JSON-lines file written one whole line per write(2): a process killed at any moment leaves only
+    complete lines (no userspace buffer to lose, no half line from a buffered flush)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self.lines = 0
+
+    def write(self, record: dict[str, Any]) -> bytes:
+        line = json_line(record)
+        if self.fd is not None:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            self.lines += 1
+        return line
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+_GREEN, _RED, _YELLOW, _WHITE, _BLACK = (40, 200, 40), (40, 40, 230), (0, 200, 230), (255, 255, 255), (0, 0, 0)
+
+
+def draw_faces(image: np.ndarray, result: FrameResult) -> np.ndarray:
+    """A BGR copy of the RGB `image` with each face's box, name, distance and track id."""
+    canvas = np.ascontiguousarray(image[:, :, ::-1])
+    scale = max(0.4, min(1.0, image.shape[0] / 720))
+    for face in result.faces:
+        left, top, right, bottom = face.box
+        known = face.identity != UNKNOWN
+        colour = _GREEN if known else (_YELLOW if face.distance is None else _RED)
+        cv2.rectangle(canvas, (left, top), (right, bottom), colour, 2 if face.score is not None else 1)
+        distance = "" if face.distance is None else f" {face.distance:.2f}"
+        label = f"{face.identity}{distance} #{face.track_id}"
+        (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        y = top - 4 if top - height - baseline - 4 >= 0 else bottom + height + 4
+        cv2.rectangle(canvas, (left, y - height - 2), (left + width + 2, y + baseline), colour, cv2.FILLED)
+        cv2.putText(
+            canvas, label, (left + 1, y), cv2.FONT_HERSHEY_SIMPLEX, scale, _BLACK if known else _WHITE, 1, cv2.LINE_AA
+        )
+    return canvas
+
+
+class VideoOutput:
+    """An annotated video file, opened at the first frame (its size); later frames of another size are resized."""
+
+    def __init__(self, path: Path, fps: float, codec: str = "mp4v") -> None:
+        self.path, self.fps, self.codec = path, fps, codec
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, bgr: np.ndarray) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.size = (bgr.shape[1], bgr.shape[0])
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
+            if not self.writer.isOpened():
+                self.writer = None
+                raise PipelineError(f"{self.path}: cannot write a {self.codec} video here")
+        if (bgr.shape[1], bgr.shape[0]) != self.size:
+            bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(bgr)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+
+def video_paths(path: str, stream_ids: list[str]) -> dict[str, Path]:
+    """One output video per stream: the path itself for one stream, STEM-<stream>.SUFFIX for several."""
+    base = Path(path)
+    if len(stream_ids) == 1:
+        return {stream_ids[0]: base}
+    return {sid: base.with_name(f"{base.stem}-{sid}{base.suffix or '.mp4'}") for sid in stream_ids}
+
+
+class LiveWindow:
+    """`--show`: one OpenCV window per stream; q or Esc asks the run to stop."""
+
+    def __init__(self) -> None:
+        self.quit = False
+        self.opened: set[str] = set()
+
+    def show(self, stream_id: str, bgr: np.ndarray) -> None:
+        if stream_id not in self.opened:
+            cv2.namedWindow(stream_id, cv2.WINDOW_NORMAL)
+            self.opened.add(stream_id)
+        cv2.imshow(stream_id, bgr)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.quit = True
+
+    def close(self) -> None:
+        if self.opened:
+            cv2.destroyAllWindows()
+
+
+class SinkOutputs:
+    """Where processed frames and events go. Every part optional."""
+
+    def __init__(
+        self,
+        *,
+        events: str | None = None,
+        detections: str | None = None,
+        video: str | None = None,
+        stream_fps: dict[str, float] | None = None,
+        codec: str = "mp4v",
+        show: bool = False,
+        publish: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        self.events = JsonLines(events) if events else None
+        self.detections = JsonLines(detections) if detections else None
+        self.publish = publish
+        stream_fps = stream_fps or {}
+        self.videos = (
+            {sid: VideoOutput(p, stream_fps[sid], codec) for sid, p in video_paths(video, list(stream_fps)).items()}
+            if video
+            else {}
+        )
+        self.window = LiveWindow() if show else None
+        self.event_count = 0
+
+    @property
+    def wants_images(self) -> bool:
+        return bool(self.videos) or self.window is not None
+
+    def event(self, record: dict[str, Any]) -> None:
+        line = self.events.write(record) if self.events else json_line(record)
+        self.event_count += 1
+        if self.publish is not None:
+            self.publish(str(record["event"]), line.rstrip(b"\n"))
+
+    def frame(self, result: FrameResult, image: np.ndarray | None) -> None:
+        if self.detections is not None:
+            self.detections.write(detection_record(result))
+        if image is None:
+            return
+        video, window = self.videos.get(result.stream_id), self.window
+        if video is None and window is None:
+            return
+        canvas = draw_faces(image, result)
+        if video is not None:
+            video.write(canvas)
+        if window is not None:
+            window.show(result.stream_id, canvas)
+
+    def end_stream(self, stream_id: str) -> None:
+        video = self.videos.get(stream_id)
+        if video is not None:
+            video.close()
+
+    def close(self) -> None:
+        for part in (self.events, self.detections, *self.videos.values(), self.window):
+            if part is not None:
+                part.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# the sink's core: reorder, match, track (no sockets: tested directly)
+
+
+@dataclass
+class _Pending:
+    message: DescriptorsMessage | FacesMessage
+    detected: bool
+    arrived: float
+
+
+class StreamSink:
+    """One stream's reorder buffer, tracker and images."""
+
+    def __init__(self, stream_id: str, live: bool, tracker: FaceTracker, need_images: bool, hold_s: float) -> None:
+        self.stream_id, self.live, self.tracker = stream_id, live, tracker
+        self.need_images, self.hold_s = need_images, hold_s
+        self.pending: dict[int, _Pending] = {}
+        self.images: dict[int, np.ndarray] = {}
+        self.next_index = 0  # file streams: the next frame to process
+        self.last_processed = -1
+        self.frame_count: int | None = None  # from EndOfStream
+        self.processed = 0
+        self.finished = False
+        self.last_descriptor: dict[int, np.ndarray] = {}  # per track, its latest embedded face
+
+    def seen(self, frame_index: int) -> bool:
+        return frame_index < self.next_index or frame_index in self.pending
+
+    def ready(self, now: float, flush: bool) -> Iterator[tuple[int, _Pending, np.ndarray | None]]:
+        """The frames that can be processed now, in order."""
+        if not self.live:
+            while self.next_index in self.pending:
+                image = self.images.get(self.next_index)
+                if self.need_images and image is None:
+                    return  # the image comes straight from the source, normally long before the result
+                item = self.pending.pop(self.next_index)
+                self.images.pop(self.next_index, None)
+                self.next_index += 1
+                yield self.next_index - 1, item, image
+            return
+        for frame_index in sorted(self.pending):
+            item = self.pending[frame_index]
+            in_order = frame_index == self.last_processed + 1
+            waited = now - item.arrived >= self.hold_s
+            image = self.images.get(frame_index)
+            if not (in_order or waited or flush) or (self.need_images and image is None and not (waited or flush)):
+                return
+            del self.pending[frame_index]
+            self.images.pop(frame_index, None)
+            self.last_processed = frame_index
+            yield frame_index, item, image
+        for old in [i for i in self.images if i <= self.last_processed]:
+            del self.images[old]
+        while len(self.images) > 64:  # images whose results were lost with a worker: bounded
+            del self.images[min(self.images)]
+
+    @property
+    def complete(self) -> bool:
+        if self.frame_count is None:
+            return False
+        return self.live or self.next_index >= self.frame_count
+
+
+class SinkCore:
+    """Messages in (any order, duplicates allowed), processed frames and events out, in order per stream."""
+
+    def __init__(
+        self,
+        streams: dict[str, bool],
+        matcher: Matcher,
+        outputs: SinkOutputs,
+        tracker_config: dict,
+        *,
+        detect_every: int = 1,
+        live_hold_s: float = 0.2,
+        stats: StageStats | None = None,
+    ) -> None:
+        self.matcher, self.outputs = matcher, outputs
+        self.stats = stats or StageStats()
+        gate = QualityGate(
+            float(tracker_config["min_face_size"]),
+            float(tracker_config["min_sharpness"]),
+            float(tracker_config["min_score"]),
+        )
+        options = {
+            "iou_threshold": float(tracker_config["iou_threshold"]),
+            "max_age": max(int(tracker_config["max_age"]), int(detect_every)),  # boxes carried over skipped frames
+            "min_votes": int(tracker_config["min_votes"]),
+            "switch_votes": int(tracker_config["switch_votes"]),
+            "switch_ratio": float(tracker_config["switch_ratio"]),
+            "vote_decay": float(tracker_config["vote_decay"]),
+        }
+        self.streams = {
+            sid: StreamSink(sid, live, FaceTracker(sid, gate=gate, **options), outputs.wants_images, live_hold_s)
+            for sid, live in streams.items()
+        }
+        self.cut_distance = float(tracker_config["scene_cut_distance"])
+        self.summaries: dict[str, dict[str, Any]] = {}
+        self.acks: dict[str, list[int]] = {}
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def _stream(self, stream_id: str, what: str) -> StreamSink | None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise MessageError(f"{what} for unknown stream {stream_id[:40]!r}")
+        return None if stream.finished else stream
+
+    def add(self, message: messages.Message, channel: str, now: float | None = None) -> None:
+        """One decoded message from `channel` ("descriptors" or "sink_in"); MessageError if it does not belong."""
+        now = time.monotonic() if now is None else now
+        if channel == "descriptors":
+            if not isinstance(message, DescriptorsMessage):
+                raise MessageError(f"descriptors: unexpected {type(message).__name__}")
+            self._add_result(message, True, now)
+        elif isinstance(message, FrameMessage):
+            stream = self._stream(message.stream_id, "image")
+            oldest = (stream.last_processed + 1 if stream.live else stream.next_index) if stream else 0
+            if stream is not None and message.frame_index >= oldest:
+                stream.images[message.frame_index] = message.image
+        elif isinstance(message, FacesMessage):
+            if len(message):
+                raise MessageError("sink_in: a skip notice must have no faces")
+            self._add_result(message, False, now)
+        elif isinstance(message, EndOfStream):
+            stream = self._stream(message.stream_id, "end of stream")
+            if stream is not None:
+                stream.frame_count = message.frame_count
+        else:
+            raise MessageError(f"sink_in: unexpected {type(message).__name__}")
+
+    def _add_result(self, message: DescriptorsMessage | FacesMessage, detected: bool, now: float) -> None:
+        stream = self._stream(message.stream_id, "result")
+        if stream is None:
+            return
+        index = message.frame_index
+        if detected:  # duplicates too: the first ack may have been lost
+            self.acks.setdefault(stream.stream_id, []).append(index)
+        if stream.live and index <= stream.last_processed:
+            self.stats.count("late")
+            return
+        if stream.seen(index):
+            self.stats.count("duplicates")
+            return
+        if detected:
+            self.stats.count("received")
+        stream.pending[index] = _Pending(message, detected, now)
+
+    def take_acks(self) -> dict[str, list[int]]:
+        acks, self.acks = self.acks, {}
+        return acks
+
+    # -- processing ----------------------------------------------------------------------------
+
+    def pump(self, now: float | None = None, flush: bool = False) -> int:
+        """Process every frame that is ready; finish complete streams. The number of frames processed."""
+        now = time.monotonic() if now is None else now
+        done = 0
+        for stream in self.streams.values():
+            if stream.finished:
+                continue
+            # A live stream that has ended holds nothing back: nothing more will come.
+            for frame_index, item, image in stream.ready(now, flush or stream.frame_count is not None):
+                started = time.perf_counter()
+                self._process(stream, frame_index, item, image)
+                self.stats.latency("process", time.perf_counter() - started)
+                if stream.live:
+                    self.stats.latency("capture_to_result", max(0.0, time.time() - item.message.timestamp))
+                done += 1
+            if stream.complete:
+                self.finish(stream.stream_id)
+        return done
+
+    def _process(self, stream: StreamSink, frame_index: int, item: _Pending, image: np.ndarray | None) -> None:
+        message, tracker = item.message, stream.tracker
+        faces: list[FaceResult] = []
+        if item.detected:
+            assert isinstance(message, DescriptorsMessage)
+            self._end_tracks_at_a_cut(stream, frame_index, message)
+            track_ids = tracker.update(frame_index, message.timestamp, message.boxes, message.scores, message.quality)
+            for i, track_id in enumerate(track_ids.tolist()):
+                stream.last_descriptor[track_id] = np.array(message.descriptors[i], np.float32)
+            identities: list[str] = []
+            distances = np.zeros(0)
+            if len(message):
+                matches = self.matcher.identify(np.asarray(message.descriptors, np.float32))
+                identities, distances = list(matches.identities), np.asarray(matches.distances, np.float64)
+            for i, track_id in enumerate(track_ids.tolist()):
+                if math.isfinite(distances[i]):  # NaN: nobody in the gallery, nothing to vote with
+                    tracker.add_observation(
+                        track_id, identities[i], float(distances[i]), message.quality[i], float(message.scores[i])
+                    )
+            for i, track_id in enumerate(track_ids.tolist()):
+                track = tracker.tracks[track_id]
+                faces.append(
+                    FaceResult(
+                        [int(v) for v in message.boxes[i]],
+                        track_id,
+                        track.identity or UNKNOWN,
+                        track.distance if track.identity else None,
+                        float(message.scores[i]),
+                        identities[i],
+                        float(distances[i]),
+                    )
+                )
+            self.stats.count("faces", len(message))
+        else:
+            track_ids, boxes = tracker.predict_only(frame_index)
+            for track_id, box in zip(track_ids.tolist(), boxes.tolist()):
+                track = tracker.tracks[track_id]
+                faces.append(
+                    FaceResult(box, track_id, track.identity or UNKNOWN, track.distance if track.identity else None)
+                )
+            self.stats.count("skipped_detection")
+        for event in tracker.pop_events():
+            self.outputs.event(event_record(event))
+        result = FrameResult(
+            stream.stream_id, frame_index, message.timestamp, message.width, message.height, item.detected, faces
+        )
+        self.outputs.frame(result, image)
+        stream.processed += 1
+        self.stats.count("frames")
+
+    def _end_tracks_at_a_cut(self, stream: StreamSink, frame_index: int, message: DescriptorsMessage) -> None:
+        """A scene cut can put another person where a tracked face was: the boxes overlap, so the tracker
+        (which sees boxes only) would carry the track, and its identity, over to a stranger, and a blurry
+        stranger never gets the votes to correct it. The descriptors tell: when a face that would continue a
+        track is farther than `tracker.scene_cut_distance` from that track's last face, every track of the
+        stream ends here and the faces start new ones. The assignment is the tracker's own rule (greedy IoU
+        on the predicted boxes), computed beforehand with its public functions."""
+        if self.cut_distance <= 0 or not len(message) or not stream.last_descriptor:
+            return
+        tracker = stream.tracker
+        track_ids, predicted = tracker.predict_only(frame_index)
+        if not len(track_ids):
+            return
+        rows, columns = greedy_assignment(box_iou(predicted, message.boxes), tracker.iou_threshold)
+        for row, column in zip(rows.tolist(), columns.tolist()):
+            last = stream.last_descriptor.get(int(track_ids[row]))
+            if last is None:
+                continue
+            distance = float(np.linalg.norm(last - message.descriptors[column]))
+            if distance > self.cut_distance:
+                log.info("%s: scene cut at frame %d (the face continuing track %d is %.2f from its last face): "
+                         "every track ends", stream.stream_id, frame_index, int(track_ids[row]), distance)  # fmt: skip
+                tracker.finish()
+                stream.last_descriptor.clear()
+                self.stats.count("scene_cuts")
+                return
+
+    def finish(self, stream_id: str) -> None:
+        """End one stream: its tracks end, its summary is written, its video closed."""
+        stream = self.streams[stream_id]
+        if stream.finished:
+            return
+        stream.finished = True
+        stream.tracker.finish()
+        for event in stream.tracker.pop_events():
+            self.outputs.event(event_record(event))
+        record = summary_record(stream_id, stream.processed, stream.tracker.identity_summary())
+        self.summaries[stream_id] = record
+        self.outputs.event(record)
+        self.outputs.end_stream(stream_id)
+        dropped = len(stream.pending)
+        if dropped:
+            log.warning("%s: %d results after a missing frame were not processed (run stopped)", stream_id, dropped)
+        stream.pending.clear()
+        stream.images.clear()
+        log.info("%s: finished, %d frames", stream_id, stream.processed)
+
+    @property
+    def done(self) -> bool:
+        return all(stream.finished for stream in self.streams.values())
+
+    def close(self) -> None:
+        """Stop: process what is in order, finish every stream, close the outputs."""
+        self.pump(flush=True)
+        for stream_id in self.streams:
+            self.finish(stream_id)
+        self.outputs.close()
+        self.matcher.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# the sink process
+
+
+class SinkStage(StageProcess):
+    role = "sink"
+    quit = False  # the user closed the live window: the whole run stops
+
+    def run(self) -> int:
+        pipeline, outputs_spec = self.config["pipeline"], self.spec["outputs"]
+        hwm = int(pipeline["faces_hwm"])
+        self.descriptors = open_socket(self.context, zmq.PULL, self.endpoints["descriptors"], bind=True, hwm=hwm)
+        self.sink_in = open_socket(
+            self.context, zmq.PULL, self.endpoints["sink_in"], bind=True, hwm=4 * int(pipeline["inflight_frames"]) + 64
+        )
+        self.acks = open_socket(self.context, zmq.PUB, self.endpoints["acks"], bind=True, hwm=100_000)
+        self.events = open_socket(self.context, zmq.PUB, self.endpoints["events"], bind=True, hwm=100_000)
+        control = self.subscribe_control()
+        streams = {item["stream_id"]: item["kind"] in ("camera", "url") for item in self.spec["sources"]}
+        fps = {
+            sid: float(self.spec["stream_fps"].get(sid) or self.config["outputs"]["live_video_fps"]) for sid in streams
+        }
+        matcher = open_matcher(self.config, outputs_spec.get("gallery"))
+        outputs = SinkOutputs(
+            events=outputs_spec.get("events"),
+            detections=outputs_spec.get("detections"),
+            video=outputs_spec.get("video"),
+            stream_fps=fps,
+            codec=str(self.config["outputs"]["video_codec"]),
+            show=bool(outputs_spec.get("show")),
+            publish=lambda topic, line: self.events.send_multipart([topic.encode(), line], zmq.NOBLOCK),
+        )
+        self.core = SinkCore(
+            streams,
+            matcher,
+            outputs,
+            self.config["tracker"],
+            detect_every=int(pipeline["detect_every"]),
+            live_hold_s=float(pipeline["live_reorder_ms"]) / 1000,
+            stats=self.stats,
+        )
+        self.extra_stats = self._extra_stats
+        refresh_every = float(pipeline["gallery_refresh_s"])
+        next_refresh = time.monotonic() + refresh_every
+        poller = zmq.Poller()
+        for socket in (self.descriptors, self.sink_in, control):
+            poller.register(socket, zmq.POLLIN)
+        self.ready()
+        try:
+            while not self.stopping and not self.core.done:
+                ready = dict(poller.poll(20))
+                if control in ready:
+                    self.handle_control()
+                if self.sink_in in ready:
+                    self._drain(self.sink_in, "sink_in")
+                if self.descriptors in ready:
+                    self._drain(self.descriptors, "descriptors")
+                self.core.pump()
+                self._publish_acks()
+                if outputs.window is not None and outputs.window.quit:
+                    self.quit = True
+                    self.request_stop("q pressed in the window")
+                if refresh_every > 0 and time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + refresh_every
+                    try:
+                        if matcher.refresh():
+                            log.info("gallery changed: reloaded")
+                            self.stats.count("gallery_reloads")
+                    except Exception as error:  # a gallery being rewritten must not stop the run
+                        log.warning("gallery refresh failed (keeping the previous state): %s", error)
+                self.send_stats()
+        finally:
+            self.core.close()
+        return 0
+
+    def _drain(self, socket: zmq.Socket, channel: str, limit: int = 256) -> None:
+        for _ in range(limit):
+            try:
+                message = messages.recv(socket, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except MessageError as error:
+                self.malformed(f"{channel}: {error}")
+                continue
+            try:
+                self.core.add(message, channel)
+            except MessageError as error:
+                self.malformed(str(error))
+
+    def _publish_acks(self) -> None:
+        for stream_id, frames in self.core.take_acks().items():
+            try:
+                self.acks.send(encode_json({"type": "ack", "stream_id": stream_id, "frames": frames}), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the source re-sends and we ack again
+
+    def _extra_stats(self) -> dict[str, Any]:
+        streams = {
+            sid: {"processed": s.processed, "waiting": len(s.pending), "finished": s.finished}
+            for sid, s in self.core.streams.items()
+        }
+        return {
+            "streams": streams,
+            "summaries": self.core.summaries,
+            "events": self.core.outputs.event_count,
+            "quit": self.quit,
+        }

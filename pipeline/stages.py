@@ -1,0 +1,698 @@
+"""Stage processes of `facestream run`: the shared process scaffolding, and the detect+align and embed workers.
+
+Processes and sockets (every arrow a real ZeroMQ socket; ``B`` marks the side that binds)::
+
+    source ─PUSH(B) frames──▶ PULL detect+align ×N ─PUSH──▶ PULL(B) faces_in ┐
+                                                                           faces queue (supervisor thread)
+    sink ◀─PULL(B) descriptors── PUSH embed ×M ◀──PULL── PUSH(B) faces_out ┘
+    sink ◀─PULL(B) sink_in── PUSH source        display frames, skip notices, end of stream
+    sink ─PUB(B) acks──▶ SUB source             completed frames (file sources: re-send what is missing)
+    sink ─PUB(B) events──▶ anyone               identity events as JSON
+    every process ─PUSH──▶ PULL(B) stats        supervisor: counters, latency, readiness, final summary
+    supervisor ─PUB(B) control──▶ SUB source, sink, local workers   Control("stop"), Control("resend")
+
+Detect and embed workers are stateless and only connect, so more of them (on this machine or another
+one) can join a running pipeline with ``facestream stage detect|embed --config FILE``: a detect worker
+connects to ``frames`` and ``faces_in``, an embed worker to ``faces_out`` and ``descriptors``, both to
+``stats``. Stage messages are `pipeline.messages` (versioned header + raw arrays, no pickle); the
+control plane (acks, stats) is one JSON frame behind a 4-byte magic, see `encode_json`. A message that
+does not decode is dropped, logged (rate-limited) and counted in the stage's ``malformed`` counter,
+never fatal.
+
+A process started by the supervisor gets the run's spec (a JSON file in the run directory) and its
+role; it installs SIGTERM/SIGINT handlers first thing, asks the kernel to send it SIGTERM when the
+supervisor dies (Linux), reports ``ready`` once its models are loaded and stops within a few hundred
+milliseconds of SIGTERM or Control("stop").
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import messages
+from .messages import Control, DescriptorsMessage, FacesMessage, FrameMessage, MessageError
+
+log = logging.getLogger(__name__)
+
+# name -> (what it carries, who binds). Order matters only for documentation and port numbering.
+ENDPOINTS: dict[str, str] = {
+    "frames": "source PUSH binds; detect workers PULL",
+    "faces_in": "faces queue PULL binds (supervisor); detect workers PUSH",
+    "faces_out": "faces queue PUSH binds (supervisor); embed workers PULL",
+    "descriptors": "sink PULL binds; embed workers PUSH",
+    "sink_in": "sink PULL binds; source PUSH (display frames, skip notices, end of stream)",
+    "acks": "sink PUB binds; source SUB (completed frame indices)",
+    "events": "sink PUB binds; anyone SUB (identity events, JSON)",
+    "stats": "supervisor PULL binds; every process PUSH",
+    "control": "supervisor PUB binds; source, sink, local workers SUB",
+}
+ROLES = ("source", "detect", "embed", "sink")
+MAX_IPC_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+JSON_MAGIC = b"FSJ1"  # control-plane JSON, version 1
+MAX_JSON_BYTES = 1 << 20
+EMPTY_QUALITY_COLUMNS = 3
+
+
+class PipelineError(RuntimeError):
+    """A pipeline set-up problem with a clear message (bad endpoint, run directory, ...)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# endpoints and the run directory
+
+
+def make_run_dir(path: str | Path | None) -> tuple[Path, bool]:
+    """The private directory for ipc sockets and the run's files (mode 0700) and whether we created it.
+
+    An empty `path` makes a fresh temporary one. A given directory must be ours and not readable by
+    others, since anyone who can reach the sockets can inject frames or read faces.
+    """
+    if not path:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="facestream-")), True
+    run_dir = Path(path).expanduser().absolute()
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise PipelineError(f"pipeline.run_dir {run_dir}: cannot create: {error.strerror or error}") from None
+    info = run_dir.stat()
+    if not run_dir.is_dir():
+        raise PipelineError(f"pipeline.run_dir {run_dir}: not a directory")
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PipelineError(
+            f"pipeline.run_dir {run_dir}: must be owned by you and private (mode 0700), "
+            f"it is mode {info.st_mode & 0o777:o}; run `chmod 700 {run_dir}` or pick another directory"
+        )
+    return run_dir, created
+
+
+def resolve_endpoints(config: dict, run_dir: Path | None) -> dict[str, str]:
+    """Every endpoint: `pipeline.endpoints.NAME` when set (tcp://host:port or ipc://path), else ipc in run_dir."""
+    configured = config["pipeline"]["endpoints"]
+    endpoints = {}
+    for name in ENDPOINTS:
+        value = str(configured.get(name) or "")
+        if not value:
+            if run_dir is None:
+                raise PipelineError(
+                    f"pipeline.endpoints.{name} is not set and there is no run directory: set pipeline.run_dir "
+                    "(same machine) or the tcp:// endpoints (other machines) in the config file"
+                )
+            value = f"ipc://{run_dir / name}"
+        if not value.startswith(("ipc://", "tcp://", "inproc://")):
+            raise PipelineError(f"pipeline.endpoints.{name}: {value!r} is not an ipc://, tcp:// or inproc:// address")
+        if value.startswith("ipc://") and len(value) - len("ipc://") > MAX_IPC_PATH:
+            raise PipelineError(
+                f"pipeline.endpoints.{name}: the socket path {value[6:]!r} is longer than {MAX_IPC_PATH} characters "
+                "(a Unix socket limit); use a shorter pipeline.run_dir"
+            )
+        endpoints[name] = value
+    return endpoints
+
+
+def open_socket(
+    context: zmq.Context,
+    kind: int,
+    endpoint: str,
+    *,
+    bind: bool,
+    hwm: int | None = None,
+    subscribe: bytes | None = None,
+) -> zmq.Socket:
+    """A socket bound or connected to `endpoint`, with LINGER 0 (a stopping stage never hangs on unsent data)."""
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.LINGER, 0)
+    if hwm is not None:
+        socket.setsockopt(zmq.SNDHWM, hwm)
+        socket.setsockopt(zmq.RCVHWM, hwm)
+    if subscribe is not None:
+        socket.setsockopt(zmq.SUBSCRIBE, subscribe)
+    try:
+        if bind:
+            socket.bind(endpoint)
+        else:
+            socket.connect(endpoint)
+    except zmq.ZMQError as error:
+        socket.close()
+        what = "bind" if bind else "connect"
+        hint = " (another facestream run using the same endpoints?)" if error.errno == zmq.EADDRINUSE else ""
+        raise PipelineError(f"cannot {what} {endpoint}: {error}{hint}") from None
+    return socket
+
+
+# ------------------------------------------------------------------------------------------------
+# control-plane JSON: acks, stats
+
+
+def encode_json(payload: dict[str, Any]) -> bytes:
+    """One control-plane frame: JSON_MAGIC + compact JSON of an object with a string "type"."""
+    return JSON_MAGIC + json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_json(frame: Any) -> dict[str, Any]:
+    """The object in one control-plane frame; MessageError when it is not one (so it is counted and dropped)."""
+    data = bytes(frame)
+    if not data.startswith(JSON_MAGIC):
+        raise MessageError(f"control frame starts with {data[:4]!r}, expected {JSON_MAGIC!r}")
+    if len(data) > MAX_JSON_BYTES:
+        raise MessageError(f"control frame is {len(data)} bytes, more than {MAX_JSON_BYTES}")
+    try:
+        payload = json.loads(data[len(JSON_MAGIC) :])
+    except (ValueError, RecursionError) as error:
+        raise MessageError(f"control frame is not valid JSON: {error}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+        raise MessageError("control frame is not a JSON object with a string 'type'")
+    return payload
+
+
+def empty_faces(stream_id: str, frame_index: int, timestamp: float, width: int, height: int) -> FacesMessage:
+    """A FacesMessage with no face: a frame the detector found nothing in, or (from the source) did not run on."""
+    return FacesMessage(
+        stream_id,
+        frame_index,
+        timestamp,
+        width,
+        height,
+        np.zeros((0, 4), np.int64),
+        np.zeros(0, np.float64),
+        np.zeros((0, 5, 2), np.int64),
+        np.zeros((0, messages.CHIP_SIZE, messages.CHIP_SIZE, 3), np.uint8),
+        np.zeros((0, EMPTY_QUALITY_COLUMNS), np.float32),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+class StageStats:
+    """Counters and recent latencies of one process, sent to the supervisor as JSON."""
+
+    def __init__(self, window: int = 256) -> None:
+        self.counters: dict[str, int] = {}
+        self.latencies: dict[str, deque[float]] = {}
+        self.window = window
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def latency(self, name: str, seconds: float) -> None:
+        self.latencies.setdefault(name, deque(maxlen=self.window)).append(seconds * 1000.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        latency = {}
+        for name, values in self.latencies.items():
+            if values:
+                array = np.fromiter(values, np.float64)
+                latency[name] = {
+                    "p50_ms": round(float(np.percentile(array, 50)), 2),
+                    "p95_ms": round(float(np.percentile(array, 95)), 2),
+                    "mean_ms": round(float(array.mean()), 2),
+                }
+        return {"counters": dict(self.counters), "latency": latency}
+
+
+class RateLimitedLog:
+    """Log the first few occurrences of a recurring problem, then one line every `every` occurrences."""
+
+    def __init__(self, logger: logging.Logger, first: int = 5, every: int = 100) -> None:
+        self.logger, self.first, self.every, self.seen = logger, first, every, 0
+
+    def warning(self, text: str, *args: Any) -> None:
+        self.seen += 1
+        if self.seen <= self.first or self.seen % self.every == 0:
+            self.logger.warning(text + " (%d so far)", *args, self.seen)
+
+
+# ------------------------------------------------------------------------------------------------
+# the process scaffolding
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask Linux to SIGTERM us when the supervisor dies (so a kill -9 of it leaves no orphan)."""
+    if not parent_pid:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # it died before prctl took effect
+        raise SystemExit(0)
+
+
+class StageProcess:
+    """One stage process: sockets, stop flag, stats reporting, control messages. Subclasses implement `run`."""
+
+    role = "stage"
+
+    def __init__(self, name: str, spec: dict[str, Any], *, parent_pid: int | None = None) -> None:
+        self.name = name
+        self.spec = spec
+        self.config: dict[str, Any] = spec["config"]
+        self.endpoints: dict[str, str] = spec["endpoints"]
+        self.parent_pid = parent_pid
+        self.instance = f"{name}:{os.getpid()}:{time.time():.3f}"
+        self.stopping = False
+        self.stop_reason = ""
+        self.stats = StageStats()
+        self.malformed_log = RateLimitedLog(log)
+        self.context = zmq.Context.instance()
+        self._stats_socket = open_socket(self.context, zmq.PUSH, self.endpoints["stats"], bind=False, hwm=1000)
+        self._control: zmq.Socket | None = None
+        self._last_stats = 0.0
+        self._stats_interval = float(self.config["pipeline"]["stats_interval_s"])
+        self._ready = False
+        self.extra_stats: Callable[[], dict[str, Any]] = dict
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stopping:
+            log.info("%s: stopping (%s)", self.name, reason)
+        self.stopping, self.stop_reason = True, self.stop_reason or reason
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def subscribe_control(self) -> zmq.Socket:
+        self._control = open_socket(self.context, zmq.SUB, self.endpoints["control"], bind=False, subscribe=b"")
+        return self._control
+
+    def handle_control(self) -> list[Control]:
+        """Drain the control socket; "stop" is handled here, other commands are returned."""
+        commands = []
+        while self._control is not None:
+            try:
+                message = messages.recv(self._control, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except MessageError as error:
+                self.malformed(f"control: {error}")
+                continue
+            if not isinstance(message, Control):
+                self.malformed(f"control: unexpected {type(message).__name__}")
+            elif message.command == "stop":
+                self.request_stop("stop requested by the supervisor")
+            else:
+                commands.append(message)
+        return commands
+
+    def orphaned(self) -> bool:
+        return bool(self.parent_pid) and os.getppid() != self.parent_pid
+
+    def malformed(self, reason: str) -> None:
+        self.stats.count("malformed")
+        self.malformed_log.warning("%s: dropped a malformed message: %s", self.name, reason)
+
+    # -- stats ---------------------------------------------------------------------------------
+
+    def ready(self) -> None:
+        self._ready = True
+        self.send_stats(force=True)
+
+    def send_stats(self, force: bool = False, final: bool = False, **extra: Any) -> None:
+        now = time.monotonic()
+        if not force and not final and now - self._last_stats < self._stats_interval:
+            return
+        self._last_stats = now
+        if self.orphaned():
+            self.request_stop("the supervisor is gone")
+        payload = {
+            "type": "stats",
+            "name": self.name,
+            "role": self.role,
+            "pid": os.getpid(),
+            "instance": self.instance,
+            "ready": self._ready,
+            "final": final,
+            "time": time.time(),
+            **self.stats.snapshot(),
+            **self.extra_stats(),
+            **extra,
+        }
+        try:
+            self._stats_socket.send(encode_json(payload), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # nobody collecting (a stand-alone worker without a run): stats are best effort
+        except (TypeError, ValueError) as error:
+            log.error("%s: cannot encode stats: %s", self.name, error)
+
+    def close(self) -> None:
+        # The final stats should reach the supervisor: give them a moment, never more.
+        for socket in list(self._sockets()):
+            socket.close(linger=1000 if socket is self._stats_socket else 0)
+        # Terminating the context lets ZeroMQ finish closing (bound ipc socket files are removed) before exit.
+        self.context.destroy(linger=0)
+
+    def _sockets(self) -> Iterator[zmq.Socket]:
+        for value in vars(self).values():
+            if isinstance(value, zmq.Socket) and not value.closed:
+                yield value
+
+    def send_until_stopped(self, socket: zmq.Socket, message: messages.Message) -> bool:
+        """Send with back-pressure (wait while the peer is at its high-water mark) but stay stoppable."""
+        frames = messages.encode(message)
+        while not self.stopping:
+            try:
+                socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:
+                socket.poll(100, zmq.POLLOUT)
+                self.handle_control()
+                self.send_stats()
+                if self.orphaned():
+                    self.request_stop("the supervisor is gone")
+        return False
+
+    def run(self) -> int:
+        raise NotImplementedError
+
+
+def worker_threads(config: dict, role: str) -> int:
+    """ONNX Runtime threads for one worker: `pipeline.worker_threads`, else cores shared by the detect workers."""
+    configured = int(config["pipeline"]["worker_threads"])
+    if configured > 0:
+        return configured
+    from ..engines.runtime import default_threads
+
+    if role == "embed":
+        return 1  # ~3 ms a face: one thread keeps up with several detect workers and leaves them the cores
+    return max(1, default_threads() // max(1, int(config["pipeline"]["detect_workers"])))
+
+
+def _cache_dir(config: dict) -> Path:
+    from ..engines.onnx_export import default_cache_dir
+
+    return Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
+
+
+# ------------------------------------------------------------------------------------------------
+# detect + align
+
+
+def detect_and_align(detector: Any, predictor: Any, frame: FrameMessage) -> FacesMessage:
+    """Faces, landmarks, chips and quality of one frame (the frame itself goes no further)."""
+    from ..engines.chips import extract_face_chips
+    from ..engines.quality import face_quality
+
+    image = frame.image
+    height, width = image.shape[:2]
+    boxes, scores = detector.detect(image)
+    if len(boxes) == 0:
+        return empty_faces(frame.stream_id, frame.frame_index, frame.timestamp, width, height)
+    landmarks = predictor.predict(image, boxes)
+    chips = extract_face_chips(image, landmarks)
+    quality = face_quality(chips, boxes, scores)
+    return FacesMessage(
+        frame.stream_id, frame.frame_index, frame.timestamp, width, height, boxes, scores, landmarks, chips, quality
+    )
+
+
+class DetectWorker(StageProcess):
+    """PULL frames -> detector, 5-point landmarks, chips, quality -> PUSH faces. Stateless; any number may run."""
+
+    role = "detect"
+
+    def run(self) -> int:
+        from ..engines.detector import FaceDetector
+        from ..engines.landmarks import ShapePredictor
+        from ..engines.models import model_path
+
+        config, threads = self.config, worker_threads(self.config, "detect")
+        cache = _cache_dir(config)
+        detector = FaceDetector.from_file(
+            model_path("detector", config["models"]["detector"]),
+            cache,
+            threads,
+            upsample=config["detector"]["upsample"],
+            threshold=config["detector"]["threshold"],
+        )
+        predictor = ShapePredictor.from_file(model_path("landmarks", config["models"]["landmarks"]), cache)
+        hwm = int(config["pipeline"]["frame_hwm"])
+        self.frames = open_socket(self.context, zmq.PULL, self.endpoints["frames"], bind=False, hwm=hwm)
+        self.faces = open_socket(
+            self.context, zmq.PUSH, self.endpoints["faces_in"], bind=False, hwm=int(config["pipeline"]["faces_hwm"])
+        )
+        control = self.subscribe_control() if self.spec.get("local") else None
+        poller = zmq.Poller()
+        poller.register(self.frames, zmq.POLLIN)
+        if control is not None:
+            poller.register(control, zmq.POLLIN)
+        log.info("%s: ready (%d ONNX Runtime threads, upsample %d)", self.name, threads, detector.upsample)
+        self.backlog: deque[FrameMessage] = deque()
+        self.ready()
+        while not self.stopping:
+            ready = dict(poller.poll(0 if self.backlog else 200))
+            if control is not None and control in ready:
+                self.handle_control()
+            if (self.backlog or self.frames in ready) and not self.stopping:
+                frame = self.backlog.popleft() if self.backlog else self._receive()
+                if frame is not None:
+                    self._one_frame(detector, predictor, self._newest(frame) if frame.live else frame)
+            self.send_stats()
+        return 0
+
+    def _receive(self) -> FrameMessage | None:
+        try:
+            frame = messages.recv(self.frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        except MessageError as error:
+            self.malformed(str(error))
+            return None
+        if not isinstance(frame, FrameMessage):
+            self.malformed(f"expected a frame, got a {type(frame).__name__}")
+            return None
+        self.stats.count("received")
+        return frame
+
+    def _newest(self, frame: FrameMessage) -> FrameMessage:
+        """A live frame whose stream has newer frames already queued here is stale: detect the newest instead.
+        Other frames met on the way wait in the backlog (at most the receive high-water mark)."""
+        while (queued := self._receive()) is not None:
+            if queued.live and queued.stream_id == frame.stream_id and queued.frame_index > frame.frame_index:
+                self.stats.count("stale")
+                frame = queued
+            else:
+                self.backlog.append(queued)
+        return frame
+
+    def _one_frame(self, detector: Any, predictor: Any, frame: FrameMessage) -> None:
+        started = time.perf_counter()
+        try:
+            faces = detect_and_align(detector, predictor, frame)
+        except (ValueError, MessageError) as error:  # e.g. an image the detector cannot take
+            self.malformed(f"frame {frame.stream_id}#{frame.frame_index}: {error}")
+            return
+        self.stats.latency("detect", time.perf_counter() - started)
+        self.stats.count("frames")
+        self.stats.count("faces", len(faces))
+        if self.send_until_stopped(self.faces, faces):
+            self.stats.count("sent")
+
+
+# ------------------------------------------------------------------------------------------------
+# embed
+
+
+def split_descriptors(batch: list[FacesMessage], descriptors: np.ndarray) -> list[DescriptorsMessage]:
+    """The (sum N,128) descriptors of a batch of messages back into one DescriptorsMessage per message."""
+    out, start = [], 0
+    for faces in batch:
+        out.append(DescriptorsMessage.from_faces(faces, descriptors[start : start + len(faces)]))
+        start += len(faces)
+    return out
+
+
+class EmbedWorker(StageProcess):
+    """PULL faces -> batches across frames and streams (up to embedder.max_batch faces or
+    pipeline.embed_max_wait_ms) -> descriptors -> PUSH to the sink."""
+
+    role = "embed"
+
+    def run(self) -> int:
+        from ..engines.embedder import FaceEmbedder
+        from ..engines.models import model_path
+
+        config, threads = self.config, worker_threads(self.config, "embed")
+        self.max_batch = max(1, int(config["embedder"]["max_batch"]))
+        self.max_wait = float(config["pipeline"]["embed_max_wait_ms"]) / 1000.0
+        embedder = FaceEmbedder.from_file(
+            model_path("embedder", config["models"]["embedder"]), _cache_dir(config), threads, max_batch=self.max_batch
+        )
+        hwm = int(config["pipeline"]["faces_hwm"])
+        self.faces = open_socket(self.context, zmq.PULL, self.endpoints["faces_out"], bind=False, hwm=hwm)
+        self.descriptors = open_socket(self.context, zmq.PUSH, self.endpoints["descriptors"], bind=False, hwm=hwm)
+        control = self.subscribe_control() if self.spec.get("local") else None
+        poller = zmq.Poller()
+        poller.register(self.faces, zmq.POLLIN)
+        if control is not None:
+            poller.register(control, zmq.POLLIN)
+        log.info("%s: ready (%d ONNX Runtime threads, batches of up to %d faces)", self.name, threads, self.max_batch)
+        self.ready()
+        while not self.stopping:
+            ready = dict(poller.poll(200))
+            if control is not None and control in ready:
+                self.handle_control()
+            if self.faces in ready and not self.stopping:
+                batch = self._collect()
+                if batch:
+                    self._embed(embedder, batch)
+            self.send_stats()
+        return 0
+
+    def _receive(self) -> FacesMessage | None:
+        try:
+            message = messages.recv(self.faces, zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        except MessageError as error:
+            self.malformed(str(error))
+            return None
+        if not isinstance(message, FacesMessage):
+            self.malformed(f"expected faces, got a {type(message).__name__}")
+            return None
+        self.stats.count("received")
+        return message
+
+    def _collect(self) -> list[FacesMessage]:
+        """Messages until max_batch faces or max_wait after the first one; frames without faces end a wait early
+        only when nothing else is queued (they cost nothing to pass on)."""
+        batch: list[FacesMessage] = []
+        faces = 0
+        deadline = None
+        while faces < self.max_batch:
+            message = self._receive()
+            if message is None:
+                if deadline is None:
+                    if not batch:
+                        return batch
+                    if faces == 0:
+                        return batch  # only empty frames so far: nothing to wait for
+                    deadline = time.monotonic() + self.max_wait
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.faces.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                    break
+                continue
+            batch.append(message)
+            faces += len(message)
+        return batch
+
+    def _embed(self, embedder: Any, batch: list[FacesMessage]) -> None:
+        faces = sum(len(message) for message in batch)
+        if faces:
+            started = time.perf_counter()
+            chips = np.concatenate([message.chips for message in batch if len(message)])
+            descriptors = embedder.embed_chips(chips)
+            elapsed = time.perf_counter() - started
+            self.stats.latency("embed_batch", elapsed)
+            self.stats.latency("embed_face", elapsed / faces)
+            self.stats.count("batches")
+            self.stats.count("faces", faces)
+        else:
+            descriptors = np.zeros((0, messages.DESCRIPTOR_SIZE), np.float32)
+        for message in split_descriptors(batch, descriptors):
+            if not self.send_until_stopped(self.descriptors, message):
+                return
+            self.stats.count("sent")
+
+
+# ------------------------------------------------------------------------------------------------
+# process entry point
+
+
+def stage_class(role: str) -> type[StageProcess]:
+    if role == "detect":
+        return DetectWorker
+    if role == "embed":
+        return EmbedWorker
+    if role == "source":
+        from .sources import SourceStage
+
+        return SourceStage
+    if role == "sink":
+        from .sinks import SinkStage
+
+        return SinkStage
+    raise PipelineError(f"unknown stage {role!r}; stages: {', '.join(ROLES)}")
+
+
+def configure_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_stage(role: str, name: str, spec: dict[str, Any], parent_pid: int | None = None) -> int:
+    """Run one stage process until it finishes or is stopped; the exit code."""
+    stage = stage_class(role)(name, spec, parent_pid=parent_pid)
+    stage.install_signal_handlers()
+    if _EARLY_STOP:
+        stage.request_stop("SIGTERM during start-up")
+    try:
+        code = stage.run()
+    except PipelineError as error:
+        log.error("%s: %s", name, error)
+        code = 2
+    except Exception as error:
+        from ..engines.dlib_format import DlibFormatError
+        from ..engines.models import ModelNotFoundError
+
+        if not isinstance(error, DlibFormatError | ModelNotFoundError):
+            raise
+        log.error("%s: %s", name, error)
+        code = 2
+    finally:
+        stage.send_stats(final=True)
+        stage.close()
+    return code
+
+
+_EARLY_STOP: list[int] = []  # signals that arrived before the stage installed its own handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m facestream.pipeline.stages ROLE --spec FILE --name NAME`: how the supervisor starts a stage."""
+    # A handler before anything slow: a SIGTERM during start-up must not leave a traceback or half-written files.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: _EARLY_STOP.append(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    parser = argparse.ArgumentParser(prog="facestream-stage")
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("--spec", required=True, help="the run's spec.json")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--parent", type=int, default=0, help="supervisor pid: exit when it dies")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.name)
+    die_with_parent(args.parent)
+    spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
+    spec["local"] = True
+    return run_stage(args.role, args.name, spec, parent_pid=args.parent or None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

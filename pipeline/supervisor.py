@@ -1,0 +1,646 @@
+"""`facestream run`: start every stage process, watch them, restart crashed workers, report, stop cleanly.
+
+The supervisor is the process the user started. It
+
+* makes the private run directory (0700) for the ipc sockets, the run's ``spec.json`` (what every stage
+  needs: config, endpoints, sources, outputs) and ``processes.json`` (name, role and pid of every
+  process it started, rewritten at each start: for operators and tests);
+* binds ``stats`` (PULL: counters from every process) and ``control`` (PUB: Control("stop"/"resend")),
+  and runs the faces queue — a ZeroMQ streamer between ``faces_in`` and ``faces_out`` in a thread — so
+  any number of detect and embed workers, local or remote, only ever connect;
+* starts the sink, the embed workers, the detect workers and the source, each as
+  ``python -m facestream.pipeline.stages ROLE`` in its own process group (a Ctrl-C at the terminal
+  reaches only the supervisor, which then stops the others in order);
+* restarts a detect or embed worker that dies (up to ``pipeline.max_restarts`` per worker slot) and
+  tells the source to re-send every frame still in flight, since it cannot know which ones the dead
+  worker held: in file mode no frame goes missing (the sink drops the duplicates). A worker exiting
+  with code 2 (bad model file, bad endpoint) is not restarted: the run stops with its error. The
+  source and the sink hold the run's state; if one of them dies the run stops with an error;
+* prints throughput, latency and queue depth per stage every ``pipeline.report_interval_s`` and at the
+  end (``--stats FILE`` also gets them as JSON, with the per-identity summaries), and a progress bar
+  for file sources when stderr is a terminal;
+* on Ctrl-C or SIGTERM sends every process SIGTERM: the sink processes what is in order, ends the
+  tracks, writes the summaries and closes its files; anything still running after
+  ``pipeline.shutdown_grace_s`` is killed. A second Ctrl-C kills at once. Children also get SIGTERM from
+  the kernel if the supervisor itself dies (Linux PR_SET_PDEATHSIG), so no process outlives a run.
+
+Queue depth per stage is measured, not guessed: messages sent to the stage minus messages the
+stage's processes received (ZeroMQ does not expose its queues); messages lost with a killed worker
+count as queued until the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import messages
+from .messages import Control
+from .sources import SourceError, SourceSpec, parse_sources, probe_source
+from .stages import (
+    ENDPOINTS,
+    MessageError,
+    PipelineError,
+    decode_json,
+    make_run_dir,
+    open_socket,
+    resolve_endpoints,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+POLL_MS = 100
+
+
+@dataclass
+class RunOptions:
+    """What `facestream run` was asked for (beyond the config file)."""
+
+    sources: list[str]
+    events: str | None = None
+    detections: str | None = None
+    output: str | None = None
+    gallery: str | None = None
+    workers: int | None = None
+    show: bool = False
+    stats: str | None = None
+    progress: bool = True  # a tqdm bar on stderr when it is a terminal
+    report: bool = True  # the periodic stats lines
+    log_level: str = "warning"
+
+
+@dataclass
+class Child:
+    """One stage process slot; a restart gives the slot a new process."""
+
+    name: str
+    role: str
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    pids: list[int] = field(default_factory=list)
+    ready: bool = False
+    exit_code: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class FacesQueue:
+    """The ZeroMQ streamer between detect workers (PUSH -> faces_in) and embed workers (faces_out -> PULL)."""
+
+    def __init__(self, context: zmq.Context, endpoints: dict[str, str], hwm: int) -> None:
+        self.context, self.endpoints, self.hwm = context, endpoints, hwm
+        self.error: str | None = None
+        self._bound = threading.Event()
+        self._control = f"inproc://faces-queue-{id(self)}"
+        self.thread = threading.Thread(target=self._run, name="faces queue", daemon=True)
+
+    def start(self) -> FacesQueue:
+        self.thread.start()
+        self._bound.wait(10)
+        if self.error:
+            raise PipelineError(self.error)
+        return self
+
+    def _run(self) -> None:
+        sockets = []
+        try:
+            frontend = open_socket(self.context, zmq.PULL, self.endpoints["faces_in"], bind=True, hwm=self.hwm)
+            sockets.append(frontend)
+            backend = open_socket(self.context, zmq.PUSH, self.endpoints["faces_out"], bind=True, hwm=self.hwm)
+            sockets.append(backend)
+            control = self.context.socket(zmq.PAIR)
+            control.bind(self._control)
+            sockets.append(control)
+        except PipelineError as error:
+            self.error = str(error)
+            self._bound.set()
+            for socket in sockets:
+                socket.close(0)
+            return
+        self._bound.set()
+        try:
+            zmq.proxy_steerable(frontend, backend, None, control)
+        except zmq.ZMQError as error:
+            if error.errno != zmq.ETERM:
+                log.error("faces queue stopped: %s", error)
+        finally:
+            for socket in sockets:
+                socket.close(0)
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        control = self.context.socket(zmq.PAIR)
+        control.connect(self._control)
+        control.send(b"TERMINATE")
+        control.close(linger=1000)
+        self.thread.join(2)
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+def _sum_counters(snapshots: list[dict[str, Any]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for snapshot in snapshots:
+        for name, value in snapshot.get("counters", {}).items():
+            totals[name] = totals.get(name, 0) + int(value)
+    return totals
+
+
+def _mean_latency(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per latency name, the mean over processes of each figure (p50, p95, mean)."""
+    collected: dict[str, list[dict[str, float]]] = {}
+    for snapshot in snapshots:
+        for name, figures in snapshot.get("latency", {}).items():
+            collected.setdefault(name, []).append(figures)
+    return {
+        name: {key: round(sum(f[key] for f in values) / len(values), 2) for key in values[0]}
+        for name, values in collected.items()
+    }
+
+
+def _by_process(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Counters per process name (a restarted worker's instances added up)."""
+    named: dict[str, list[dict[str, Any]]] = {}
+    for snapshot in snapshots:
+        named.setdefault(str(snapshot.get("name")), []).append(snapshot)
+    return {name: _sum_counters(group) for name, group in sorted(named.items())}
+
+
+class StatsBoard:
+    """The latest snapshot of every process instance (dead ones keep their last counts)."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.started = time.monotonic()
+        self._previous: tuple[float, dict[str, dict[str, int]]] | None = None
+
+    def update(self, payload: dict[str, Any]) -> None:
+        instance = payload.get("instance")
+        if isinstance(instance, str):
+            self.snapshots[instance] = payload
+
+    def of_role(self, role: str) -> list[dict[str, Any]]:
+        return [s for s in self.snapshots.values() if s.get("role") == role]
+
+    def stream_stats(self) -> dict[str, dict[str, Any]]:
+        streams: dict[str, dict[str, Any]] = {}
+        for role in ("source", "sink"):
+            for snapshot in self.of_role(role):
+                for sid, info in snapshot.get("streams", {}).items():
+                    streams.setdefault(sid, {}).update(info)
+        return streams
+
+    def summaries(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for snapshot in self.of_role("sink"):
+            found.update(snapshot.get("summaries", {}))
+        return found
+
+    def errors(self) -> list[str]:
+        return [e for s in self.of_role("source") for e in s.get("errors", [])]
+
+    def processed(self) -> int:
+        return sum(info.get("processed", 0) for s in self.of_role("sink") for info in s.get("streams", {}).values())
+
+    def stages(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per role: counters, throughput over the run and since the last call, latency, queue depth, workers."""
+        now = time.monotonic() if now is None else now
+        elapsed = max(1e-9, now - self.started)
+        counters = {role: _sum_counters(self.of_role(role)) for role in ("source", "detect", "embed", "sink")}
+        sent_frames = sum(info.get("sent", 0) for s in self.of_role("source") for info in s.get("streams", {}).values())
+        queues = {
+            "detect": sent_frames - counters["detect"].get("received", 0),
+            "embed": counters["detect"].get("sent", 0) - counters["embed"].get("received", 0),
+            "sink": counters["embed"].get("sent", 0) - counters["sink"].get("received", 0),
+        }
+        units = {"source": ("frames", sent_frames), "detect": ("frames", counters["detect"].get("frames", 0)),
+                 "embed": ("faces", counters["embed"].get("faces", 0)),
+                 "sink": ("frames", counters["sink"].get("frames", 0))}  # fmt: skip
+        recent: dict[str, float] = {}
+        if self._previous is not None:
+            then, before = self._previous
+            for role, (_, total) in units.items():
+                recent[role] = (total - before.get(role, {}).get("total", 0)) / max(1e-9, now - then)
+        self._previous = (now, {role: {"total": total} for role, (_, total) in units.items()})
+        report = {}
+        for role, (unit, total) in units.items():
+            report[role] = {
+                "processes": len({s.get("name") for s in self.of_role(role)}),
+                "unit": unit,
+                "total": total,
+                "per_second": round(total / elapsed, 3),
+                "recent_per_second": round(recent.get(role, total / elapsed), 3),
+                "latency": _mean_latency(self.of_role(role)),
+                "counters": counters[role],
+                "by_process": _by_process(self.of_role(role)),
+            }
+            if role in queues:
+                report[role]["queue_depth"] = max(0, queues[role])
+        return report
+
+
+def format_report(stages: dict[str, dict[str, Any]], elapsed: float, final: bool = False) -> str:
+    """Per-stage throughput, latency and queue depth: one line, or (final) one line per stage, averaged over the run.
+
+    source: frames sent to the detectors and their latency (sent -> result at the sink, queues included);
+    detect, embed: their rate, time per frame / face, and the messages waiting for them; sink: frames written.
+    """
+    rate = "per_second" if final else "recent_per_second"
+
+    def p50(role: str, name: str) -> float | None:
+        figures = stages[role]["latency"].get(name)
+        return figures["p50_ms"] if figures else None
+
+    parts = []
+    for role in ("source", "detect", "embed", "sink"):
+        info = stages[role]
+        name = role if role in ("source", "sink") else f"{role} x{info['processes']}"
+        text = f"{name}: {info[rate]:.1f} {info['unit']}/s"
+        if role == "source" and p50("source", "frame") is not None:
+            figures = stages["source"]["latency"]["frame"]
+            text += f", latency {figures['p50_ms'] / 1000:.2f} s p50 / {figures['p95_ms'] / 1000:.2f} s p95"
+        if role == "detect" and p50("detect", "detect") is not None:
+            text += f", {p50('detect', 'detect'):.0f} ms/frame"
+        if role == "embed" and p50("embed", "embed_face") is not None:
+            text += f", {p50('embed', 'embed_face'):.1f} ms/face"
+        if "queue_depth" in info and not final:
+            text += f", queue {info['queue_depth']}"
+        counters = info["counters"]
+        for counter in ("malformed", "duplicates", "late", "stale"):
+            if counters.get(counter):
+                text += f", {counters[counter]} {counter}"
+        parts.append(text)
+    return f"[{elapsed:6.1f} s] " + ("\n  " if final else " | ").join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# the supervisor
+
+
+class Supervisor:
+    def __init__(self, config: dict[str, Any], options: RunOptions) -> None:
+        self.config = config
+        self.options = options
+        self.pipeline = config["pipeline"]
+        if options.workers is not None:
+            self.pipeline["detect_workers"] = max(1, int(options.workers))
+        self.children: list[Child] = []
+        self.signal_received: int | None = None
+        self.fatal: str | None = None
+        self.board = StatsBoard()
+        self.run_dir: Path | None = None
+        self.created_run_dir = False
+        self.started = time.monotonic()
+        self.progress: Any = None
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def _prepare(self) -> tuple[list[SourceSpec], dict[str, Any]]:
+        from ..engines.models import model_path
+
+        specs = parse_sources(self.options.sources)
+        for kind in ("detector", "landmarks", "embedder"):  # a missing model file: say so before starting anything
+            model_path(kind, self.config["models"][kind])
+        for path in (self.options.events, self.options.detections, self.options.output, self.options.stats):
+            if path:
+                _check_writable(Path(path))
+        if self.options.gallery is not None or self.config.get("gallery"):
+            from .sinks import open_matcher
+
+            open_matcher(self.config, self.options.gallery).close()  # a corrupt gallery fails here, clearly
+        self.run_dir, self.created_run_dir = make_run_dir(self.pipeline["run_dir"])
+        _check_not_in_use(self.run_dir)
+        endpoints = resolve_endpoints(self.config, self.run_dir)
+        fps = {}
+        for spec in specs:
+            if not spec.live:
+                fps[spec.stream_id] = probe_source(spec, self.config).fps
+        outputs = {
+            "events": _absolute(self.options.events), "detections": _absolute(self.options.detections),
+            "video": _absolute(self.options.output), "show": self.options.show,
+            "gallery": _absolute(self.options.gallery), "images": bool(self.options.output or self.options.show),
+        }  # fmt: skip
+        spec = {"config": self.config, "endpoints": endpoints, "sources": [s.to_json() for s in specs],
+                "outputs": outputs, "stream_fps": fps}  # fmt: skip
+        return specs, spec
+
+    def _write_private(self, name: str, payload: Any) -> Path:
+        assert self.run_dir is not None
+        path = self.run_dir / name
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1)
+        os.replace(temporary, path)
+        return path
+
+    def _write_processes(self) -> None:
+        self._write_private("processes.json", {
+            "supervisor": os.getpid(),
+            "processes": [{"name": c.name, "role": c.role, "pid": c.process.pid if c.process else None,
+                           "pids": c.pids, "restarts": c.restarts, "ready": c.ready} for c in self.children],
+        })  # fmt: skip
+
+    def _start(self, child: Child) -> None:
+        threads = "1"
+        if child.role in ("detect", "embed"):
+            from .stages import worker_threads
+
+            threads = str(worker_threads(self.config, child.role))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        argv = [sys.executable, "-m", "facestream.pipeline.stages", child.role, "--spec", str(self.spec_path),
+                "--name", child.name, "--parent", str(os.getpid()), "--log-level", self.options.log_level]  # fmt: skip
+        child.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         process_group=0)  # fmt: skip
+        child.pids.append(child.process.pid)
+        child.ready = False
+        child.exit_code = None
+        log.info("started %s (pid %d)", child.name, child.process.pid)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            specs, spec = self._prepare()
+        except (SourceError, PipelineError, OSError) as error:  # ModelNotFoundError is an OSError
+            log.error("%s", error)
+            return EXIT_USAGE
+        except Exception as error:
+            from ..enroll.store import GalleryError
+
+            if not isinstance(error, GalleryError):
+                raise
+            log.error("%s", error)
+            return EXIT_USAGE
+        self.spec_path = self._write_private("spec.json", spec)
+        context = zmq.Context()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        faces_queue = None
+        code = EXIT_FAILED
+        try:
+            endpoints = spec["endpoints"]
+            self.stats = open_socket(context, zmq.PULL, endpoints["stats"], bind=True, hwm=100_000)
+            self.control = open_socket(context, zmq.PUB, endpoints["control"], bind=True)
+            faces_queue = FacesQueue(context, endpoints, int(self.pipeline["faces_hwm"])).start()
+            self.children = (
+                [Child("sink", "sink")]
+                + [Child(f"embed-{i + 1}", "embed") for i in range(max(1, int(self.pipeline["embed_workers"])))]
+                + [Child(f"detect-{i + 1}", "detect") for i in range(max(1, int(self.pipeline["detect_workers"])))]
+                + [Child("source", "source")]
+            )
+            for child in self.children:
+                self._start(child)
+            self._write_processes()
+            log.info("run directory %s; events published on %s", self.run_dir, endpoints["events"])
+            self._open_progress(specs)
+            reason = self._watch()
+            code = self._stop(reason)
+        except PipelineError as error:
+            log.error("%s", error)
+            self._stop("error")
+            code = EXIT_USAGE
+        finally:
+            if faces_queue is not None:
+                faces_queue.stop()
+            self._drain_stats(0)
+            context.destroy(linger=0)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.progress is not None:
+                self.progress.close()
+        code = self._finish(code)
+        if self.created_run_dir and self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return code
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.signal_received is not None:  # the second Ctrl-C: no more waiting
+            for child in self.children:
+                if child.alive:
+                    child.process.kill()
+            return
+        self.signal_received = signum
+
+    def _drain_stats(self, timeout_ms: int) -> None:
+        socket = getattr(self, "stats", None)
+        if socket is None or socket.closed:
+            return
+        if not socket.poll(timeout_ms, zmq.POLLIN):
+            return
+        while True:
+            try:
+                payload = decode_json(socket.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except MessageError as error:
+                log.warning("stats: dropped a malformed message: %s", error)
+                continue
+            self.board.update(payload)
+            for child in self.children:
+                ours = child.process is not None and payload.get("pid") == child.process.pid
+                if ours and payload.get("ready") and not child.ready:
+                    child.ready = True
+                    self._write_processes()
+
+    def _watch(self) -> str:
+        """Until the run ends: the reason ("finished", "SIGINT", "SIGTERM", "error", "quit")."""
+        next_report = time.monotonic() + float(self.pipeline["report_interval_s"])
+        while True:
+            self._drain_stats(POLL_MS)
+            if self.signal_received is not None:
+                return signal.Signals(self.signal_received).name
+            for child in self.children:
+                if child.process is None or child.exit_code is not None:
+                    continue
+                code = child.process.poll()
+                if code is None:
+                    continue
+                child.exit_code = code
+                outcome = self._exited(child, code)
+                if outcome:
+                    return outcome
+            self._update_progress()
+            if self.options.report and time.monotonic() >= next_report:
+                next_report = time.monotonic() + float(self.pipeline["report_interval_s"])
+                self._say(format_report(self.board.stages(), time.monotonic() - self.started))
+
+    def _exited(self, child: Child, code: int) -> str | None:
+        """React to a child's exit; a reason when the run is over."""
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if child.role == "sink":
+            self._drain_stats(200)
+            if code == 0:
+                quit_ = any(s.get("quit") for s in self.board.of_role("sink"))
+                return "quit" if quit_ else "finished"
+            self.fatal = f"the sink {how}; the run cannot go on without it (see its log above)"
+            return "error"
+        if child.role == "source":
+            if code == 0:
+                log.info("the source has sent everything")
+                return None
+            self.fatal = f"the source {how} (see its log above)"
+            return "error"
+        if code == 2:
+            self.fatal = f"{child.name} {how}: a configuration or model problem (see its log above)"
+            return "error"
+        if child.restarts >= int(self.pipeline["max_restarts"]):
+            self.fatal = f"{child.name} {how} and was already restarted {child.restarts} times: giving up"
+            return "error"
+        child.restarts += 1
+        log.warning("%s %s: restarting it (restart %d of at most %d) and re-sending its frames", child.name, how,
+                    child.restarts, self.pipeline["max_restarts"])  # fmt: skip
+        self._start(child)
+        self._write_processes()
+        # Whatever the dead worker held is gone; the source cannot know which frames that was.
+        messages.send(self.control, Control("resend"))
+        return None
+
+    def _stop(self, reason: str) -> int:
+        """Stop every process: SIGTERM, wait up to the grace period, then SIGKILL. The exit code."""
+        if reason in ("SIGINT", "SIGTERM"):
+            log.warning("%s received: stopping every process (outputs are flushed)", reason)
+        try:
+            messages.send(self.control, Control("stop"), zmq.NOBLOCK)
+        except (zmq.ZMQError, AttributeError):
+            pass
+        for child in self.children:
+            if child.alive:
+                try:
+                    child.process.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + float(self.pipeline["shutdown_grace_s"])
+        while any(child.alive for child in self.children) and time.monotonic() < deadline:
+            self._drain_stats(50)
+        for child in self.children:
+            if child.alive:
+                log.warning("%s did not stop within %.1f s: killing it", child.name, self.pipeline["shutdown_grace_s"])
+                child.process.kill()
+            if child.process is not None:
+                child.process.wait()
+                child.exit_code = child.process.returncode
+        self._drain_stats(100)
+        self.stop_reason = reason
+        return {"SIGINT": EXIT_SIGINT, "SIGTERM": EXIT_SIGTERM, "error": EXIT_FAILED}.get(reason, EXIT_OK)
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def _open_progress(self, specs: list[SourceSpec]) -> None:
+        if not self.options.progress or not sys.stderr.isatty():
+            return
+        from tqdm import tqdm
+
+        counts = [probe_source(s, self.config).frame_count for s in specs if not s.live]
+        total = sum(c for c in counts if c) if counts and all(counts) and not any(s.live for s in specs) else None
+        self.progress = tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True)
+
+    def _update_progress(self) -> None:
+        if self.progress is not None:
+            done = self.board.processed()
+            if done > self.progress.n:
+                self.progress.update(done - self.progress.n)
+
+    def _finish(self, code: int) -> int:
+        elapsed = time.monotonic() - self.started
+        stages = self.board.stages()
+        errors = self.board.errors()
+        if self.fatal:
+            log.error("%s", self.fatal)
+        for error in errors:
+            log.error("source %s", error)
+        if code == EXIT_OK and errors:
+            code = EXIT_FAILED
+        streams = self.board.stream_stats()
+        summaries = self.board.summaries()
+        report = {
+            "exit_code": code,
+            "stopped_by": getattr(self, "stop_reason", "error"),
+            "elapsed_s": round(elapsed, 3),
+            "streams": streams,
+            "stages": stages,
+            "restarts": {c.name: c.restarts for c in self.children},
+            "processes": {c.name: c.pids for c in self.children},
+            "errors": errors + ([self.fatal] if self.fatal else []),
+            "summaries": summaries,
+        }
+        if self.options.stats:
+            path = Path(self.options.stats)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        if self.options.report and self.children:
+            self._say(format_report(stages, elapsed, final=True))
+            restarts = sum(c.restarts for c in self.children)
+            dropped = sum(info.get("dropped", 0) for info in streams.values())
+            resent = sum(info.get("resent", 0) for info in streams.values())
+            self._say(f"  {self.board.processed()} frames processed, {dropped} dropped (live), {resent} re-sent, "
+                      f"{restarts} worker restarts")  # fmt: skip
+        from .sinks import describe_summary
+
+        for record in summaries.values():
+            print("\n".join(describe_summary(record)), flush=True)
+        return code
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before starting anything when an output cannot be written (not after minutes of work)."""
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise PipelineError(f"{path}: cannot write: {error.strerror or error}") from None
+
+
+def _check_not_in_use(run_dir: Path) -> None:
+    """Two runs in one run directory would silently take over each other's ipc sockets: refuse."""
+    try:
+        pid = int(json.loads((run_dir / "processes.json").read_text(encoding="utf-8"))["supervisor"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise PipelineError(f"pipeline.run_dir {run_dir} is in use by another facestream run (pid {pid})")
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().absolute()) if path else None
+
+
+def run_pipeline(config: dict[str, Any], options: RunOptions) -> int:
+    """Run the whole pipeline until the sources end, a signal, or a fatal error; the exit code."""
+    return Supervisor(config, options).run()
+
+
+__all__ = ["ENDPOINTS", "RunOptions", "Supervisor", "run_pipeline"]

@@ -1,0 +1,336 @@
+"""pipeline/sinks.py: ordering, de-duplication, tracking and identity, and every output, on scripted streams."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.messages import DescriptorsMessage, EndOfStream, FrameMessage, MessageError
+from facestream.pipeline.sinks import (
+    GalleryMatcher,
+    JsonLines,
+    SinkCore,
+    SinkOutputs,
+    describe_summary,
+    open_matcher,
+    video_paths,
+)
+from facestream.pipeline.stages import empty_faces
+
+FPS = 10.0
+WIDTH, HEIGHT = 320, 240
+PEOPLE = {1: ("Alice", 0.41), 2: ("Bob", 0.47), 3: ("unknown", 0.83)}  # descriptor[0] -> the gallery's answer
+
+
+class ScriptedMatcher:
+    """A gallery stand-in: the first descriptor value says who the face is (see PEOPLE)."""
+
+    def __init__(self) -> None:
+        self.refreshed = 0
+        self.closed = False
+
+    def identify(self, descriptors: np.ndarray) -> SimpleNamespace:
+        answers = [PEOPLE[int(d[0])] for d in descriptors]
+        return SimpleNamespace(identities=[a[0] for a in answers], distances=np.array([a[1] for a in answers]))
+
+    def refresh(self) -> bool:
+        self.refreshed += 1
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def faces_at(
+    stream: str, index: int, people: list[tuple[int, list[int]]], sharpness: float = 120.0
+) -> DescriptorsMessage:
+    boxes = np.array([box for _, box in people], np.int64).reshape(-1, 4)
+    descriptors = np.zeros((len(people), 128), np.float32)
+    descriptors[:, 0] = [who for who, _ in people]
+    widths = boxes[:, 2] - boxes[:, 0] + 1
+    quality = np.stack([widths, np.full(len(people), sharpness), np.ones(len(people))], axis=1).astype(np.float32)
+    return DescriptorsMessage(stream, index, index / FPS, WIDTH, HEIGHT, boxes, np.ones(len(people)),
+                              np.zeros((len(people), 5, 2), np.int64), quality, descriptors)  # fmt: skip
+
+
+def scene(index: int) -> list[tuple[int, list[int]]]:
+    """Alice walks right in frames 0-9, nobody in 10-14, Bob stands still in 15-29."""
+    if index < 10:
+        return [(1, [40 + 2 * index, 60, 119 + 2 * index, 139])]
+    if index < 15:
+        return []
+    return [(2, [180, 50, 259, 129])]
+
+
+def image_of(index: int) -> np.ndarray:
+    image = np.full((HEIGHT, WIDTH, 3), 90, np.uint8)
+    image[:, :, 0] = index * 8  # every frame different
+    return image
+
+
+def tracker_config(**changes: object) -> dict:
+    section = copy.deepcopy(DEFAULTS["tracker"])
+    section.update(changes)
+    return section
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture()
+def outputs(tmp_path: Path) -> tuple[SinkOutputs, Path]:
+    published = []
+    sink_outputs = SinkOutputs(
+        events=str(tmp_path / "out/events.jsonl"), detections=str(tmp_path / "out/detections.jsonl"),
+        video=str(tmp_path / "out/annotated.mp4"), stream_fps={"cam": FPS},
+        publish=lambda topic, line: published.append((topic, line)),
+    )  # fmt: skip
+    sink_outputs.published = published
+    return sink_outputs, tmp_path / "out"
+
+
+def test_file_stream_in_order_deduplicated_tracked_and_written(outputs: tuple[SinkOutputs, Path]) -> None:
+    sink_outputs, out = outputs
+    core = SinkCore({"cam": False}, ScriptedMatcher(), sink_outputs, tracker_config(max_age=3))
+    for index in range(30):  # the source sends images first, straight to the sink
+        core.add(FrameMessage("cam", index, index / FPS, False, image_of(index)), "sink_in")
+    results = [faces_at("cam", index, scene(index)) for index in range(30)]
+    rng = random.Random(5)
+    arrivals = [*results, results[3], results[17], results[17]]  # re-sent after a worker died
+    rng.shuffle(arrivals)
+    processed = []
+    for message in arrivals:
+        core.add(message, "descriptors")
+        processed.append(core.pump())
+        assert not core.done
+    assert sum(processed) == 30
+    acks = core.take_acks()["cam"]
+    assert sorted(set(acks)) == list(range(30)) and len(acks) == 33  # duplicates are acknowledged again
+    assert core.stats.counters["duplicates"] == 3
+    core.add(EndOfStream("cam", 30), "sink_in")
+    core.pump()
+    assert core.done
+    core.close()
+
+    events = read_lines(out / "events.jsonl")
+    kinds = [(e["event"], e.get("track_id"), e.get("identity")) for e in events]
+    assert kinds == [
+        ("track_started", 1, None), ("track_identified", 1, "Alice"), ("track_ended", 1, "Alice"),
+        ("track_started", 2, None), ("track_identified", 2, "Bob"), ("track_ended", 2, "Bob"), ("summary", None, None),
+    ]  # fmt: skip
+    for event in events[:-1]:
+        assert {"stream_id", "track_id", "frame_index", "timestamp", "box"} <= event.keys()
+        assert event["stream_id"] == "cam" and len(event["box"]) == 4
+    assert events[1]["distance"] == pytest.approx(0.41) and events[1]["frame_index"] == 0
+    assert events[2]["frame_index"] == 9 and events[2]["box"] == [58, 60, 137, 139]  # its last detection
+    assert events[3]["frame_index"] == 15 and events[3]["timestamp"] == pytest.approx(1.5)
+    summary = events[-1]
+    assert summary["frames"] == 30
+    alice, bob = summary["identities"]["Alice"], summary["identities"]["Bob"]
+    assert [(i["first_frame"], i["last_frame"]) for i in alice["intervals"]] == [(0, 9)]
+    assert [(i["first_timestamp"], i["last_timestamp"]) for i in bob["intervals"]] == [(1.5, 2.9)]
+    assert alice["seconds"] == pytest.approx(0.9) and set(summary["identities"]) == {"Alice", "Bob"}
+    assert describe_summary(summary) == [
+        "cam: 30 frames", "  Alice: 0:00.00-0:00.90 (frames 0-9)", "  Bob: 0:01.50-0:02.90 (frames 15-29)",
+    ]  # fmt: skip
+    assert [topic for topic, _ in sink_outputs.published] == [e["event"] for e in events]
+    assert json.loads(sink_outputs.published[1][1]) == events[1]
+
+    detections = read_lines(out / "detections.jsonl")
+    assert [d["frame_index"] for d in detections] == list(range(30))
+    first = detections[0]
+    assert set(first) == {"stream_id", "frame_index", "timestamp", "width", "height", "detected", "faces"}
+    assert first["faces"] == [{
+        "box": [40, 60, 119, 139], "score": 1.0, "track_id": 1, "identity": "Alice", "distance": pytest.approx(0.41),
+        "match": {"identity": "Alice", "distance": pytest.approx(0.41)},
+    }]  # fmt: skip
+    assert all(d["faces"] == [] and d["detected"] for d in detections[10:15])
+    assert {f["identity"] for d in detections[15:] for f in d["faces"]} == {"Bob"}
+
+    video = cv2.VideoCapture(str(out / "annotated.mp4"))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == 30
+    assert (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (WIDTH, HEIGHT)
+    frames = []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 30
+    raw = image_of(0)[:, :, ::-1].astype(int)
+    box_edge = np.abs(frames[0][60, 40:120].astype(int) - raw[60, 40:120]).mean()
+    elsewhere = np.abs(frames[0][200:230, 200:300].astype(int) - raw[200:230, 200:300]).mean()
+    assert box_edge > 40 and elsewhere < 6  # the box is drawn, the rest of the frame is the frame
+
+
+def test_skipped_frames_carry_the_tracks_boxes(outputs: tuple[SinkOutputs, Path]) -> None:
+    sink_outputs, out = outputs
+    core = SinkCore({"cam": False}, ScriptedMatcher(), sink_outputs, tracker_config(max_age=1), detect_every=3)
+    assert core.streams["cam"].tracker.max_age == 3  # never shorter than the detection interval
+    for index in range(9):
+        if index % 3:
+            core.add(empty_faces("cam", index, index / FPS, WIDTH, HEIGHT), "sink_in")  # the source's skip notice
+        else:
+            core.add(faces_at("cam", index, scene(index)), "descriptors")
+        core.add(FrameMessage("cam", index, index / FPS, False, image_of(index)), "sink_in")
+    core.add(EndOfStream("cam", 9), "sink_in")
+    core.pump()
+    assert core.done
+    core.close()
+    detections = read_lines(out / "detections.jsonl")
+    assert [d["detected"] for d in detections] == [True, False, False] * 3
+    predicted = detections[1]["faces"][0]
+    assert predicted["box"] == [40, 60, 119, 139]  # frame 0's box: no velocity yet ...
+    assert detections[4]["faces"][0]["box"] == [46 + 2, 60, 125 + 2, 139]  # ... frame 3's, moved 2 px a frame
+    assert predicted["identity"] == "Alice" and predicted["score"] is None and predicted["match"] is None
+    assert core.take_acks()["cam"] == [0, 3, 6]  # skip notices need no acknowledgement
+    assert cv2.VideoCapture(str(out / "annotated.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 9
+
+
+@pytest.mark.parametrize("cut_distance", [0.65, 0.0])
+def test_a_scene_cut_ends_the_tracks_instead_of_naming_a_stranger(tmp_path: Path, cut_distance: float) -> None:
+    """Frames 0-4: Alice; frame 5 on: a cut to a blurry stranger (too blurry to vote) where Alice's face was."""
+    sink_outputs = SinkOutputs(events=str(tmp_path / "e.jsonl"), detections=str(tmp_path / "d.jsonl"))
+    config = tracker_config(scene_cut_distance=cut_distance)
+    core = SinkCore({"cam": False}, ScriptedMatcher(), sink_outputs, config)
+    box = [100, 60, 179, 139]
+    for index in range(10):
+        who, sharpness = (1, 120.0) if index < 5 else (3, 5.0)
+        core.add(faces_at("cam", index, [(who, box)], sharpness), "descriptors")
+    core.add(EndOfStream("cam", 10), "sink_in")
+    core.pump()
+    core.close()
+    events = read_lines(tmp_path / "e.jsonl")
+    identities = [(d["faces"][0]["track_id"], d["faces"][0]["identity"]) for d in read_lines(tmp_path / "d.jsonl")]
+    if cut_distance:
+        assert identities == [(1, "Alice")] * 5 + [(2, "unknown")] * 5
+        ended = next(e for e in events if e["event"] == "track_ended" and e["track_id"] == 1)
+        assert ended["frame_index"] == 4
+        assert list(events[-1]["identities"]) == ["Alice", "unknown"] and core.stats.counters["scene_cuts"] == 1
+    else:  # boxes only: the stranger inherits Alice's track and name
+        assert identities == [(1, "Alice")] * 10
+
+
+def test_live_stream_reorders_briefly_and_drops_late_results(tmp_path: Path) -> None:
+    sink_outputs = SinkOutputs(detections=str(tmp_path / "d.jsonl"))
+    core = SinkCore({"live": True}, ScriptedMatcher(), sink_outputs, tracker_config(), live_hold_s=0.2)
+    core.add(faces_at("live", 0, scene(0)), "descriptors", now=0.0)
+    core.add(faces_at("live", 2, scene(2)), "descriptors", now=0.0)
+    assert core.pump(now=0.01) == 1  # 0 at once; 2 waits for 1 (frames of a live source may be dropped)
+    core.add(faces_at("live", 1, scene(1)), "descriptors", now=0.05)
+    assert core.pump(now=0.06) == 2  # 1 then 2, in order
+    core.add(faces_at("live", 5, scene(5)), "descriptors", now=1.0)
+    assert core.pump(now=1.01) == 0 and core.pump(now=1.3) == 1  # 3 and 4 never came (dropped at the source)
+    core.add(faces_at("live", 4, scene(4)), "descriptors", now=1.4)  # too late: 5 is out
+    assert core.pump(now=2.0) == 0 and core.stats.counters["late"] == 1
+    assert core.take_acks() == {"live": [0, 2, 1, 5, 4]}  # the source waits for these before ending the stream
+    core.close()
+    assert [d["frame_index"] for d in read_lines(tmp_path / "d.jsonl")] == [0, 1, 2, 5]
+
+
+def test_stop_processes_what_is_in_order_and_closes_outputs(outputs: tuple[SinkOutputs, Path]) -> None:
+    sink_outputs, out = outputs
+    matcher = ScriptedMatcher()
+    core = SinkCore({"cam": False}, matcher, sink_outputs, tracker_config())
+    for index in [*range(5), *range(6, 10)]:  # frame 5 is still in a worker
+        core.add(FrameMessage("cam", index, index / FPS, False, image_of(index)), "sink_in")
+        core.add(faces_at("cam", index, scene(index)), "descriptors")
+    core.pump()
+    core.close()  # SIGTERM
+    assert matcher.closed
+    detections = read_lines(out / "detections.jsonl")
+    assert [d["frame_index"] for d in detections] == [0, 1, 2, 3, 4]
+    events = read_lines(out / "events.jsonl")
+    assert [e["event"] for e in events] == ["track_started", "track_identified", "track_ended", "summary"]
+    assert events[-1]["frames"] == 5 and events[2]["frame_index"] == 4
+    assert cv2.VideoCapture(str(out / "annotated.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 5
+
+
+def test_messages_that_do_not_belong_are_errors_not_crashes(tmp_path: Path) -> None:
+    core = SinkCore({"cam": False}, ScriptedMatcher(), SinkOutputs(), tracker_config())
+    with pytest.raises(MessageError, match="unknown stream"):
+        core.add(faces_at("elsewhere", 0, scene(0)), "descriptors")
+    with pytest.raises(MessageError, match="skip notice must have no faces"):
+        core.add(empty_faces("cam", 0, 0.0, WIDTH, HEIGHT).__class__(**{
+            **vars(empty_faces("cam", 0, 0.0, WIDTH, HEIGHT)), "boxes": np.zeros((1, 4), np.int64),
+            "scores": np.ones(1), "landmarks": np.zeros((1, 5, 2), np.int64),
+            "chips": np.zeros((1, 150, 150, 3), np.uint8), "quality": np.zeros((1, 3), np.float32),
+        }), "sink_in")  # fmt: skip
+    with pytest.raises(MessageError, match="unexpected EndOfStream"):
+        core.add(EndOfStream("cam", 3), "descriptors")
+    core.add(faces_at("cam", 0, scene(0)), "descriptors")  # and the sink goes on
+    assert core.pump() == 1
+
+
+def test_gallery_changes_reach_a_running_matcher(tmp_path: Path) -> None:
+    """Enrolments and removals by another process show up at refresh(); a gallery created later is opened then."""
+    from facestream.enroll.gallery import Gallery
+
+    rng = np.random.default_rng(3)
+    alice, bob = rng.normal(size=(2, 128)).astype(np.float32) * 0.05
+    path = tmp_path / "later" / "gallery.db"
+    config = copy.deepcopy(DEFAULTS)
+    matcher = open_matcher(config, str(path))
+    assert isinstance(matcher, GalleryMatcher) and matcher.gallery is None and not path.exists()
+    assert matcher.identify(alice[None]).identities == ["unknown"]  # nobody yet, and no file created
+    assert not matcher.refresh()
+    with Gallery(path) as writer:  # another process enrols
+        writer.add_samples("Alice", alice[None])
+        assert matcher.refresh()  # the file appeared: opened
+        assert matcher.identify(alice[None]).identities == ["Alice"]
+        writer.add_samples("Bob", bob[None])
+        assert matcher.identify(bob[None]).identities == ["unknown"]  # not before the refresh ...
+        assert matcher.refresh() and not matcher.refresh()  # ... but after it; and only once
+        assert matcher.identify(np.stack([alice, bob])).identities == ["Alice", "Bob"]
+        writer.remove_person("Alice")
+        assert matcher.refresh()
+        assert matcher.identify(alice[None]).identities == ["unknown"]
+    matcher.close()
+
+
+def test_video_paths_per_stream() -> None:
+    assert video_paths("out/a.mp4", ["one"]) == {"one": Path("out/a.mp4")}
+    assert video_paths("out/a.mp4", ["x", "y"]) == {"x": Path("out/a-x.mp4"), "y": Path("out/a-y.mp4")}
+
+
+WRITER = """
+import sys
+from facestream.pipeline.sinks import JsonLines
+lines = JsonLines(sys.argv[1])
+record = {"event": "track_started", "stream_id": "s" * 200, "box": list(range(400))}
+print("ready", flush=True)
+i = 0
+while True:
+    record["frame_index"] = i
+    lines.write(record)
+    i += 1
+"""
+
+
+def test_events_file_is_valid_line_by_line_after_an_abrupt_stop(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    data = path.read_bytes()
+    assert len(data) > 100_000 and data.endswith(b"\n")  # killed mid-flight, yet no half line
+    indices = [json.loads(line)["frame_index"] for line in data.decode().splitlines()]
+    assert indices == list(range(len(indices)))
+    assert JsonLines(tmp_path / "new/dir/x.jsonl").path.parent.is_dir()

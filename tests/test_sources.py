@@ -1,0 +1,281 @@
+"""pipeline/sources.py: what a --source means, file readers, live capture (drop oldest, reopen with back-off)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.sources import (
+    ImageFolderReader,
+    LatestFrames,
+    LiveCapture,
+    LiveFrame,
+    LiveReader,
+    SourceError,
+    SourceSpec,
+    VideoFileReader,
+    backoff_delay,
+    classify,
+    natural_key,
+    parse_sources,
+    probe_source,
+)
+
+DATA = Path(__file__).parent / "data"
+CLIP = DATA / "video" / "short_hamilton_clip.mp4"
+
+
+def config(**sources: object) -> dict:
+    merged = copy.deepcopy(DEFAULTS)
+    merged["sources"].update(sources)
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------
+# --source
+
+
+def test_parse_sources_kinds_ids_and_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "frames").mkdir()
+    specs = parse_sources([
+        str(CLIP), f"other={CLIP}", str(tmp_path / "frames"), "0", "door=rtsp://user:secret@cam.local/live?x=1",
+        "rtsp://user:secret@cam.local/live?x=1", str(DATA / "fr_examples/obama.jpg"), str(CLIP),
+    ])  # fmt: skip
+    assert [(s.stream_id, s.kind, s.live) for s in specs] == [
+        ("short_hamilton_clip", "video", False),
+        ("other", "video", False),
+        ("frames", "images", False),
+        ("camera0", "camera", True),
+        ("door", "url", True),
+        ("cam.local-live", "url", True),  # no credentials in a stream id
+        ("obama", "image", False),
+        ("short_hamilton_clip-2", "video", False),
+    ]
+    assert specs[4].uri == "rtsp://user:secret@cam.local/live?x=1"
+    assert SourceSpec.from_json(specs[4].to_json()) == specs[4]
+    with pytest.raises(SourceError, match="used twice"):
+        parse_sources([f"a={CLIP}", f"a={CLIP}"])
+    with pytest.raises(SourceError, match="unknown URL scheme 'ftp'"):
+        parse_sources(["ftp://host/video.mp4"])
+    with pytest.raises(SourceError, match="no source"):
+        parse_sources([])
+    assert classify("missing.mp4") == "video"  # opening (and its clear error) is the source process's job
+
+
+def test_natural_order() -> None:
+    names = ["frame10.png", "frame2.png", "Frame1.png", "frame1b.png"]
+    assert sorted(names, key=natural_key) == ["Frame1.png", "frame1b.png", "frame2.png", "frame10.png"]
+
+
+# ------------------------------------------------------------------------------------------------
+# file sources
+
+
+def test_video_file_frames_equal_opencv() -> None:
+    reader = VideoFileReader(str(CLIP), max_frames=12)
+    capture = cv2.VideoCapture(str(CLIP))
+    timestamps = []
+    for _ in range(12):
+        item = reader.read()
+        assert item is not None
+        image, timestamp = item
+        ok, expected = capture.read()
+        assert ok
+        assert image.dtype == np.uint8 and image.flags.c_contiguous
+        np.testing.assert_array_equal(image, expected[:, :, ::-1])  # RGB of OpenCV's BGR, pixel for pixel
+        timestamps.append(timestamp)
+    assert reader.read() is None  # max_frames
+    reader.close()
+    capture.release()
+    assert timestamps[0] == 0.0
+    np.testing.assert_allclose(timestamps, np.arange(12) / 29.97, atol=1e-3)
+    info = probe_source(SourceSpec("clip", str(CLIP), "video"), config(max_frames=12))
+    assert info.frame_count == 12 and abs(info.fps - 29.97) < 0.01
+    assert probe_source(SourceSpec("clip", str(CLIP), "video"), config()).frame_count == 275
+
+
+def test_image_folder_natural_order_skips_unreadable_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    images = {}
+    for n in (10, 2, 1):
+        image = np.full((24, 32, 3), n * 10, np.uint8)
+        cv2.imwrite(str(tmp_path / f"frame{n}.png"), image)
+        images[n] = image
+    (tmp_path / "frame3.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")  # sorted between 2 and 10
+    (tmp_path / "notes.txt").write_text("not an image")
+    cv2.imwrite(str(tmp_path / ".hidden.png"), images[1])
+    reader = ImageFolderReader.open(SourceSpec("f", str(tmp_path), "images"), config(image_fps=10.0))
+    with caplog.at_level(logging.ERROR):
+        frames = []
+        while (item := reader.read()) is not None:
+            frames.append(item)
+    assert [int(image[0, 0, 0]) for image, _ in frames] == [10, 20, 100]  # 1, 2, 10: natural order
+    assert [timestamp for _, timestamp in frames] == [0.0, 0.1, 0.2]  # indices stay contiguous
+    assert "frame3.jpg" in caplog.text and "truncated or corrupt JPEG" in caplog.text
+    limited = ImageFolderReader.open(SourceSpec("f", str(tmp_path), "images"), config(max_frames=2))
+    assert limited.read() is not None and limited.read() is not None and limited.read() is None
+
+
+def test_unreadable_sources_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"missing\.mp4: no such file"):
+        VideoFileReader(str(tmp_path / "missing.mp4"))
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is not a video")
+    with pytest.raises(SourceError, match=r"fake\.mp4: cannot open as a video"):
+        VideoFileReader(str(fake))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no image files"):
+        ImageFolderReader.open(SourceSpec("e", str(tmp_path / "empty"), "images"), config())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n")
+    reader = ImageFolderReader.open(SourceSpec("b", str(broken), "image"), config())
+    with pytest.raises(SourceError, match=r"broken\.png"):
+        reader.read()
+
+
+# ------------------------------------------------------------------------------------------------
+# live sources
+
+
+class FakeCapture:
+    """An OpenCV-like capture over a script of read results (True: a frame, False: a failed read)."""
+
+    def __init__(self, reads: list[bool], opened: bool = True, delay: float = 0.0) -> None:
+        self.reads, self.opened, self.delay = list(reads), opened, delay
+        self.released = False
+        self.count = 0
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return self.opened
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.reads and not self.reads.pop(0):
+            return False, None
+        self.count += 1
+        return True, np.full((4, 4, 3), self.count % 256, np.uint8)
+
+    def get(self, prop: int) -> float:
+        return 0.0
+
+    def release(self) -> None:
+        self.released = True
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_backoff_delays() -> None:
+    assert [backoff_delay(n, 0.5, 30.0) for n in range(0, 9)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_camera_reopens_with_backoff_and_resets_after_a_good_frame() -> None:
+    captures = [
+        FakeCapture([], opened=False),  # first opening fails twice ...
+        FakeCapture([], opened=False),
+        FakeCapture([True, True, False]),  # ... then works for two frames and drops
+        FakeCapture([], opened=False),  # the reopening fails once
+        FakeCapture([True]),  # and then works again
+    ]
+    made = []
+
+    def factory() -> FakeCapture:
+        made.append(captures[len(made)])
+        return made[-1]
+
+    clock = FakeClock()
+    live = LiveCapture("cam", factory, initial=0.5, maximum=30.0, open_attempts=3, clock=clock, sleep=clock.sleep)
+    frames = [live.next_frame() for _ in range(3)]
+    assert all(frame is not None for frame in frames)
+    assert live.delays == [0.5, 1.0, 0.5, 1.0]  # doubling, and back to 0.5 after frames flowed again
+    assert clock.now == pytest.approx(3.0)
+    assert (live.reconnects, live.disconnects) == (1, 1)
+    assert all(capture.released for capture in made[:4])  # every failed capture released
+
+
+def test_live_capture_gives_up_with_a_clear_error() -> None:
+    clock = FakeClock()
+    never = LiveCapture("camera 7", lambda: FakeCapture([], opened=False), open_attempts=3, clock=clock,
+                        sleep=clock.sleep)  # fmt: skip
+    with pytest.raises(SourceError, match="camera 7: cannot be opened \\(tried 3 times\\)"):
+        never.next_frame()
+    assert never.delays == [0.5, 1.0]
+    # Works once, is lost, and every reopening fails: it gives up after max_reconnects failures in a row.
+    captures = iter([FakeCapture([True, False]), FakeCapture([True, False])] + [FakeCapture([], opened=False)] * 5)
+    flaky = LiveCapture("stream", lambda: next(captures), max_reconnects=2, clock=clock, sleep=clock.sleep)
+    assert flaky.next_frame() is not None
+    assert flaky.next_frame() is not None  # lost, reopened, a frame: the failure count starts again
+    with pytest.raises(SourceError, match="gave up after 2 reconnection attempts"):
+        flaky.next_frame()
+    assert flaky.reconnects == 1 and flaky.delays[-3:] == [0.5, 0.5, 1.0]
+    stopped = LiveCapture("stopped", lambda: FakeCapture([], opened=False), clock=clock, sleep=clock.sleep)
+    assert stopped.next_frame(lambda: True) is None
+
+
+def test_live_queue_drops_oldest_frames_and_counts_them() -> None:
+    queue = LatestFrames(3)
+    image = np.zeros((2, 2, 3), np.uint8)
+    dropped = [queue.put(LiveFrame(i, float(i), image)) for i in range(10)]
+    assert dropped == [False] * 3 + [True] * 7
+    assert queue.dropped == 7
+    assert [queue.get().index for _ in range(3)] == [7, 8, 9]  # the newest survive, oldest first
+    assert queue.get() is None
+
+
+def test_live_source_with_a_fast_producer_keeps_latency_bounded() -> None:
+    """A camera delivering ~1000 frames/s into a consumer taking 1 frame every 20 ms: the consumer always gets
+    recent frames, everything it did not take is counted as dropped."""
+    capture = LiveCapture("fast", lambda: FakeCapture([], delay=0.001))
+    reader = LiveReader(capture, LatestFrames(2)).start()
+    taken = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(taken) < 15 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            frame = reader.queue.get()
+            if frame is not None:
+                lag = reader.captured - frame.index  # frames captured after this one
+                taken.append((frame.index, lag, frame.timestamp))
+    finally:
+        reader.stop()
+        assert reader.done.wait(5)
+    assert len(taken) == 15
+    indices = [index for index, _, _ in taken]
+    assert indices == sorted(set(indices))
+    assert max(lag for _, lag, _ in taken) <= 4  # queue of 2 (+ frames captured while we looked)
+    assert indices[-1] - indices[0] > 2 * len(indices)  # many frames in between were dropped ...
+    assert reader.queue.dropped == reader.captured - len(taken) - len(reader.queue)  # ... and every one counted
+    assert all(abs(time.time() - timestamp) < 10 for _, _, timestamp in taken)  # wall-clock capture times
+    assert reader.error is None and capture.capture is None  # released on stop
+
+
+def test_live_reader_reports_a_source_that_never_opens() -> None:
+    reader = LiveReader(LiveCapture("camera 9", lambda: FakeCapture([], opened=False), initial=0.01), LatestFrames(2))
+    reader.start()
+    assert reader.done.wait(5)
+    assert reader.error is not None and "camera 9: cannot be opened" in reader.error
+
+
+def test_live_reader_stops_promptly() -> None:
+    reader = LiveReader(LiveCapture("idle", lambda: FakeCapture([], delay=0.01)), LatestFrames(1)).start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    reader.stop()
+    assert reader.done.wait(2) and time.monotonic() - started < 1
+    assert not threading.Thread.is_alive(reader.thread) or reader.done.is_set()
