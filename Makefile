@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Enrol the demo gallery, run the whole pipeline on the demo clip, write events + annotated video to out/.
 demo: $(STAMP)
-	$(BIN)/facestream analyze tests/data/fr_examples/two_people.jpg tests/data/dlib_faces/2008_001009.jpg
+	mkdir -p out
+	rm -f out/demo-gallery.db out/demo-gallery.db.faiss
+	$(BIN)/facestream enroll import tests/data/video/gallery --gallery out/demo-gallery.db
+	$(BIN)/facestream run --gallery out/demo-gallery.db --source tests/data/video/short_hamilton_clip.mp4 \
+		--events out/events.jsonl --detections out/detections.jsonl --output out/annotated.mp4 --stats out/stats.json
 
 test: $(STAMP)
 	$(BIN)/ruff check .
