@@ -516,43 +516,39 @@ def _check_structure(network: DlibNetwork, expected: list[str], what: str) -> No
         )
 
 
-def read_network_file(path: str | Path) -> DlibNetwork:
-    path = str(path)
+def read_model_bytes(path: str | Path, what: str = "a dlib model") -> bytes:
+    """A model file's bytes; a missing, unreadable or empty file is a DlibFormatError at offset 0."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
-        raise DlibFormatError(path, 0, "a readable model file", error.strerror or str(error)) from None
+        raise DlibFormatError(str(path), 0, "a readable model file", error.strerror or str(error)) from None
     if not data:
-        raise DlibFormatError(path, 0, "a dlib model", "an empty file")
-    return parse_network(data, path)
+        raise DlibFormatError(str(path), 0, what, "an empty file")
+    return data
+
+
+def read_network_file(path: str | Path) -> DlibNetwork:
+    return parse_network(read_model_bytes(path), str(path))
+
+
+def _read_typed_network(path: str | Path, loss: type, inputs: type, kinds: list[str], what: str) -> DlibNetwork:
+    network = read_network_file(path)
+    if not isinstance(network.loss, loss) or not isinstance(network.input, inputs):
+        raise DlibFormatError(network.path, 2, what, f"a network with {type(network.loss).__name__}")
+    _check_structure(network, kinds, what)
+    return network
 
 
 def read_mmod_detector(path: str | Path) -> DlibNetwork:
     """mmod_human_face_detector.dat: loss_mmod, 7 convs with bn_con2, a tiled-pyramid input."""
-    network = read_network_file(path)
-    if not isinstance(network.loss, LossMMOD) or not isinstance(network.input, InputImagePyramid):
-        raise DlibFormatError(
-            network.path,
-            2,
-            "an MMOD detector (loss_mmod_ + image pyramid input)",
-            f"a network with {type(network.loss).__name__}",
-        )
-    _check_structure(network, _DETECTOR_KINDS, "MMOD face detector")
-    return network
+    return _read_typed_network(path, LossMMOD, InputImagePyramid, _DETECTOR_KINDS,
+                               "an MMOD detector (loss_mmod_ + image pyramid input)")  # fmt: skip
 
 
 def read_face_embedder(path: str | Path) -> DlibNetwork:
     """dlib_face_recognition_resnet_model_v1.dat: loss_metric, ResNet-29, 150x150 input."""
-    network = read_network_file(path)
-    if not isinstance(network.loss, LossMetric) or not isinstance(network.input, InputImageSized):
-        raise DlibFormatError(
-            network.path,
-            2,
-            "a face embedder (loss_metric_ + 150x150 input)",
-            f"a network with {type(network.loss).__name__}",
-        )
-    _check_structure(network, _EMBEDDER_KINDS, "ResNet face embedder")
-    return network
+    return _read_typed_network(path, LossMetric, InputImageSized, _EMBEDDER_KINDS,
+                               "a face embedder (loss_metric_ + 150x150 input)")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -660,14 +656,7 @@ def parse_shape_predictor(data: bytes, path: str = "<bytes>") -> ShapePredictorM
 
 
 def read_shape_predictor(path: str | Path) -> ShapePredictorModel:
-    path = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise DlibFormatError(path, 0, "a readable model file", error.strerror or str(error)) from None
-    if not data:
-        raise DlibFormatError(path, 0, "a dlib shape predictor", "an empty file")
-    return parse_shape_predictor(data, path)
+    return parse_shape_predictor(read_model_bytes(path, "a dlib shape predictor"), str(path))
 
 
 def float_details_bytes(value: float, digits: int = 24) -> bytes:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facestream.engines.dlib_format import DlibFormatError, ShapePredictorModel, parse_shape_predictor
+from facestream.engines.dlib_format import DlibFormatError, ShapePredictorModel, parse_shape_predictor, read_model_bytes
 
 MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
@@ -129,12 +129,7 @@ def load_model(path: str | Path, cache_dir: Path | None = None) -> ShapePredicto
     DlibFormatError naming it (nothing is cached).
     """
     path = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise DlibFormatError(path, 0, "a readable model file", error.strerror or str(error)) from None
-    if not data:
-        raise DlibFormatError(path, 0, "a dlib shape predictor", "an empty file")
+    data = read_model_bytes(path, "a dlib shape predictor")
     digest = hashlib.sha256(data).hexdigest()
     cached = _cache_file(cache_dir, digest) if cache_dir is not None else None
     if cached is not None:
