@@ -349,14 +349,20 @@ class FaceTracker:
         return track_ids
 
     def predict_only(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(T,) track ids and (T,4) int64 predicted boxes of the live tracks, for a frame without detection.
+        """(T,) track ids and (T,4) int64 predicted boxes of the tracks the last detection saw, for a frame
+        without detection.
 
         Changes nothing: tracks end only in `update`, where there is evidence that a face is gone.
         """
         frame_index = int(frame_index)
         if self._last_update_frame is not None and frame_index < self._last_update_frame:
             raise ValueError(f"frame {frame_index} is before the last updated frame {self._last_update_frame}")
-        live = [t for t in self.tracks.values() if frame_index - t.last_frame <= self.max_age]
+        # Only tracks the last detection saw: one it missed is not known to be on screen, and carrying
+        # its box over skipped frames would name a face that has left (e.g. across a scene cut).
+        live = [
+            t for t in self.tracks.values()
+            if t.last_frame == self._last_update_frame and frame_index - t.last_frame <= self.max_age
+        ]  # fmt: skip
         ids = np.array([track.track_id for track in live], np.int64)
         if not live:
             return ids, np.zeros((0, 4), np.int64)

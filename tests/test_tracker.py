@@ -209,6 +209,15 @@ def test_predict_only_changes_nothing_and_hides_stale_tracks() -> None:
     assert kinds(tracker.pop_events()) == [("track_ended", 1, 1)]
 
 
+def test_predict_only_does_not_carry_a_track_the_last_detection_missed() -> None:
+    tracker = FaceTracker("s", max_age=15)
+    step(tracker, 0, [square(0, 0), square(200, 0)])
+    step(tracker, 2, [square(200, 0)])  # the first face has left (a scene cut, say)
+    ids, boxes = tracker.predict_only(3)
+    assert ids.tolist() == [2] and boxes.tolist() == [square(200, 0)]
+    assert 1 in tracker.tracks  # it may still come back within max_age; it is just not drawn
+
+
 def test_update_checks_its_inputs() -> None:
     tracker = FaceTracker("s")
     step(tracker, 3, [])
