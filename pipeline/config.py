@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "report_interval_s": 10.0,
         "gallery_refresh_s": 5.0,
         "live_reorder_ms": 200.0,
+        "live_start_timeout_s": 120.0,
         "shutdown_grace_s": 4.0,
         "run_dir": "",
         "endpoints": {
@@ -73,6 +74,15 @@ DEFAULTS: dict[str, Any] = {
         "min_sharpness": 15.0,
         "min_score": 0.3,
         "scene_cut_distance": 0.65,
+    },
+    "kiosk": {
+        "enabled": False,
+        "k": 3,
+        "n": 5,
+        "margin": 0.05,
+        "threshold": 0.55,
+        "max_conflicts": 0,
+        "timeout_s": 10.0,
     },
     "outputs": {"live_video_fps": 25.0, "video_codec": "mp4v"},
 }

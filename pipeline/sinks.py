@@ -56,6 +56,7 @@ import zmq
 
 from . import messages
 from .messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
+from .sources import LIVE_KINDS
 from .stages import PipelineError, StageProcess, StageStats, encode_json, open_socket
 from .tracker import UNKNOWN, FaceTracker, OnScreenInterval, QualityGate, TrackEvent, box_iou, greedy_assignment
 
@@ -222,7 +223,13 @@ def summary_record(stream_id: str, frames: int, summary: dict[str, list[OnScreen
     return {"event": "summary", "stream_id": stream_id, "frames": frames, "identities": identities}
 
 
+WALL_CLOCK_AFTER = 1e9  # seconds: a timestamp this large is wall-clock time (live), not a position in a file
+
+
 def format_time(seconds: float) -> str:
+    """m:ss.ss into a file; a live source's wall-clock capture time as local HH:MM:SS.ss."""
+    if seconds >= WALL_CLOCK_AFTER:
+        return time.strftime("%H:%M:%S", time.localtime(seconds)) + f"{seconds % 1:.2f}"[1:]
     minutes, rest = divmod(max(0.0, seconds), 60.0)
     return f"{int(minutes)}:{rest:05.2f}"
 
@@ -582,8 +589,9 @@ class SinkCore:
                 started = time.perf_counter()
                 self._process(stream, frame_index, item, image)
                 self.stats.latency("process", time.perf_counter() - started)
-                if stream.live:
-                    self.stats.latency("capture_to_result", max(0.0, time.time() - item.message.timestamp))
+                if stream.live:  # capture -> result and events; frames the tracker carried over apart
+                    name = "capture_to_result" if item.detected else "capture_to_result_carried"
+                    self.stats.latency(name, max(0.0, time.time() - item.message.timestamp))
                 done += 1
             if stream.complete:
                 self.finish(stream.stream_id)
@@ -717,7 +725,7 @@ class SinkStage(StageProcess):
         self.acks = open_socket(self.context, zmq.PUB, self.endpoints["acks"], bind=True, hwm=100_000)
         self.events = open_socket(self.context, zmq.PUB, self.endpoints["events"], bind=True, hwm=100_000)
         control = self.subscribe_control()
-        streams = {item["stream_id"]: item["kind"] in ("camera", "url") for item in self.spec["sources"]}
+        streams = {item["stream_id"]: item["kind"] in LIVE_KINDS for item in self.spec["sources"]}
         fps = {
             sid: float(self.spec["stream_fps"].get(sid) or self.config["outputs"]["live_video_fps"]) for sid in streams
         }

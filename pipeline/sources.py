@@ -12,6 +12,10 @@
   ``dropped``), so latency stays bounded when the detectors fall behind. A live source that stops
   delivering is reopened with exponential back-off (``sources.reconnect_initial_s`` doubling up to
   ``sources.reconnect_max_s``; ``sources.max_reconnects`` failed reopenings in a row end it, 0 = never).
+* ``replay:VIDEO`` plays a video file as a live source, paced at the file's own frame rate as a camera
+  would deliver it (frames the pipeline cannot keep up with are dropped); ``loop:VIDEO`` does the same
+  over and over until stopped. For trying live settings and measuring capture-to-event latency on a
+  recording, and for soak runs.
 
 A source that cannot be opened is reported (log + the run's stats + exit code 1) and ends its stream at
 once; the other sources go on.
@@ -45,7 +49,7 @@ import zmq
 
 from . import messages
 from .imageio import ImageError, read_image, to_rgb8
-from .messages import EndOfStream, FrameMessage, MessageError
+from .messages import EndOfStream, FacesMessage, FrameMessage, MessageError
 from .stages import StageProcess, decode_json, empty_faces, open_socket
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 FILE_KINDS = ("video", "images", "image")
-LIVE_KINDS = ("camera", "url")
+LIVE_KINDS = ("camera", "url", "replay", "loop")
+REPLAY_PREFIXES = {"replay:": "replay", "loop:": "loop"}
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -87,6 +92,11 @@ def classify(uri: str) -> str:
     """The kind of source `uri` names (it need not exist: opening it is the source process's job)."""
     if uri.isdigit():
         return "camera"
+    for prefix, kind in REPLAY_PREFIXES.items():
+        if uri.startswith(prefix):
+            if not uri[len(prefix) :]:
+                raise SourceError(f"{uri}: {prefix} needs a video file after it ({prefix}clip.mp4)")
+            return kind
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in LIVE_SCHEMES:
         return "url"
@@ -106,10 +116,20 @@ def default_stream_id(uri: str, kind: str) -> str:
     if kind == "url":
         rest = uri.split("://", 1)[1].split("@")[-1]  # never put credentials in a stream id
         text = rest.split("?")[0]
+    elif kind in ("replay", "loop"):
+        text = Path(replay_path(uri)).stem or "stream"
     else:
         text = Path(uri.removeprefix("file://").rstrip("/")).stem or "stream"
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "stream"
     return cleaned[:64] if cleaned[0].isalnum() else f"s{cleaned[:63]}"
+
+
+def replay_path(uri: str) -> str:
+    """The video file of a ``replay:`` / ``loop:`` source."""
+    for prefix in REPLAY_PREFIXES:
+        if uri.startswith(prefix):
+            return uri[len(prefix) :]
+    return uri
 
 
 def parse_source(text: str) -> tuple[str | None, str]:
@@ -177,14 +197,16 @@ def probe_source(spec: SourceSpec, config: dict) -> ProbeInfo:
             return ProbeInfo(None, None)
     if spec.kind == "image":
         return ProbeInfo(1, float(config["sources"]["image_fps"]))
-    if spec.kind == "video":
-        capture = cv2.VideoCapture(spec.uri)
+    if spec.kind in ("video", "replay", "loop"):
+        capture = cv2.VideoCapture(replay_path(spec.uri))
         try:
             if not capture.isOpened():
                 return ProbeInfo(None, None)
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             fps = float(capture.get(cv2.CAP_PROP_FPS))
-            return ProbeInfo(capped(count) if count > 0 else None, fps if fps > 0 else None)
+            if spec.kind == "loop" or (spec.kind == "replay" and max_frames > 0):
+                count = 0  # unknown: frames are dropped when the pipeline falls behind
+            return ProbeInfo(capped(count) if count > 0 and spec.kind == "video" else None, fps if fps > 0 else None)
         finally:
             capture.release()
     return ProbeInfo(None, None)
@@ -372,6 +394,9 @@ class LiveCapture:
             if ok and frame is not None:
                 self.failures = 0
                 return frame
+            if getattr(self.capture, "finished", False):  # a replayed file has ended: not a loss
+                self.close()
+                return None
             self.disconnects += 1
             self._failed("stopped delivering frames")
         return None
@@ -414,9 +439,62 @@ class LiveCapture:
             self.capture = None
 
 
+class PacedVideoCapture:
+    """A video file delivered like a camera: frame i is returned no earlier than i / fps seconds after
+    the first read. At the end `read()` fails with `finished` set, or (loop) starts over."""
+
+    def __init__(
+        self,
+        path: str,
+        loop: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path, self.loop, self.clock, self.sleep = path, loop, clock, sleep
+        self.capture = cv2.VideoCapture(path)
+        fps = float(self.capture.get(cv2.CAP_PROP_FPS)) if self.capture.isOpened() else 0.0
+        self.fps = fps if 0 < fps < 1000 else 25.0
+        self.started: float | None = None
+        self.delivered = 0
+        self.passes = 0
+        self.finished = False
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return self.capture.isOpened()
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.finished:
+            return False, None
+        ok, frame = self.capture.read()
+        if not ok and self.loop and self.delivered:
+            self.passes += 1
+            self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self.capture.read()
+        if not ok or frame is None:
+            self.finished = not self.loop or not self.delivered
+            return False, None
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        wait = self.started + self.delivered / self.fps - now
+        if wait > 0:
+            self.sleep(wait)
+        self.delivered += 1
+        return True, frame
+
+    def get(self, prop: int) -> float:
+        return float(self.capture.get(prop))
+
+    def release(self) -> None:
+        self.capture.release()
+
+
 def live_capture_factory(spec: SourceSpec, timeout_s: float = 10.0) -> Callable[[], CaptureLike]:
     """OpenCV captures for a camera index or a stream URL (URLs with open/read timeouts so a dead server
-    cannot hang the reader)."""
+    cannot hang the reader), or a video file paced at its frame rate (``replay:`` / ``loop:``)."""
+    if spec.kind in ("replay", "loop"):
+        path = replay_path(spec.uri)
+        return lambda: PacedVideoCapture(path, loop=spec.kind == "loop")
     if spec.kind == "camera":
 
         def open_camera() -> CaptureLike:
@@ -526,6 +604,10 @@ class StreamState:
     held: LiveFrame | None = None  # a live frame taken from the queue that could not be sent yet
     live_sent: dict[int, float] = field(default_factory=dict)  # live frames sent, not yet acknowledged: never
     # re-sent (newer frames matter more), only waited for at the end so their results are not cut off
+    last_detect_index: int = -1  # live: the last frame sent to the detectors
+    # live: skip notices wait here until every detection frame sent before them is acknowledged (or
+    # superseded or lost), so a notice never reaches the sink ahead of the detection it carries over
+    held_notices: deque[FacesMessage] = field(default_factory=deque)
     exhausted: bool = False
     finished: bool = False  # EndOfStream sent
     error: str | None = None
@@ -566,15 +648,28 @@ class SourceStage(StageProcess):
         poller.register(self.acks, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
         turn = 0
+        # Live capture waits for the supervisor's Control("workers_ready") (its detect, embed and sink
+        # processes have loaded their models), at most pipeline.live_start_timeout_s.
+        any_live = any(stream.live is not None for stream in self.streams)
+        live_start_by = time.monotonic() + float(pipeline["live_start_timeout_s"]) if any_live else 0.0
         while not self.stopping:
             for command in self.handle_control():
                 if command.command == "resend":
                     self._resend_all(command.stream_id)
+                elif command.command == "workers_ready":
+                    live_start_by = self._start_live(live_start_by)
+            if live_start_by and time.monotonic() >= live_start_by:
+                log.warning(
+                    "workers not ready after %.0f s: starting live capture anyway", pipeline["live_start_timeout_s"]
+                )
+                live_start_by = self._start_live(live_start_by)
             self._drain_acks()
             for stream in self.streams:
                 if not stream.finished:
                     self._fill(stream)
             self._check_timeouts()
+            for stream in self.streams:
+                self._release_notices(stream)
             blocked = self._send(turn)
             turn += 1
             for stream in self.streams:
@@ -599,6 +694,14 @@ class SourceStage(StageProcess):
         self.to_sink.close()
         return 0
 
+    def _start_live(self, pending: float) -> float:
+        """Start every live capture thread (once); 0.0 = started."""
+        if pending:
+            for stream in self.streams:
+                if stream.live is not None and not stream.error:
+                    stream.live.start()
+        return 0.0
+
     # -- opening ---------------------------------------------------------------------------------
 
     def _open(self, spec: SourceSpec) -> StreamState:
@@ -606,7 +709,8 @@ class SourceStage(StageProcess):
         sources = self.config["sources"]
         try:
             if spec.live:
-                name = f"{spec.stream_id} ({'camera ' + spec.uri if spec.kind == 'camera' else _redact(spec.uri)})"
+                where = {"camera": f"camera {spec.uri}", "url": _redact(spec.uri)}.get(spec.kind, spec.uri)
+                name = f"{spec.stream_id} ({where})"
                 capture = LiveCapture(
                     name,
                     live_capture_factory(spec),
@@ -615,9 +719,9 @@ class SourceStage(StageProcess):
                     open_attempts=int(sources["open_attempts"]),
                     max_reconnects=int(sources["max_reconnects"]),
                 )
-                stream.live = LiveReader(
-                    capture, LatestFrames(int(sources["live_queue"])), int(sources["max_frames"])
-                ).start()
+                # Capture starts once the workers are ready (see run): frames taken while models load
+                # would only be stale by the time a detector sees them.
+                stream.live = LiveReader(capture, LatestFrames(int(sources["live_queue"])), int(sources["max_frames"]))
             else:
                 stream.reader = open_file_reader(spec, self.config)
                 log.info("%s: opened %s", spec.stream_id, spec.uri)
@@ -654,23 +758,35 @@ class SourceStage(StageProcess):
             frame = FrameMessage(stream.spec.stream_id, stream.next_index, timestamp, False, image)
             stream.next_index += 1
             stream.count("read")
-            if not self._to_sink_first(stream, frame):
+            detect = frame.frame_index % self.detect_every == 0
+            if not self._to_sink_first(stream, frame, detect):
                 return
-            if frame.frame_index % self.detect_every == 0:
+            if detect:
                 stream.inflight[frame.frame_index] = Inflight(frame, time.monotonic())
 
-    def _to_sink_first(self, stream: StreamState, frame: FrameMessage) -> bool:
+    def _to_sink_first(self, stream: StreamState, frame: FrameMessage, detect: bool) -> bool:
         """What the sink gets straight from the source: the image (for drawing) and, for a frame the
-        detector skips, a skip notice. False when stopping."""
+        detector skips, a skip notice (held back for live streams, see `_release_notices`). False when stopping."""
         if self.send_images and not self.send_until_stopped(self.to_sink, frame):
             return False
-        if frame.frame_index % self.detect_every != 0:
+        if not detect:
             height, width = frame.image.shape[:2]
             notice = empty_faces(frame.stream_id, frame.frame_index, frame.timestamp, width, height)
-            if not self.send_until_stopped(self.to_sink, notice):
-                return False
             stream.count("skipped_detection")
+            if stream.live is not None:
+                stream.held_notices.append(notice)
+            elif not self.send_until_stopped(self.to_sink, notice):
+                return False
         return True
+
+    def _release_notices(self, stream: StreamState) -> None:
+        """Send a live stream's skip notices whose earlier detection frames are all accounted for."""
+        while stream.held_notices and not self.stopping:
+            index = stream.held_notices[0].frame_index
+            if any(sent < index for sent in stream.live_sent):
+                return
+            if not self.send_until_stopped(self.to_sink, stream.held_notices.popleft()):
+                return
 
     def _send(self, turn: int) -> bool:
         """Send queued frames round-robin over the streams; True when the detect workers pushed back."""
@@ -712,14 +828,17 @@ class SourceStage(StageProcess):
                 return False
         live = stream.held
         frame = FrameMessage(stream.spec.stream_id, live.index, live.timestamp, True, live.image)
-        if live.index % self.detect_every == 0:
+        # Every k-th frame *taken*: frames dropped before they were taken do not skip a detection.
+        detect = stream.last_detect_index < 0 or live.index - stream.last_detect_index >= self.detect_every
+        if detect:
             self.frames.send_multipart(messages.encode(frame), zmq.NOBLOCK, copy=False)  # raises Again
             stream.live_sent[live.index] = time.monotonic()
+            stream.last_detect_index = live.index
             stream.count("sent")
         stream.held = None
         stream.next_index = live.index + 1
         stream.count("read")
-        self._to_sink_first(stream, frame)
+        self._to_sink_first(stream, frame, detect)
         return True
 
     def _check_timeouts(self) -> None:
@@ -796,6 +915,9 @@ class SourceStage(StageProcess):
 
     def _maybe_finish(self, stream: StreamState) -> None:
         if stream.finished or not stream.exhausted or stream.inflight or stream.held is not None or stream.live_sent:
+            return
+        if stream.held_notices:
+            self._release_notices(stream)
             return
         end = EndOfStream(stream.spec.stream_id, stream.next_index)
         if self.send_until_stopped(self.to_sink, end):

@@ -202,9 +202,12 @@ def empty_faces(stream_id: str, frame_index: int, timestamp: float, width: int, 
 
 
 class StageStats:
-    """Counters and recent latencies of one process, sent to the supervisor as JSON."""
+    """Counters and recent latencies of one process, sent to the supervisor as JSON.
 
-    def __init__(self, window: int = 256) -> None:
+    Latency figures cover the last `window` values of each name (a whole demo-length run).
+    """
+
+    def __init__(self, window: int = 4096) -> None:
         self.counters: dict[str, int] = {}
         self.latencies: dict[str, deque[float]] = {}
         self.window = window
@@ -223,6 +226,9 @@ class StageStats:
                 latency[name] = {
                     "p50_ms": round(float(np.percentile(array, 50)), 2),
                     "p95_ms": round(float(np.percentile(array, 95)), 2),
+                    "p99_ms": round(float(np.percentile(array, 99)), 2),
+                    "max_ms": round(float(array.max()), 2),
+                    "count": int(array.size),
                     "mean_ms": round(float(array.mean()), 2),
                 }
         return {"counters": dict(self.counters), "latency": latency}

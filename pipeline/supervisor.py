@@ -165,7 +165,7 @@ def _sum_counters(snapshots: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _mean_latency(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per latency name, the mean over processes of each figure (p50, p95, mean)."""
+    """Per latency name, the mean over processes of each figure (p50, p95, p99, max, mean, count)."""
     collected: dict[str, list[dict[str, float]]] = {}
     for snapshot in snapshots:
         for name, figures in snapshot.get("latency", {}).items():
@@ -276,7 +276,10 @@ def format_report(stages: dict[str, dict[str, Any]], elapsed: float, final: bool
         text = f"{name}: {info[rate]:.1f} {info['unit']}/s"
         if role == "source" and p50("source", "frame") is not None:
             figures = stages["source"]["latency"]["frame"]
-            text += f", latency {figures['p50_ms'] / 1000:.2f} s p50 / {figures['p95_ms'] / 1000:.2f} s p95"
+            text += f", latency {figures['p50_ms'] / 1000:.2f} s p50 / {figures['p99_ms'] / 1000:.2f} s p99"
+        if role == "sink" and p50("sink", "capture_to_result") is not None:
+            figures = stages["sink"]["latency"]["capture_to_result"]
+            text += f", capture->result {figures['p50_ms']:.0f} ms p50 / {figures['p99_ms']:.0f} ms p99"
         if role == "detect" and p50("detect", "detect") is not None:
             text += f", {p50('detect', 'detect'):.0f} ms/frame"
         if role == "embed" and p50("embed", "embed_face") is not None:
@@ -310,6 +313,7 @@ class Supervisor:
         self.created_run_dir = False
         self.started = time.monotonic()
         self.progress: Any = None
+        self.ready_announced = 0.0  # when Control("workers_ready") was last sent
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -331,7 +335,7 @@ class Supervisor:
         endpoints = resolve_endpoints(self.config, self.run_dir)
         fps = {}
         for spec in specs:
-            if not spec.live:
+            if not spec.live or spec.kind in ("replay", "loop"):
                 fps[spec.stream_id] = probe_source(spec, self.config).fps
         outputs = {
             "events": _absolute(self.options.events), "detections": _absolute(self.options.detections),
@@ -477,10 +481,23 @@ class Supervisor:
                 outcome = self._exited(child, code)
                 if outcome:
                     return outcome
+            self._announce_ready()
             self._update_progress()
             if self.options.report and time.monotonic() >= next_report:
                 next_report = time.monotonic() + float(self.pipeline["report_interval_s"])
                 self._say(format_report(self.board.stages(), time.monotonic() - self.started))
+
+    def _announce_ready(self) -> None:
+        """Once every worker and the sink have loaded their models, tell the source (live capture waits
+        for this). Repeated once a second: a SUB socket that connected late still hears it."""
+        now = time.monotonic()
+        if now < self.ready_announced + 1.0:
+            return
+        if all(child.ready for child in self.children if child.role in ("detect", "embed", "sink")):
+            if not self.ready_announced:
+                log.info("workers ready after %.1f s", now - self.started)
+            self.ready_announced = now
+            messages.send(self.control, Control("workers_ready"), zmq.NOBLOCK)
 
     def _exited(self, child: Child, code: int) -> str | None:
         """React to a child's exit; a reason when the run is over."""

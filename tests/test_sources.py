@@ -19,6 +19,7 @@ from facestream.pipeline.sources import (
     LiveCapture,
     LiveFrame,
     LiveReader,
+    PacedVideoCapture,
     SourceError,
     SourceSpec,
     VideoFileReader,
@@ -68,6 +69,13 @@ def test_parse_sources_kinds_ids_and_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no source"):
         parse_sources([])
     assert classify("missing.mp4") == "video"  # opening (and its clear error) is the source process's job
+    replays = parse_sources([f"replay:{CLIP}", f"hall=loop:{CLIP}"])
+    assert [(s.stream_id, s.kind, s.live, s.uri) for s in replays] == [
+        ("short_hamilton_clip", "replay", True, f"replay:{CLIP}"),
+        ("hall", "loop", True, f"loop:{CLIP}"),
+    ]
+    with pytest.raises(SourceError, match="replay: needs a video file"):
+        parse_sources(["replay:"])
 
 
 def test_natural_order() -> None:
@@ -279,3 +287,58 @@ def test_live_reader_stops_promptly() -> None:
     reader.stop()
     assert reader.done.wait(2) and time.monotonic() - started < 1
     assert not threading.Thread.is_alive(reader.thread) or reader.done.is_set()
+
+
+# ------------------------------------------------------------------------------------------------
+# replay: a video file delivered like a camera
+
+
+def test_replay_is_paced_at_the_file_frame_rate_and_ends() -> None:
+    clock = FakeClock()
+    paced = PacedVideoCapture(str(CLIP), clock=clock, sleep=clock.sleep)
+    reference = VideoFileReader(str(CLIP))
+    fps = paced.fps
+    assert fps == pytest.approx(reference.fps)
+    count = 0
+    while True:
+        ok, frame = paced.read()
+        if not ok:
+            break
+        expected = reference.read()
+        assert expected is not None and np.array_equal(frame[..., ::-1], expected[0])  # same frames, BGR as OpenCV
+        # frame i is delivered i / fps after the first (decoding takes no fake time)
+        assert clock.now == pytest.approx(count / fps)
+        count += 1
+    assert reference.read() is None and count == 275 == paced.delivered
+    assert paced.finished and paced.read() == (False, None)
+    paced.release()
+    reference.close()
+    # A live capture ends (not a loss to reconnect from) when a replay finishes.
+    clock = FakeClock()
+    live = LiveCapture("replay", lambda: PacedVideoCapture(str(CLIP), clock=clock, sleep=clock.sleep), clock=clock,
+                       sleep=clock.sleep)  # fmt: skip
+    frames = 0
+    while live.next_frame() is not None:
+        frames += 1
+    assert frames == 275 and (live.disconnects, live.reconnects, live.delays) == (0, 0, [])
+
+
+def test_loop_replay_starts_over_and_keeps_pace() -> None:
+    clock = FakeClock()
+    looped = PacedVideoCapture(str(CLIP), loop=True, clock=clock, sleep=clock.sleep)
+    first = looped.read()[1]
+    for _ in range(274):
+        assert looped.read()[0]
+    ok, again = looped.read()  # frame 275 is frame 0 of the second pass
+    assert ok and np.array_equal(again, first) and looped.passes == 1 and not looped.finished
+    assert clock.now == pytest.approx(275 / looped.fps)
+    looped.release()
+
+
+def test_replay_of_a_file_that_cannot_be_opened_fails_clearly(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    clock = FakeClock()
+    live = LiveCapture("hall (replay:broken.mp4)", lambda: PacedVideoCapture(str(bad)), clock=clock, sleep=clock.sleep)
+    with pytest.raises(SourceError, match="cannot be opened \\(tried 3 times\\)"):
+        live.next_frame()
