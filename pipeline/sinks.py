@@ -11,7 +11,8 @@ frame re-sent after a worker died) are dropped by (stream, frame index). Every r
 acknowledged on ``acks`` at once, so the source can stop re-sending it (live frames are acknowledged too:
 the source waits for them before it ends a live stream). **Live** results are processed
 as they come, held at most ``pipeline.live_reorder_ms`` to put the results of parallel workers back in
-order; one older than a frame already processed is dropped (counted as ``late``).
+order (not at all when one detect and one embed worker run and no other can join: `live_reorder_s`); one
+older than a frame already processed is dropped (counted as ``late``).
 
 Per frame the tracker (`pipeline.tracker.FaceTracker`, one per stream) assigns track ids, the gallery
 names each embedded face (identity or "unknown", distance) and the track's vote decides its identity.
@@ -486,6 +487,15 @@ class StreamSink:
         return self.live or self.next_index >= self.frame_count
 
 
+def live_reorder_s(pipeline: dict, endpoints: dict[str, str]) -> float:
+    """How long a live result may wait for an earlier one. Results can only come out of order when several
+    detect or embed workers run, or more workers may join (`facestream stage` over tcp://, or over ipc://
+    in a fixed pipeline.run_dir): else nothing is worth waiting for, and holding would only add latency."""
+    parallel = int(pipeline["detect_workers"]) > 1 or int(pipeline["embed_workers"]) > 1
+    joinable = bool(pipeline.get("run_dir")) or any(str(e).startswith("tcp://") for e in endpoints.values())
+    return float(pipeline["live_reorder_ms"]) / 1000 if parallel or joinable else 0.0
+
+
 class SinkCore:
     """Messages in (any order, duplicates allowed), processed frames and events out, in order per stream."""
 
@@ -745,7 +755,7 @@ class SinkStage(StageProcess):
             outputs,
             self.config["tracker"],
             detect_every=int(pipeline["detect_every"]),
-            live_hold_s=float(pipeline["live_reorder_ms"]) / 1000,
+            live_hold_s=live_reorder_s(pipeline, self.endpoints),
             stats=self.stats,
         )
         self.extra_stats = self._extra_stats

@@ -24,6 +24,8 @@ from facestream.pipeline.sinks import (
     SinkCore,
     SinkOutputs,
     describe_summary,
+    format_time,
+    live_reorder_s,
     open_matcher,
     video_paths,
 )
@@ -334,3 +336,20 @@ def test_events_file_is_valid_line_by_line_after_an_abrupt_stop(tmp_path: Path) 
     indices = [json.loads(line)["frame_index"] for line in data.decode().splitlines()]
     assert indices == list(range(len(indices)))
     assert JsonLines(tmp_path / "new/dir/x.jsonl").path.parent.is_dir()
+
+
+def test_live_results_wait_for_reordering_only_when_they_can_come_out_of_order() -> None:
+    base = {"detect_workers": 1, "embed_workers": 1, "live_reorder_ms": 200.0, "run_dir": ""}
+    ipc = {"frames": "ipc:///tmp/run/frames", "descriptors": "ipc:///tmp/run/descriptors"}
+    assert live_reorder_s(base, ipc) == 0.0  # one worker per stage: results arrive in order
+    assert live_reorder_s({**base, "detect_workers": 2}, ipc) == 0.2
+    assert live_reorder_s({**base, "embed_workers": 3}, ipc) == 0.2
+    assert live_reorder_s(base, {**ipc, "frames": "tcp://10.0.0.2:5555"}) == 0.2  # remote workers may join
+    assert live_reorder_s({**base, "run_dir": "/srv/facestream"}, ipc) == 0.2  # local `facestream stage` may join
+
+
+def test_summary_times_are_positions_in_files_and_clock_times_live() -> None:
+    assert format_time(75.5) == "1:15.50"
+    assert format_time(0.0) == "0:00.00"
+    live = time.mktime((2026, 11, 22, 10, 45, 17, 0, 0, -1)) + 0.98
+    assert format_time(live) == "10:45:17.98"
