@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "gallery_refresh_s": 5.0,
         "live_reorder_ms": 200.0,
         "live_start_timeout_s": 120.0,
+        "live_inflight": 0,
         "shutdown_grace_s": 4.0,
         "run_dir": "",
         "endpoints": {

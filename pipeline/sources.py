@@ -9,7 +9,8 @@
 * a camera index (``0``) and an ``rtsp://``, ``rtmp://``, ``http(s)://``, ``udp://``, ``tcp://`` or
   ``srt://`` URL are **live sources**: a capture thread reads as fast as the device delivers into a
   queue of ``sources.live_queue`` frames that drops its *oldest* frame when full (counted as
-  ``dropped``), so latency stays bounded when the detectors fall behind. A live source that stops
+  ``dropped``), so latency stays bounded when the detectors fall behind; a frame goes to the detectors
+  only when one is free (``pipeline.live_inflight`` frames out at once), and then the newest. A live source that stops
   delivering is reopened with exponential back-off (``sources.reconnect_initial_s`` doubling up to
   ``sources.reconnect_max_s``; ``sources.max_reconnects`` failed reopenings in a row end it, 0 = never).
 * ``replay:VIDEO`` plays a video file as a live source, paced at the file's own frame rate as a camera
@@ -538,6 +539,16 @@ class LatestFrames:
         with self.lock:
             return self.frames.popleft() if self.frames else None
 
+    def newest(self, held: LiveFrame) -> LiveFrame:
+        """The newest frame queued, if any, instead of `held` (which is then dropped and counted)."""
+        with self.lock:
+            if not self.frames:
+                return held
+            self.dropped += len(self.frames)  # `held` and all but the newest queued frame ...
+            newest = self.frames.pop()
+            self.frames.clear()
+            return newest  # ... are dropped: len(frames) - 1 + held
+
     def __len__(self) -> int:
         return len(self.frames)
 
@@ -632,6 +643,7 @@ class SourceStage(StageProcess):
         self.detect_every = max(1, int(pipeline["detect_every"]))
         self.resend_timeout = float(pipeline["resend_timeout_s"])
         self.send_images = bool(self.spec["outputs"].get("images"))
+        self.live_inflight = int(pipeline["live_inflight"]) or max(1, int(pipeline["detect_workers"]))
         self.ack_latency_ewma = 0.0
         self.frames = open_socket(
             self.context, zmq.PUSH, self.endpoints["frames"], bind=True, hwm=int(pipeline["frame_hwm"])
@@ -826,10 +838,15 @@ class SourceStage(StageProcess):
             stream.held = stream.live.queue.get()
             if stream.held is None:
                 return False
+        # Every k-th frame *taken*: frames dropped before they were taken do not skip a detection.
+        detect = stream.last_detect_index < 0 or stream.held.index - stream.last_detect_index >= self.detect_every
+        if detect and len(stream.live_sent) >= self.live_inflight:
+            # Every detector is busy with one of our frames: wait for the newest frame at the time one is free
+            # (frames queued in sockets meanwhile would only grow old there).
+            stream.held = stream.live.queue.newest(stream.held)
+            return False
         live = stream.held
         frame = FrameMessage(stream.spec.stream_id, live.index, live.timestamp, True, live.image)
-        # Every k-th frame *taken*: frames dropped before they were taken do not skip a detection.
-        detect = stream.last_detect_index < 0 or live.index - stream.last_detect_index >= self.detect_every
         if detect:
             self.frames.send_multipart(messages.encode(frame), zmq.NOBLOCK, copy=False)  # raises Again
             stream.live_sent[live.index] = time.monotonic()

@@ -246,6 +246,18 @@ def test_live_queue_drops_oldest_frames_and_counts_them() -> None:
     assert queue.get() is None
 
 
+def test_waiting_for_a_free_detector_keeps_only_the_newest_frame() -> None:
+    queue = LatestFrames(3)
+    image = np.zeros((2, 2, 3), np.uint8)
+    held = LiveFrame(0, 0.0, image)
+    assert queue.newest(held) is held and queue.dropped == 0  # nothing newer: keep it
+    for i in (1, 2, 3):
+        queue.put(LiveFrame(i, float(i), image))
+    newest = queue.newest(held)
+    assert newest.index == 3 and queue.get() is None
+    assert queue.dropped == 3  # the held frame 0 and frames 1, 2
+
+
 def test_live_source_with_a_fast_producer_keeps_latency_bounded() -> None:
     """A camera delivering ~1000 frames/s into a consumer taking 1 frame every 20 ms: the consumer always gets
     recent frames, everything it did not take is counted as dropped."""
