@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
         "embed_workers": 1,
         "worker_threads": 0,
         "detect_every": 1,
+        "scene_cut_threshold": 20.0,
         "embed_max_wait_ms": 10.0,
         "frame_hwm": 2,
         "faces_hwm": 64,
@@ -67,6 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "tracker": {
         "iou_threshold": 0.3,
         "max_age": 15,
+        "decision": "mean",
+        "best_faces": 16,
         "min_votes": 1,
         "switch_votes": 3,
         "switch_ratio": 1.5,

@@ -521,6 +521,8 @@ class SinkCore:
             "iou_threshold": float(tracker_config["iou_threshold"]),
             "max_age": max(int(tracker_config["max_age"]), int(detect_every)),  # boxes carried over skipped frames
             "min_votes": int(tracker_config["min_votes"]),
+            "decision": str(tracker_config["decision"]),
+            "best_faces": int(tracker_config["best_faces"]),
             "switch_votes": int(tracker_config["switch_votes"]),
             "switch_ratio": float(tracker_config["switch_ratio"]),
             "vote_decay": float(tracker_config["vote_decay"]),
@@ -621,11 +623,13 @@ class SinkCore:
             if len(message):
                 matches = self.matcher.identify(np.asarray(message.descriptors, np.float32))
                 identities, distances = list(matches.identities), np.asarray(matches.distances, np.float64)
+            observed_identities, observed_distances = identities, distances
+            if tracker.decision == "mean" and len(message):
+                observed_identities, observed_distances = self._match_track_means(tracker, track_ids, message)
             for i, track_id in enumerate(track_ids.tolist()):
-                if math.isfinite(distances[i]):  # NaN: nobody in the gallery, nothing to vote with
-                    tracker.add_observation(
-                        track_id, identities[i], float(distances[i]), message.quality[i], float(message.scores[i])
-                    )
+                if math.isfinite(observed_distances[i]):  # NaN: nobody in the gallery (or face gated out)
+                    tracker.add_observation(track_id, observed_identities[i], float(observed_distances[i]),
+                                            message.quality[i], float(message.scores[i]))  # fmt: skip
             for i, track_id in enumerate(track_ids.tolist()):
                 track = tracker.tracks[track_id]
                 faces.append(
@@ -656,6 +660,25 @@ class SinkCore:
         self.outputs.frame(result, image)
         stream.processed += 1
         self.stats.count("frames")
+
+    def _match_track_means(
+        self, tracker: FaceTracker, track_ids: np.ndarray, message: DescriptorsMessage
+    ) -> tuple[list[str], np.ndarray]:
+        """decision="mean": each face joins its track's best faces; the tracks' mean descriptors are matched in
+        one batch. Per face: its track's match (NaN distance where the quality gate turned the face away)."""
+        identities = [UNKNOWN] * len(track_ids)
+        distances = np.full(len(track_ids), np.nan)
+        kept = [
+            i for i, track_id in enumerate(track_ids.tolist())
+            if tracker.add_face(track_id, message.descriptors[i], message.quality[i], float(message.scores[i]))
+        ]  # fmt: skip
+        if not kept:
+            return identities, distances
+        means = np.stack([tracker.mean_descriptor(int(track_ids[i])) for i in kept])
+        matches = self.matcher.identify(means.astype(np.float32))
+        for row, i in enumerate(kept):
+            identities[i], distances[i] = matches.identities[row], float(matches.distances[row])
+        return identities, distances
 
     def _end_tracks_at_a_cut(self, stream: StreamSink, frame_index: int, message: DescriptorsMessage) -> None:
         """A scene cut can put another person where a tracked face was: the boxes overlap, so the tracker

@@ -38,6 +38,7 @@ GOLDEN = DATA / "golden" / "dlib-20.0.1-video-up1-every-frame.jsonl"
 FACESTREAM = [sys.executable, "-m", "facestream.pipeline.run_cli"]
 FRAMES = 20
 LIN = "Lin_Manuel_Miranda"
+ALEX = "Alex_Lacamoire"
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="checks processes through /proc")
 
@@ -256,6 +257,71 @@ def test_demo_clip_identifies_lin_manuel_as_dlib_does(single: Run) -> None:
     assert f"{LIN}: 0:00.00-0:00.63 (frames 0-19)" in (single.out / "stdout.txt").read_text()
     assert "detect x1:" in single.log  # the per-stage report
     single.assert_no_process_left()
+
+
+def test_the_close_up_is_named_where_dlib_names_it_and_by_nobody_else(
+    work: Path, gallery: Path, runs: list[Run]
+) -> None:
+    """Frames 18-45 of the demo clip: Lin-Manuel Miranda drifting past 0.6, then the Alex Lacamoire close-up,
+    which dlib names in frames 26 and 42 only (0.56-0.65 frame by frame). The track's mean descriptor
+    (tracker.decision: mean) names Alex from frame 26 on; nobody is ever given another person's name."""
+    first, count = 18, 28
+    path = sub_clip(work, "closeup", first, count)
+    run = Run(work, "closeup", ["--source", f"clip={path}", "--gallery", str(gallery), "--events", "events.jsonl",
+                                "--detections", "detections.jsonl"])  # fmt: skip
+    runs.append(run)
+    assert run.run() == 0, run.log
+    golden = {g["frame"]: g for g in map(json.loads, GOLDEN.read_text().splitlines())}
+    records = run.lines("detections.jsonl")
+    assert [r["frame_index"] + first for r in records] == list(range(first, first + count))
+    named_by_dlib = 0
+    for record in records:
+        reference = golden[record["frame_index"] + first]
+        assert [f["box"] for f in record["faces"]] == [f["box"] for f in reference["faces"]]
+        for face, theirs in zip(record["faces"], reference["faces"]):
+            assert face["match"]["identity"] == theirs["label"]  # the per-frame answer is dlib's
+            if theirs["label"] != "unknown":  # where dlib names someone, the track names the same person
+                named_by_dlib += 1
+                assert face["identity"] == theirs["label"], record
+            # Whoever the track names is the person in the box: the gallery face dlib finds nearest.
+            nearest = min(theirs["distances"], key=theirs["distances"].get)
+            assert face["identity"] in ("unknown", nearest), record
+    assert named_by_dlib == 2  # frames 26 and 42
+    alex = [r["frame_index"] + first for r in records if any(f["identity"] == ALEX for f in r["faces"])]
+    assert alex == list(range(26, 43))  # from the 7th face of the close-up to its last
+
+
+def sub_clip(work: Path, name: str, first: int, count: int) -> Path:
+    """Frames first..first+count-1 of the demo clip, lossless."""
+    path = work / f"{name}.avi"
+    capture = cv2.VideoCapture(str(CLIP))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, first)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 29.97, (640, 360))
+    for _ in range(count):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    capture.release()
+    return path
+
+
+def test_a_scene_cut_on_a_frame_due_to_be_skipped_is_detected(work: Path, gallery: Path, runs: list[Run]) -> None:
+    """--detect-every 2 on frames 206-215: the cut to the audience falls on frame 211, an odd frame the
+    detector would skip, where the tracker would carry Lin-Manuel Miranda's box and name onto the audience."""
+    first = 206
+    path = sub_clip(work, "cut", first, 10)
+    run = Run(work, "cut", ["--source", f"clip={path}", "--gallery", str(gallery), "--detect-every", "2",
+                            "--detections", "detections.jsonl", "--stats", "stats.json"])  # fmt: skip
+    runs.append(run)
+    assert run.run() == 0, run.log
+    records = {r["frame_index"] + first: r for r in run.lines("detections.jsonl")}
+    assert sorted(records) == list(range(first, first + 10))
+    assert [f for f, r in records.items() if r["detected"]] == [206, 208, 210, 211, 212, 214]
+    assert run.stats()["streams"]["clip"]["scene_cuts"] == 1
+    for frame in range(211, 216):  # after the cut nobody is named: dlib names nobody there either
+        assert {f["identity"] for f in records[frame]["faces"]} <= {"unknown"}, records[frame]
+    assert {f["identity"] for f in records[210]["faces"]} == {LIN}
 
 
 def test_two_detect_workers_same_events_and_malformed_messages_are_dropped_and_counted(

@@ -25,9 +25,11 @@ from facestream.pipeline.sources import (
     VideoFileReader,
     backoff_delay,
     classify,
+    frame_thumbnail,
     natural_key,
     parse_sources,
     probe_source,
+    scene_changed,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -354,3 +356,16 @@ def test_replay_of_a_file_that_cannot_be_opened_fails_clearly(tmp_path: Path) ->
     live = LiveCapture("hall (replay:broken.mp4)", lambda: PacedVideoCapture(str(bad)), clock=clock, sleep=clock.sleep)
     with pytest.raises(SourceError, match="cannot be opened \\(tried 3 times\\)"):
         live.next_frame()
+
+
+def test_scene_cuts_of_the_demo_clip_are_seen_and_motion_is_not() -> None:
+    reader = VideoFileReader(str(CLIP))
+    thumbnails = []
+    while (item := reader.read()) is not None:
+        thumbnails.append(frame_thumbnail(item[0]))
+    reader.close()
+    assert thumbnails[0].shape == (36, 64) and thumbnails[0].dtype == np.float32
+    cuts = [i for i in range(1, len(thumbnails)) if scene_changed(thumbnails[i - 1], thumbnails[i], 20.0)]
+    assert cuts == [20, 82, 211]  # the clip's three cuts (seen in its frames); the zoom is not one
+    assert not scene_changed(None, thumbnails[0], 20.0)
+    assert not scene_changed(thumbnails[19], thumbnails[20], 0.0)  # 0 = off

@@ -455,3 +455,43 @@ def test_demo_clip(every: int) -> None:
     assert "Alex_Lacamoire" not in summary
     first_detection_from_82 = 82 + (-82 % every)
     assert [interval.first_frame for interval in summary["Lin_Manuel_Miranda"]] == [0, first_detection_from_82]
+
+
+# ------------------------------------------------------------------------------------------------
+# decision="mean": the track's mean descriptor decides
+
+
+def test_mean_descriptor_keeps_the_best_faces_weighted_by_quality() -> None:
+    tracker = FaceTracker("s", decision="mean", best_faces=3)
+    (track,) = step(tracker, 0, [square(100, 100)])
+    assert tracker.mean_descriptor(track) is None
+    rng = np.random.default_rng(0)
+    faces = rng.normal(size=(5, 128)).astype(np.float32)
+    good = np.array([100.0, SHARP], np.float32)  # weight 1
+    half = np.array([100.0, 50.0], np.float32)  # sharpness 50 of the gate's good 100: weight 0.5
+    assert tracker.add_face(track, faces[0], half, 1.0)
+    assert tracker.add_face(track, faces[1], good, 1.0)
+    assert not tracker.add_face(track, faces[2], np.array([10.0, SHARP], np.float32), 1.0)  # too small: gated out
+    expected = (0.5 * faces[0] + 1.0 * faces[1]) / 1.5
+    np.testing.assert_allclose(tracker.mean_descriptor(track), expected, rtol=1e-6)
+    assert tracker.add_face(track, faces[3], good, 1.0)
+    assert tracker.add_face(track, faces[4], good, 1.0)  # full: replaces the weakest face (faces[0])
+    np.testing.assert_allclose(tracker.mean_descriptor(track), faces[[1, 3, 4]].mean(axis=0), rtol=1e-5)
+    assert not tracker.add_face(999, faces[0], good, 1.0) and tracker.mean_descriptor(999) is None
+    with pytest.raises(ValueError, match="decision"):
+        FaceTracker("s", decision="median")
+
+
+def test_mean_decision_takes_the_match_of_the_mean_after_min_votes() -> None:
+    tracker = FaceTracker("s", decision="mean", min_votes=2)
+    (track,) = step(tracker, 0, [square(100, 100)])
+    tracker.pop_events()
+    assert not observe(tracker, track, "unknown", 0.62)  # one face: not enough yet
+    assert tracker.tracks[track].identity is None
+    assert observe(tracker, track, "Alex", 0.593)  # the mean now matches: decided at once, no vote to win
+    assert (tracker.tracks[track].identity, tracker.tracks[track].distance) == ("Alex", 0.593)
+    assert not observe(tracker, track, "Alex", 0.58)
+    assert tracker.tracks[track].distance == 0.58  # the latest mean's distance
+    assert observe(tracker, track, "unknown", 0.61)  # the mean drifted past the threshold: unknown again
+    events = [e for e in tracker.pop_events() if e.kind == "track_identified"]
+    assert [(e.identity, e.previous_identity) for e in events] == [("Alex", None), ("unknown", "Alex")]
