@@ -433,14 +433,17 @@ class FaceTracker:
 
     # -- identity ------------------------------------------------------------------------------
 
+    def _gated(self, track_id: int, quality: ArrayLike, score: float) -> tuple[Track | None, float]:
+        """The live track and the face's gate weight; (None, 0) when the track ended or the gate rejects it."""
+        track = self.tracks.get(track_id)
+        weight = float(self.gate.weights(np.asarray(quality, np.float64).reshape(-1), [score])[0])
+        return (track, weight) if track is not None and weight > 0 else (None, 0.0)
+
     def add_face(self, track_id: int, descriptor: ArrayLike, quality: ArrayLike, score: float) -> bool:
         """decision="mean": keep an embedded face of the track for its mean descriptor (the `best_faces`
         faces the quality gate weighs highest). False when the gate rejects it or the track has ended."""
-        track = self.tracks.get(track_id)
+        track, weight = self._gated(track_id, quality, score)
         if track is None:
-            return False
-        weight = float(self.gate.weights(np.asarray(quality, np.float64).reshape(-1), [score])[0])
-        if weight <= 0:
             return False
         row = np.asarray(descriptor, np.float32).reshape(1, -1)
         if len(track.best_weights) < self.best_faces:
@@ -470,11 +473,8 @@ class FaceTracker:
             raise ValueError(f"identity must be a non-empty string, got {identity!r}")
         if not math.isfinite(distance):
             raise ValueError(f"distance must be finite, got {distance}")
-        track = self.tracks.get(track_id)
+        track, weight = self._gated(track_id, quality, score)
         if track is None:
-            return False
-        weight = float(self.gate.weights(np.asarray(quality, np.float64).reshape(-1), [score])[0])
-        if weight <= 0:
             return False
         track.best_embedded_weight = max(track.best_embedded_weight, weight)
         for label in list(track.votes):

@@ -55,16 +55,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def clip(work: Path) -> Path:
     """The first FRAMES frames of the demo clip, lossless (FFV1): decoding gives OpenCV's pixels of the original."""
-    path = work / "clip20.avi"
-    capture = cv2.VideoCapture(str(CLIP))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), capture.get(cv2.CAP_PROP_FPS), (640, 360))
-    for _ in range(FRAMES):
-        ok, frame = capture.read()
-        assert ok
-        writer.write(frame)
-    writer.release()
-    capture.release()
-    return path
+    return sub_clip(work, "clip20", 0, FRAMES)
 
 
 @pytest.fixture(scope="module")
