@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .run_cli import add_run_commands
 
     add_run_commands(commands)
+    from .unknowns_cli import add_unknowns_commands
+
+    add_unknowns_commands(commands)
+    from .eval_cli import add_eval_commands
+
+    add_eval_commands(commands)
     _accept_config_anywhere(commands)
     return parser
 

@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
         config["pipeline"]["detect_every"] = args.detect_every
     if args.max_frames is not None:
         config["sources"]["max_frames"] = args.max_frames
+    if args.kiosk:
+        config["kiosk"]["enabled"] = True
     quiet = bool(getattr(args, "quiet", False))
     options = RunOptions(
         sources=args.source,
@@ -87,6 +89,7 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
         workers=args.workers,
         show=args.show,
         stats=args.stats,
+        unknowns=args.unknowns,
         progress=not quiet and not args.no_progress,
         report=not quiet,
         log_level=_log_level(),
@@ -134,6 +137,16 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--detect-every", type=int, metavar="K", help="run the detector on every K-th frame only")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     run.add_argument("--stats", metavar="FILE", help="final statistics and summaries as one JSON object")
+    run.add_argument(
+        "--unknowns",
+        metavar="FILE",
+        help="each track that ends unknown: its best faces as a JSON line (for `facestream unknowns`)",
+    )
+    run.add_argument(
+        "--kiosk",
+        action="store_true",
+        help="access_decision events (granted/denied with evidence) per track; see kiosk: in config.yaml",
+    )
     run.add_argument("--show", action="store_true", help="show the annotated frames in a window (q quits)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=cmd_run)

@@ -56,10 +56,21 @@ import numpy as np
 import zmq
 
 from . import messages
+from .kiosk import KioskDecider, evidence_from_matches
 from .messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
 from .sources import LIVE_KINDS
 from .stages import PipelineError, StageProcess, StageStats, encode_json, open_socket
-from .tracker import UNKNOWN, FaceTracker, OnScreenInterval, QualityGate, TrackEvent, box_iou, greedy_assignment
+from .tracker import (
+    UNKNOWN,
+    FaceTracker,
+    OnScreenInterval,
+    QualityGate,
+    TrackEnded,
+    TrackEvent,
+    box_iou,
+    greedy_assignment,
+)
+from .unknowns import UnknownTracks
 
 log = logging.getLogger(__name__)
 
@@ -509,8 +520,11 @@ class SinkCore:
         detect_every: int = 1,
         live_hold_s: float = 0.2,
         stats: StageStats | None = None,
+        unknowns: UnknownTracks | None = None,
+        kiosk: KioskDecider | None = None,
     ) -> None:
         self.matcher, self.outputs = matcher, outputs
+        self.unknowns, self.kiosk = unknowns, kiosk
         self.stats = stats or StageStats()
         gate = QualityGate(
             float(tracker_config["min_face_size"]),
@@ -623,6 +637,7 @@ class SinkCore:
             if len(message):
                 matches = self.matcher.identify(np.asarray(message.descriptors, np.float32))
                 identities, distances = list(matches.identities), np.asarray(matches.distances, np.float64)
+                self._observe_faces(stream, frame_index, message, track_ids, matches)
             observed_identities, observed_distances = identities, distances
             if tracker.decision == "mean" and len(message):
                 observed_identities, observed_distances = self._match_track_means(tracker, track_ids, message)
@@ -652,8 +667,10 @@ class SinkCore:
                     FaceResult(box, track_id, track.identity or UNKNOWN, track.distance if track.identity else None)
                 )
             self.stats.count("skipped_detection")
-        for event in tracker.pop_events():
-            self.outputs.event(event_record(event))
+        self._emit(stream, tracker.pop_events())
+        if self.kiosk is not None:
+            for decision in self.kiosk.advance(stream.stream_id, message.timestamp):
+                self.outputs.event(decision.to_record())
         result = FrameResult(
             stream.stream_id, frame_index, message.timestamp, message.width, message.height, item.detected, faces
         )
@@ -679,6 +696,37 @@ class SinkCore:
         for row, i in enumerate(kept):
             identities[i], distances[i] = matches.identities[row], float(matches.distances[row])
         return identities, distances
+
+    def _observe_faces(
+        self, stream: StreamSink, frame_index: int, message: DescriptorsMessage, track_ids: np.ndarray, matches: Any
+    ) -> None:
+        """Unknown-face collection (every face, with its quality weight) and kiosk evidence (faces the tracker's
+        quality gate accepts only), from this frame's own per-face matches."""
+        if self.unknowns is None and self.kiosk is None:
+            return
+        weights = stream.tracker.gate.weights(message.quality, message.scores)
+        if self.unknowns is not None:
+            for i, track_id in enumerate(track_ids.tolist()):
+                self.unknowns.observe(stream.stream_id, track_id, frame_index, message.timestamp, message.boxes[i],
+                                      float(message.scores[i]), float(weights[i]), message.descriptors[i])  # fmt: skip
+        if self.kiosk is not None and hasattr(matches, "names"):
+            for i, evidence in enumerate(evidence_from_matches(matches, frame_index, message.timestamp)):
+                if weights[i] > 0:
+                    decision = self.kiosk.observe(stream.stream_id, int(track_ids[i]), evidence)
+                    if decision is not None:
+                        self.outputs.event(decision.to_record())
+
+    def _emit(self, stream: StreamSink, events: list[TrackEvent]) -> None:
+        """Track events out; an ended track also closes its unknown-face record and its kiosk decision."""
+        for event in events:
+            self.outputs.event(event_record(event))
+            if isinstance(event, TrackEnded):
+                if self.unknowns is not None:
+                    self.unknowns.end(stream.stream_id, event.track_id, event.identity)
+                if self.kiosk is not None:
+                    decision = self.kiosk.end_track(stream.stream_id, event.track_id)
+                    if decision is not None:
+                        self.outputs.event(decision.to_record())
 
     def _end_tracks_at_a_cut(self, stream: StreamSink, frame_index: int, message: DescriptorsMessage) -> None:
         """A scene cut can put another person where a tracked face was: the boxes overlap, so the tracker
@@ -714,8 +762,7 @@ class SinkCore:
             return
         stream.finished = True
         stream.tracker.finish()
-        for event in stream.tracker.pop_events():
-            self.outputs.event(event_record(event))
+        self._emit(stream, stream.tracker.pop_events())
         record = summary_record(stream_id, stream.processed, stream.tracker.identity_summary())
         self.summaries[stream_id] = record
         self.outputs.event(record)
@@ -736,6 +783,8 @@ class SinkCore:
         self.pump(flush=True)
         for stream_id in self.streams:
             self.finish(stream_id)
+        if self.unknowns is not None:
+            self.unknowns.close()
         self.outputs.close()
         self.matcher.close()
 
@@ -772,6 +821,15 @@ class SinkStage(StageProcess):
             show=bool(outputs_spec.get("show")),
             publish=lambda topic, line: self.events.send_multipart([topic.encode(), line], zmq.NOBLOCK),
         )
+        unknowns = None
+        if outputs_spec.get("unknowns"):
+            sources = {item["stream_id"]: str(item.get("uri", "")) for item in self.spec["sources"]}
+            unknowns = UnknownTracks(outputs_spec["unknowns"], sources=sources)
+        kiosk = None
+        if self.config["kiosk"]["enabled"]:
+            from .kiosk import KioskPolicy
+
+            kiosk = KioskDecider(KioskPolicy.from_config(self.config["kiosk"]))
         self.core = SinkCore(
             streams,
             matcher,
@@ -780,6 +838,8 @@ class SinkStage(StageProcess):
             detect_every=int(pipeline["detect_every"]),
             live_hold_s=live_reorder_s(pipeline, self.endpoints),
             stats=self.stats,
+            unknowns=unknowns,
+            kiosk=kiosk,
         )
         self.extra_stats = self._extra_stats
         refresh_every = float(pipeline["gallery_refresh_s"])

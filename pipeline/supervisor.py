@@ -77,6 +77,7 @@ class RunOptions:
     workers: int | None = None
     show: bool = False
     stats: str | None = None
+    unknowns: str | None = None  # unknown tracks' best faces, JSON lines (pipeline/unknowns.py)
     progress: bool = True  # a tqdm bar on stderr when it is a terminal
     report: bool = True  # the periodic stats lines
     log_level: str = "warning"
@@ -341,6 +342,7 @@ class Supervisor:
             "events": _absolute(self.options.events), "detections": _absolute(self.options.detections),
             "video": _absolute(self.options.output), "show": self.options.show,
             "gallery": _absolute(self.options.gallery), "images": bool(self.options.output or self.options.show),
+            "unknowns": _absolute(self.options.unknowns),
         }  # fmt: skip
         spec = {"config": self.config, "endpoints": endpoints, "sources": [s.to_json() for s in specs],
                 "outputs": outputs, "stream_fps": fps}  # fmt: skip

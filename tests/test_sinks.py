@@ -16,7 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
+from facestream.enroll.gallery import Gallery
+from facestream.pipeline import sinks
 from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.kiosk import KioskDecider, KioskPolicy
 from facestream.pipeline.messages import DescriptorsMessage, EndOfStream, FrameMessage, MessageError
 from facestream.pipeline.sinks import (
     GalleryMatcher,
@@ -30,6 +33,9 @@ from facestream.pipeline.sinks import (
     video_paths,
 )
 from facestream.pipeline.stages import empty_faces
+from facestream.pipeline.unknowns import UnknownTracks, read_unknowns
+
+from conftest import golden_images, golden_video
 
 FPS = 10.0
 WIDTH, HEIGHT = 320, 240
@@ -353,3 +359,48 @@ def test_summary_times_are_positions_in_files_and_clock_times_live() -> None:
     assert format_time(0.0) == "0:00.00"
     live = time.mktime((2026, 11, 22, 10, 45, 17, 0, 0, -1)) + 0.98
     assert format_time(live) == "10:45:17.98"
+
+
+# ------------------------------------------------------------------------------------------------
+# unknown tracks and kiosk decisions (pipeline/unknowns.py, pipeline/kiosk.py)
+
+LIN_PHOTO = "video/gallery/Lin_Manuel_Miranda/lin-manuel-miranda.png"
+
+
+def test_sink_writes_unknown_tracks_and_kiosk_decisions(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    with Gallery(db) as gallery:
+        gallery.add_samples("Lin_Manuel_Miranda", np.array([golden_images()[LIN_PHOTO]["cnn_faces"][0]["descriptor"]]))
+    outputs = sinks.SinkOutputs(events=str(tmp_path / "events.jsonl"))
+    core = sinks.SinkCore(
+        {"clip": False}, sinks.open_matcher({"gallery": dict(DEFAULTS["gallery"])}, str(db)), outputs,
+        DEFAULTS["tracker"],
+        unknowns=UnknownTracks(tmp_path / "unknowns.jsonl", sources={"clip": "rtsp://user:pw@cam/clip"}),
+        kiosk=KioskDecider(KioskPolicy.from_config(DEFAULTS["kiosk"])),
+    )  # fmt: skip
+    frames = golden_video()["frames"]
+    for k in range(30):
+        faces = frames[str(k)]["cnn_faces"]
+        boxes = np.array([f["rect"][:4] for f in faces], np.int64).reshape(-1, 4)
+        scores = np.array([f["rect"][4] for f in faces], np.float64)
+        quality = np.zeros((len(faces), 3), np.float32)
+        quality[:, 0], quality[:, 1], quality[:, 2] = boxes[:, 2] - boxes[:, 0] + 1, 50.0, scores
+        core.add(DescriptorsMessage("clip", k, k / 29.97, 640, 360, boxes, scores,
+                                    np.array([f["landmarks_5"] for f in faces], np.int64).reshape(-1, 5, 2), quality,
+                                    np.array([f["descriptor"] for f in faces], np.float32).reshape(-1, 128)),
+                 "descriptors")  # fmt: skip
+    core.add(EndOfStream("clip", 30), "sink_in")
+    core.pump()
+    core.close()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    decisions = [
+        (e["decision"], e["reason"], e["identity"], e["track_id"], e["frame_index"], e["evidence"]["used_frames"])
+        for e in events if e["event"] == "access_decision"
+    ]  # fmt: skip
+    assert decisions == [
+        ("granted", "k_of_n", "Lin_Manuel_Miranda", 1, 2, [0, 1, 2]),  # dlib: 0.515, 0.538, 0.504
+        ("denied", "track_ended", None, 2, 29, []),  # Alex Lacamoire, not enrolled
+    ]
+    report = read_unknowns(tmp_path / "unknowns.jsonl")
+    assert report.tracks == 1 and {f.visit for f in report.faces} == {("clip", 2)} and len(report.faces) == 3
+    assert report.faces[0].source == "rtsp://user:***@cam/clip"
