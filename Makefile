@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench eval clean
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/embedder.py
 	$(BIN)/python bench/detector.py
+
+# Accuracy on the shipped data: LFW-style pairs built from tests/data, and the demo clip against its truth file.
+eval: $(STAMP)
+	mkdir -p out
+	$(BIN)/python bench/make_demo_pairs.py out/demo-pairs
+	$(BIN)/facestream eval pairs --pairs out/demo-pairs/pairs.txt --root out/demo-pairs/images \
+		--roc out/demo-pairs/roc.png --csv out/demo-pairs/distances.csv
+	$(BIN)/facestream eval video --truth tests/data/video/truth.json tests/data/video/short_hamilton_clip.mp4 \
+		--gallery tests/data/video/gallery --save-detections out/eval-detections.jsonl
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

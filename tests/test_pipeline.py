@@ -258,8 +258,8 @@ def test_the_close_up_is_named_where_dlib_names_it_and_by_nobody_else(
     (tracker.decision: mean) names Alex from frame 26 on; nobody is ever given another person's name."""
     first, count = 18, 28
     path = sub_clip(work, "closeup", first, count)
-    run = Run(work, "closeup", ["--source", f"clip={path}", "--gallery", str(gallery), "--events", "events.jsonl",
-                                "--detections", "detections.jsonl"])  # fmt: skip
+    outputs = ["--events", "events.jsonl", "--detections", "detections.jsonl", "--unknowns", "unknowns.jsonl"]
+    run = Run(work, "closeup", ["--source", f"clip={path}", "--gallery", str(gallery), *outputs, "--kiosk"])
     runs.append(run)
     assert run.run() == 0, run.log
     golden = {g["frame"]: g for g in map(json.loads, GOLDEN.read_text().splitlines())}
@@ -280,6 +280,15 @@ def test_the_close_up_is_named_where_dlib_names_it_and_by_nobody_else(
     assert named_by_dlib == 2  # frames 26 and 42
     alex = [r["frame_index"] + first for r in records if any(f["identity"] == ALEX for f in r["faces"])]
     assert alex == list(range(26, 43))  # from the 7th face of the close-up to its last
+    # --kiosk: nobody is let in on this evidence (Lin at 0.64, Alex at 0.56-0.65 frame by frame: over the 0.55 cap)
+    decisions = [e for e in run.lines("events.jsonl") if e["event"] == "access_decision"]
+    assert [(d["track_id"], d["decision"]) for d in decisions] == [(1, "denied"), (2, "denied")]
+    assert all(f["why"] in ("over_threshold", "margin") for d in decisions for f in d["evidence"]["window"])
+    # --unknowns: the track that ended unknown (Lin-Manuel's last two frames), with its faces' descriptors;
+    # Alex's track ended named, so it is not there.
+    unknown_tracks = run.lines("unknowns.jsonl")
+    assert [u["track_id"] for u in unknown_tracks] == [1]
+    assert (run.out / "unknowns.jsonl").stat().st_mode & 0o777 == 0o600
 
 
 def sub_clip(work: Path, name: str, first: int, count: int) -> Path:
