@@ -18,7 +18,7 @@
    per frame the set of names other than "unknown" on each side.
 
 4. live: the clip played as a camera would deliver it (`--source loop:VIDEO`, paced at its native
-   25 frames/s, --live-passes times over, `--max-frames`), per --live-detect-every K. Frames the
+   29.97 frames/s, --live-passes times over, `--max-frames`), per --live-detect-every K. Frames the
    pipeline cannot keep up with are dropped at the source (counted). Latency from frame capture
    (wall clock when the capture thread got the frame) to its result and events at the sink
    (`capture_to_result` in the run's --stats, every processed frame): p50, p99, max. Identity
@@ -47,6 +47,20 @@ DATA = ROOT / "tests" / "data"
 VIDEO = DATA / "video" / "short_hamilton_clip.mp4"
 GALLERY_DIR = DATA / "video" / "gallery"
 GOLDEN = DATA / "golden" / "dlib-20.0.1-video-up1-every-frame.jsonl"
+TRUTH_FILE = DATA / "video" / "truth.json"  # who is on screen per frame range, checked by eye
+
+
+def load_truth() -> dict[int, set[str]]:
+    """Per frame, the names it is right to give (present or optional in the truth file)."""
+    truth: dict[int, set[str]] = {}
+    for segment in json.loads(TRUTH_FILE.read_text())["segments"]:
+        first, last = segment["frames"]
+        for frame in range(first, last + 1):
+            truth[frame] = set(segment.get("present") or []) | set(segment.get("optional") or [])
+    return truth
+
+
+TRUTH = load_truth()
 CLIP_FRAMES = 275
 UNKNOWN = "unknown"
 TOLERANCE = 0.6
@@ -200,7 +214,7 @@ def golden() -> dict[int, dict]:
 
 def agreement(detections: dict[int, dict], reference: dict[int, dict], only_processed: bool = False) -> dict:
     """Per frame: names other than unknown, ours (each face's track identity) against dlib's labels."""
-    agree, false_names, missed = 0, [], []
+    agree, false_names, missed, wrong = 0, [], [], []
     ours_counts: dict[str, int] = {}
     dlib_counts: dict[str, int] = {}
     frames = sorted(f for f in reference if f in detections) if only_processed else sorted(reference)
@@ -214,6 +228,9 @@ def agreement(detections: dict[int, dict], reference: dict[int, dict], only_proc
         agree += ours == theirs
         if ours - theirs:
             false_names.append(frame)
+        allowed = TRUTH.get(frame)
+        if allowed is not None and ours - allowed:
+            wrong.append(frame)
         if theirs - ours:
             missed.append(frame)
     return {
@@ -221,6 +238,8 @@ def agreement(detections: dict[int, dict], reference: dict[int, dict], only_proc
         "frames_missing_in_ours": sum(f not in detections for f in frames),
         "agree": agree,
         "false_name_frames": len(false_names),
+        "wrong_person_frames": len(wrong),
+        "wrong_person_examples": wrong[:12],
         "missed_name_frames": len(missed),
         "false_name_examples": false_names[:12],
         "missed_name_examples": missed[:12],
@@ -244,7 +263,7 @@ def main() -> None:
         nargs="*",
         default=[1, 2],
         metavar="K",
-        help="live runs (clip played at 25 fps as a camera), per K; none to skip",
+        help="live runs (clip played at its 29.97 fps as a camera), per K; none to skip",
     )
     parser.add_argument("--live-passes", type=int, default=3, help="times the clip is played in each live run")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -295,7 +314,7 @@ def main() -> None:
                          f"detect {f['detect_s']:.2f} s, landmarks+descriptors {f['landmarks_embed_s']:.2f} s): "
                          f"{labels}")  # fmt: skip
     table.append(f"{'K':>3} {'wall s':>7} {'start s':>8} {'fps':>6} {'fps w/o start':>14} {'vs dlib':>8} "
-                 f"{'det runs':>9} {'agree':>9} {'false':>6} {'missed':>7}")  # fmt: skip
+                 f"{'det runs':>9} {'agree':>9} {'extra':>6} {'missed':>7} {'wrong':>6}")  # fmt: skip
     for r in rows:
         a = r["identity_agreement"]
         start = "n/a" if r["startup_s"] is None else f"{r['startup_s']:.1f}"
@@ -303,16 +322,18 @@ def main() -> None:
         ratio = "n/a" if r["ratio_vs_dlib"] is None else f"{r['ratio_vs_dlib']:.1f}x"
         table.append(f"{r['detect_every']:>3} {r['wall_s']:>7.1f} {start:>8} {r['fps']:>6.2f} {no_start:>14} "
                      f"{ratio:>8} {r['detector_runs']:>9} {a['agree']:>5}/{a['frames']:<3} "
-                     f"{a['false_name_frames']:>6} {a['missed_name_frames']:>7}")  # fmt: skip
+                     f"{a['false_name_frames']:>6} {a['missed_name_frames']:>7} "
+                     f"{a['wrong_person_frames']:>6}")  # fmt: skip
     table.append(
-        "agree: frames whose set of names (unknown excluded) equals dlib's every-frame golden; false: frames "
-        "where we name someone dlib does not; missed: frames where dlib names someone we do not"
+        "agree: frames whose set of names (unknown excluded) equals dlib's every-frame golden; extra: frames "
+        "where we name someone dlib leaves unknown; missed: frames where dlib names someone we do not; wrong: "
+        "frames where we name someone who is not on screen (tests/data/video/truth.json)"
     )
     for r in rows:
         a = r["identity_agreement"]
         table.append(f"K={r['detect_every']} frames per identity: ours {a['ours_frames_per_identity']}, "
-                     f"dlib {a['dlib_frames_per_identity']}; false-name frames e.g. {a['false_name_examples']}, "
-                     f"missed e.g. {a['missed_name_examples']}")  # fmt: skip
+                     f"dlib {a['dlib_frames_per_identity']}; extra-name frames e.g. {a['false_name_examples']}, "
+                     f"missed e.g. {a['missed_name_examples']}, wrong e.g. {a['wrong_person_examples']}")  # fmt: skip
     table.append(
         "file-mode latency from --stats (ms, p50 / p99; source.frame = sent to the detectors -> result "
         "acknowledged by the sink, queueing behind the in-flight window included):"
@@ -322,18 +343,18 @@ def main() -> None:
         table.append(f"  K={r['detect_every']}: " + "; ".join(parts))
     if live:
         table.append(
-            f"live: the clip played {args.live_passes}x as a camera at its native 25 frames/s "
+            f"live: the clip played {args.live_passes}x as a camera at its native 29.97 frames/s "
             "(`--source loop:VIDEO`); latency = frame capture -> its result and events at the sink"
         )
         table.append(f"{'K':>3} {'captured':>9} {'processed':>10} {'dropped':>8} {'p50 ms':>7} {'p99 ms':>7} "
-                     f"{'max ms':>7} {'agree':>9} {'false':>6} {'missed':>7}")  # fmt: skip
+                     f"{'max ms':>7} {'agree':>9} {'extra':>6} {'missed':>7} {'wrong':>6}")  # fmt: skip
         for r in live:
             a, lat = r["identity_agreement"], r["capture_to_result_ms"] or {}
             table.append(f"{r['detect_every']:>3} {r['captured']:>9} {r['processed']:>10} "
                          f"{r['dropped_at_source'] or 0:>8} {lat.get('p50_ms', float('nan')):>7.0f} "
                          f"{lat.get('p99_ms', float('nan')):>7.0f} {lat.get('max_ms', float('nan')):>7.0f} "
                          f"{a['agree']:>5}/{a['frames']:<3} {a['false_name_frames']:>6} "
-                         f"{a['missed_name_frames']:>7}")  # fmt: skip
+                         f"{a['missed_name_frames']:>7} {a['wrong_person_frames']:>6}")  # fmt: skip
         table.append("live agree: over the clip frames that were processed at least once (latest pass counts)")
     emit(result, args.json, table)
 
