@@ -272,12 +272,27 @@ def extract_face_chips(image: np.ndarray, landmarks: np.ndarray, size: int = 150
     pts = np.asarray(landmarks)
     if pts.ndim != 3 or pts.shape[1:] != (5, 2):
         raise ValueError(f"landmarks must be (N, 5, 2), got {pts.shape}")
-    n = pts.shape[0]
+    if pts.shape[0] == 0:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    rects, angles = face_chip_details(pts, size, padding)
+    return extract_image_chips(img, rects, angles, size)
+
+
+def extract_image_chips(image: np.ndarray, rects: np.ndarray, angles: np.ndarray, size: int) -> np.ndarray:
+    """dlib's ``extract_image_chip(img, chip_details(rect, chip_dims(size, size), angle))``, bilinear, per rect.
+
+    ``image``: (H, W, 3) or (H, W, 1) uint8; ``rects``: (N, 4) float [l, t, r, b]; ``angles``: (N,) radians.
+    Crop of each rotated rectangle's bounding box (grown by the pyramid margin), ``pyramid_down<2>``
+    levels while the rectangle is larger than the chip, bilinear sampling truncated to uint8, black
+    outside. Returns (N, size, size, 3) uint8.
+    """
+    img = image
+    rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+    angles = np.asarray(angles, dtype=np.float64).reshape(-1)
+    n = len(rects)
     chips = np.zeros((n, size, size, 3), dtype=np.uint8)
     if n == 0:
         return chips
-
-    rects, angles = face_chip_details(pts, size, padding)
     target = float(size * size)  # chip_details::size() = rows·cols
     cos_a = np.array([math.cos(a) for a in angles.tolist()])  # libm, as dlib's std::cos/std::sin
     sin_a = np.array([math.sin(a) for a in angles.tolist()])

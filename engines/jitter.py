@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .chips import _area, _bilinear, _lround, _plain_copy, _rect_down, _rotated_corners, pyramid_down2
+from .chips import extract_image_chips
 
 __all__ = ["DlibRand", "extract_rotated_chip", "jitter_chip", "jitter_chips", "jittered_descriptors"]
 
@@ -94,45 +94,8 @@ def jitter_parameters(size: int, rng: DlibRand) -> tuple[np.ndarray, float, bool
 
 
 def extract_rotated_chip(image: np.ndarray, rect: np.ndarray, angle: float, size: int) -> np.ndarray:
-    """dlib's ``extract_image_chip(img, chip_details(rect, chip_dims(size, size), angle))``, bilinear.
-
-    The same arithmetic as :func:`engines.chips.extract_face_chips` after its chip geometry: crop of
-    the rotated rectangle's bounding box (grown by the pyramid margin), ``pyramid_down<2>`` levels
-    while the rectangle is larger than the chip, bilinear sampling truncated to uint8, black outside.
-    """
-    rects = np.asarray(rect, dtype=np.float64).reshape(1, 4)
-    target = float(size * size)
-    cos_a, sin_a = np.array([math.cos(angle)]), np.array([math.sin(angle)])
-    l0, t0, r0, b0 = rects[0]
-    if angle == 0 and t0 <= b0 and l0 <= r0 and b0 - t0 + 1 == size and r0 - l0 + 1 == size:
-        return _plain_copy(image, rects[0])
-    grow = 2.0
-    down = _rect_down(rects)
-    while _area(down)[0] > target:
-        down = _rect_down(down)
-        grow = grow * 2 + 2
-    h, w = image.shape[:2]
-    corners = _rotated_corners(rects, cos_a, sin_a)
-    lo = corners.min(axis=1)[0] - grow
-    hi = corners.max(axis=1)[0] + grow
-    x0, y0, x1, y1 = (int(v) for v in _lround(np.array(
-        [max(lo[0], 0.0), max(lo[1], 0.0), min(hi[0], w - 1.0), min(hi[1], h - 1.0)])))  # fmt: skip
-    local = rects - np.array([x0, y0, x0, y0], dtype=np.float64)
-    level = -1
-    while _area(_rect_down(local))[0] > target:
-        local = _rect_down(local)
-        level += 1
-    tl, tr, bl = _rotated_corners(local, cos_a, sin_a)[0, :3]
-    col_x = (tr - tl) / float(size - 1)
-    col_y = (bl - tl) / float(size - 1)
-    grid = np.arange(size, dtype=np.float64)
-    cc, rr = grid[None, :], grid[:, None]
-    xs = (col_x[0] * cc + col_y[0] * rr) + tl[0]
-    ys = (col_x[1] * cc + col_y[1] * rr) + tl[1]
-    src = image[y0 : y1 + 1, x0 : x1 + 1] if (x0 <= x1 and y0 <= y1) else image[:0, :0]
-    for _ in range(level + 1):
-        src = pyramid_down2(src)
-    return _bilinear(src, xs, ys)
+    """dlib's ``extract_image_chip(img, chip_details(rect, chip_dims(size, size), angle))``, bilinear."""
+    return extract_image_chips(image, np.asarray(rect, np.float64).reshape(1, 4), np.array([angle]), size)[0]
 
 
 def jitter_chip(chip: np.ndarray, rng: DlibRand) -> np.ndarray:
