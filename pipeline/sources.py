@@ -925,6 +925,9 @@ class SourceStage(StageProcess):
                 if entry.sent_at is not None:
                     entry.sent_at = None
                     count += 1
+            if stream.live_sent:  # live frames are not re-sent (newer ones matter more): give them up, so
+                stream.count("lost", len(stream.live_sent))  # the stream's detector credit comes back at once
+                stream.live_sent.clear()
         if count:
             log.warning("a worker was lost: re-sending %d frames still in flight", count)
 
