@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from . import pyramid
+from .backend import make_session
 from .dlib_format import InputImagePyramid, LossMMOD, read_mmod_detector
 from .onnx_export import cached_onnx
-from .runtime import InferenceSession, OnnxRuntimeSession
+from .runtime import InferenceSession
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,10 @@ class FaceDetector:
 
     @classmethod
     def from_file(cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0,
-                  upsample: int = 1, threshold: float = 0.0) -> FaceDetector:  # fmt: skip
+                  upsample: int = 1, threshold: float = 0.0, engine: dict | None = None) -> FaceDetector:  # fmt: skip
+        """`engine`: the config's ``engine:`` section (backend, precision, ...); None = ONNX Runtime."""
         params = DetectorParams.from_model(model_path)
-        session = OnnxRuntimeSession(cached_onnx(model_path, "detector", cache_dir), threads=threads)
+        session = make_session(cached_onnx(model_path, "detector", cache_dir), "detector", engine, cache_dir, threads)
         return cls(session, params, upsample=upsample, threshold=threshold)
 
     def detect(self, image: np.ndarray, upsample: int | None = None) -> tuple[np.ndarray, np.ndarray]:

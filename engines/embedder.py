@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import make_session
 from .onnx_export import cached_onnx
-from .runtime import InferenceSession, OnnxRuntimeSession
+from .runtime import InferenceSession
 
 # The means stored in the model file (float32), shared by both of dlib's networks.
 RGB_MEANS = np.array([122.782, 117.001, 104.298], dtype=np.float32)
@@ -31,10 +32,12 @@ class FaceEmbedder:
 
     @classmethod
     def from_file(
-        cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0, max_batch: int = 32
-    ) -> FaceEmbedder:
+        cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0, max_batch: int = 32,
+        engine: dict | None = None,
+    ) -> FaceEmbedder:  # fmt: skip
+        """`engine`: the config's ``engine:`` section (backend, precision, ...); None = ONNX Runtime."""
         onnx_path = cached_onnx(model_path, "embedder", cache_dir)
-        return cls(OnnxRuntimeSession(onnx_path, threads=threads), max_batch=max_batch)
+        return cls(make_session(onnx_path, "embedder", engine, cache_dir, threads, max_batch), max_batch=max_batch)
 
     def embed_chips(self, face_chips: np.ndarray) -> np.ndarray:
         """(N,150,150,3) uint8 RGB chips -> (N,128) float32 descriptors."""

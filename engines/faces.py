@@ -56,11 +56,12 @@ class FaceAnalyzer:
         threads = int(engine["threads"])
         detector = FaceDetector.from_file(
             model_path("detector", models["detector"]), cache, threads,
-            upsample=config["detector"]["upsample"], threshold=config["detector"]["threshold"],
+            upsample=config["detector"]["upsample"], threshold=config["detector"]["threshold"], engine=engine,
         )  # fmt: skip
         predictor = ShapePredictor.from_file(model_path("landmarks", models["landmarks"]), cache)
         embedder = FaceEmbedder.from_file(
-            model_path("embedder", models["embedder"]), cache, threads, max_batch=config["embedder"]["max_batch"]
+            model_path("embedder", models["embedder"]), cache, threads, max_batch=config["embedder"]["max_batch"],
+            engine=engine,
         )
         return cls(detector, predictor, embedder)
 

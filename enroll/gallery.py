@@ -83,6 +83,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "approximate_above": DEFAULT_APPROXIMATE_ABOVE,
     "hnsw_m": DEFAULT_HNSW_M,
     "hnsw_ef_search": DEFAULT_HNSW_EF_SEARCH,
+    "gpu": "auto",
 }
 
 
@@ -99,6 +100,7 @@ class Gallery:
         approximate_above: int = DEFAULT_APPROXIMATE_ABOVE,
         hnsw_m: int = DEFAULT_HNSW_M,
         hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH,
+        gpu: str = "auto",
         busy_timeout: float = 30.0,
         threads: int = 0,
         save_index: bool = True,
@@ -116,6 +118,7 @@ class Gallery:
             "approximate_above": int(approximate_above),
             "hnsw_m": int(hnsw_m),
             "hnsw_ef_search": int(hnsw_ef_search),
+            "gpu": str(gpu),
         }
         set_threads(threads)
         self._lock = threading.RLock()

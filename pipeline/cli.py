@@ -110,8 +110,9 @@ def cmd_embed(args: argparse.Namespace, config: dict) -> int:
         return 1
     cache = Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
     embedder = FaceEmbedder.from_file(
-        model_path("embedder", config["models"]["embedder"]), cache, config["engine"]["threads"]
-    )
+        model_path("embedder", config["models"]["embedder"]), cache, config["engine"]["threads"],
+        max_batch=config["embedder"]["max_batch"], engine=config["engine"],
+    )  # fmt: skip
     descriptors = embedder.embed_chips(extract_face_chips(image, landmarks))
     record = {"image": str(args.image), "faces": [
         {"landmarks": points.tolist(), "embedding": [float(v) for v in descriptor]}

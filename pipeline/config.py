@@ -11,7 +11,15 @@ import yaml
 DEFAULTS: dict[str, Any] = {
     "models": {"detector": "", "landmarks": "", "embedder": ""},
     "cache_dir": "",
-    "engine": {"backend": "onnxruntime", "threads": 0},
+    "engine": {
+        "backend": "auto",
+        "threads": 0,
+        "precision": "fp16",
+        "workspace_mb": 1024,
+        "detector_min_hw": [32, 32],
+        "detector_opt_hw": [2645, 1304],
+        "detector_max_hw": [5230, 2584],
+    },
     "detector": {"upsample": 1, "threshold": 0.0, "max_image_pixels": 40_000_000},
     "embedder": {"max_batch": 32},
     "gallery": {
@@ -22,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "approximate_above": 100_000,
         "hnsw_m": 32,
         "hnsw_ef_search": 64,
+        "gpu": "auto",
     },
     "enrolment": {"largest": False, "min_face_width": 50, "min_sharpness": 15.0},
     "pipeline": {

@@ -454,6 +454,7 @@ class DetectWorker(StageProcess):
             threads,
             upsample=config["detector"]["upsample"],
             threshold=config["detector"]["threshold"],
+            engine=config["engine"],
         )
         predictor = ShapePredictor.from_file(model_path("landmarks", config["models"]["landmarks"]), cache)
         hwm = int(config["pipeline"]["frame_hwm"])
@@ -546,8 +547,9 @@ class EmbedWorker(StageProcess):
         self.max_batch = max(1, int(config["embedder"]["max_batch"]))
         self.max_wait = float(config["pipeline"]["embed_max_wait_ms"]) / 1000.0
         embedder = FaceEmbedder.from_file(
-            model_path("embedder", config["models"]["embedder"]), _cache_dir(config), threads, max_batch=self.max_batch
-        )
+            model_path("embedder", config["models"]["embedder"]), _cache_dir(config), threads,
+            max_batch=self.max_batch, engine=config["engine"],
+        )  # fmt: skip
         hwm = int(config["pipeline"]["faces_hwm"])
         self.faces = open_socket(self.context, zmq.PULL, self.endpoints["faces_out"], bind=False, hwm=hwm)
         self.descriptors = open_socket(self.context, zmq.PUSH, self.endpoints["descriptors"], bind=False, hwm=hwm)

@@ -1,0 +1,303 @@
+"""TensorRT on NVIDIA GPUs: engines built from the same ONNX files ONNX Runtime runs, executed with pycuda.
+
+Engines are built once per (ONNX file, TensorRT version, GPU, precision, optimisation profile) and cached
+on disk; the cache key hashes exactly those, and every engine file starts with a header repeating them,
+so a stale or foreign file (another GPU, another TensorRT, an older graph) is rebuilt, never loaded.
+
+Profiles (``engine:`` in config.yaml): the embedder takes batches of 1..``embedder.max_batch`` chips of
+3x150x150; the detector one tiled-pyramid image whose height and width lie in
+``engine.detector_min_hw``..``engine.detector_max_hw`` (optimised for ``engine.detector_opt_hw``, the
+demo clip's 640x360 at upsample 1). A detector input outside the profile (a bigger frame) is run on
+ONNX Runtime instead, with a warning once: one large frame never stops a stream.
+
+Everything above the `TensorRTSession` class is pure and tested in CI (no GPU there);
+`TensorRTSession` and `build_engine` need tensorrt, pycuda and a device (tests marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import GpuProbe
+
+log = logging.getLogger(__name__)
+
+ENGINE_MAGIC = b"FSTRT1\n"  # facestream TensorRT engine file, header version 1
+PRECISIONS = ("fp16", "fp32")
+EMBEDDER_CHIP = (3, 150, 150)
+
+
+class EngineError(RuntimeError):
+    """A TensorRT engine that cannot be built or run; the message says why."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimisation profile: the input tensor's min / opt / max shapes (NCHW)."""
+
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        shapes = (self.min_shape, self.opt_shape, self.max_shape)
+        if len({len(s) for s in shapes}) != 1 or any(d < 1 for s in shapes for d in s):
+            raise ValueError(f"profile shapes must have one rank and positive sizes, got {shapes}")
+        if any(not (lo <= mid <= hi) for lo, mid, hi in zip(*shapes)):
+            raise ValueError(f"profile needs min <= opt <= max in every dimension, got {shapes}")
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.max_shape) and all(
+            lo <= d <= hi for lo, d, hi in zip(self.min_shape, shape, self.max_shape)
+        )
+
+
+def profile_for(kind: str, engine: dict[str, Any], embedder_max_batch: int | None = None) -> Profile:
+    """The optimisation profile of "detector" or "embedder" from the ``engine:`` config section."""
+    if kind == "embedder":
+        top = int(embedder_max_batch or engine.get("embedder_max_batch", 32))
+        if top < 1:
+            raise ValueError(f"embedder max batch must be >= 1, got {top}")
+        return Profile("chips", (1, *EMBEDDER_CHIP), (max(1, top // 2), *EMBEDDER_CHIP), (top, *EMBEDDER_CHIP))
+    if kind == "detector":
+        low, opt, high = (tuple(int(v) for v in engine.get(key, default))
+                          for key, default in (("detector_min_hw", (32, 32)), ("detector_opt_hw", (2645, 1304)),
+                                               ("detector_max_hw", (5230, 2584))))  # fmt: skip
+        if any(len(hw) != 2 for hw in (low, opt, high)):
+            raise ValueError("engine.detector_min_hw / opt_hw / max_hw must each be [height, width]")
+        return Profile("image", (1, 3, *low), (1, 3, *opt), (1, 3, *high))
+    raise ValueError(f"unknown network {kind!r}: detector or embedder")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_metadata(onnx_sha256: str, probe: GpuProbe, precision: str, profile: Profile) -> dict[str, Any]:
+    """Everything an engine depends on; the cache key is its hash and the engine file's header repeats it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return {
+        "onnx_sha256": onnx_sha256,
+        "tensorrt": probe.tensorrt_version,
+        "gpu": probe.device_name,
+        "compute_capability": list(probe.compute_capability),
+        "precision": precision,
+        "profile": {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(profile).items()},
+    }
+
+
+def engine_key(metadata: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def engine_path(cache_dir: str | Path, kind: str, metadata: dict[str, Any]) -> Path:
+    return Path(cache_dir) / "tensorrt" / f"{kind}-{metadata['precision']}-{engine_key(metadata)[:20]}.engine"
+
+
+def encode_engine_file(metadata: dict[str, Any], engine: bytes) -> bytes:
+    header = json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode()
+    return ENGINE_MAGIC + len(header).to_bytes(4, "little") + header + engine
+
+
+def decode_engine_file(data: bytes, expected: dict[str, Any]) -> tuple[bytes | None, str]:
+    """(serialized engine, "") when `data` is an engine file built for exactly `expected`, else (None, why)."""
+    if not data.startswith(ENGINE_MAGIC):
+        return None, "not a facestream engine file"
+    start = len(ENGINE_MAGIC) + 4
+    if len(data) < start:
+        return None, "truncated header"
+    length = int.from_bytes(data[len(ENGINE_MAGIC) : start], "little")
+    if length > len(data) - start:
+        return None, "truncated header"
+    try:
+        found = json.loads(data[start : start + length])
+    except ValueError:
+        return None, "corrupt header"
+    if found != expected:
+        changed = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+        return None, f"built for another {', '.join(changed)}"
+    engine = data[start + length :]
+    if not engine:
+        return None, "no engine after the header"
+    return engine, ""
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(data)
+        temporary = handle.name
+    os.replace(temporary, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# needs tensorrt (building) and pycuda + a device (running)
+
+
+def build_engine(onnx_path: str | Path, profile: Profile, precision: str, workspace_mb: int = 1024) -> bytes:
+    """A serialized TensorRT engine for the ONNX file (explicit batch, one optimisation profile)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # required before TensorRT 10, gone after
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"{onnx_path}: TensorRT's ONNX parser refused the graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp16":
+        if not builder.platform_has_fast_fp16:
+            log.warning("this GPU has no fast FP16: the FP16 engine may be slower than FP32")
+        config.set_flag(trt.BuilderFlag.FP16)
+    optimisation = builder.create_optimization_profile()
+    optimisation.set_shape(profile.input_name, profile.min_shape, profile.opt_shape, profile.max_shape)
+    config.add_optimization_profile(optimisation)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    return bytes(serialized)
+
+
+def cached_engine(
+    onnx_path: str | Path, kind: str, profile: Profile, precision: str, probe: GpuProbe,
+    cache_dir: str | Path, workspace_mb: int = 1024,
+) -> tuple[bytes, Path, bool]:  # fmt: skip
+    """(serialized engine, its file, whether it was built now): loaded when the cache holds one built for
+    exactly this graph, TensorRT, GPU, precision and profile; else built and saved."""
+    metadata = engine_metadata(sha256_file(onnx_path), probe, precision, profile)
+    path = engine_path(cache_dir, kind, metadata)
+    if path.exists():
+        engine, why = decode_engine_file(path.read_bytes(), metadata)
+        if engine is not None:
+            return engine, path, False
+        log.warning("%s: %s; rebuilding", path, why)
+    started = time.perf_counter()
+    log.info("building the %s TensorRT engine (%s) from %s; this takes a while once", kind, precision, onnx_path)
+    engine = build_engine(onnx_path, profile, precision, workspace_mb)
+    write_atomically(path, encode_engine_file(metadata, engine))
+    log.info("%s engine built in %.0f s: %s", kind, time.perf_counter() - started, path)
+    return engine, path, True
+
+
+class _DeviceBuffer:
+    """A device allocation with its page-locked host twin, grown on demand and reused across calls."""
+
+    def __init__(self, cuda: Any) -> None:
+        self.cuda, self.capacity = cuda, 0
+        self.host: np.ndarray | None = None
+        self.device: Any = None
+
+    def ensure(self, elements: int) -> None:
+        if elements <= self.capacity:
+            return
+        if self.device is not None:
+            self.device.free()
+        self.host = self.cuda.pagelocked_empty(elements, np.float32)
+        self.device = self.cuda.mem_alloc(elements * 4)
+        self.capacity = elements
+
+
+class TensorRTSession:
+    """The `InferenceSession` of one network as a TensorRT engine: float32 NCHW in, the graph's output out.
+
+    Host->device and device->host copies are asynchronous on one CUDA stream from page-locked buffers that
+    are kept between calls (grown when a larger input comes). A batch larger than the profile's is run in
+    slices; an input the profile does not cover goes to ONNX Runtime (warned once).
+    """
+
+    backend = "tensorrt"
+
+    def __init__(
+        self, onnx_path: str | Path, kind: str, profile: Profile, *, precision: str = "fp16",
+        cache_dir: str | Path | None = None, workspace_mb: int = 1024, probe: GpuProbe, device: int = 0,
+    ) -> None:  # fmt: skip
+        import pycuda.driver as cuda
+        import tensorrt as trt
+
+        from .onnx_export import default_cache_dir
+
+        self.cuda, self.onnx_path, self.kind, self.profile = cuda, Path(onnx_path), kind, profile
+        cuda.init()
+        self.context_cuda = cuda.Device(device).retain_primary_context()
+        self.context_cuda.push()
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        data, self.engine_file, _ = cached_engine(onnx_path, kind, profile, precision, probe, cache, workspace_mb)
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(data)
+        if self.engine is None:  # e.g. a file from a TensorRT whose version string matched but format did not
+            self.engine_file.unlink(missing_ok=True)
+            raise EngineError(f"{self.engine_file}: TensorRT could not load the engine; it was removed, run again")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(f"{onnx_path}: expected one input and one output, got {inputs} and {outputs}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.stream = cuda.Stream()
+        self.inputs, self.outputs = _DeviceBuffer(cuda), _DeviceBuffer(cuda)
+        self._fallback: Any = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        shape = tuple(batch.shape)
+        top = self.profile.max_shape[0]
+        if len(shape) == 4 and shape[0] > top and self.profile.accepts((top, *shape[1:])):
+            return np.concatenate([self.run(batch[i : i + top]) for i in range(0, shape[0], top)])
+        if not self.profile.accepts(shape):
+            return self._run_on_cpu(batch)
+        self.context.set_input_shape(self.input_name, shape)
+        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+        self.inputs.ensure(batch.size)
+        self.outputs.ensure(int(np.prod(out_shape)))
+        assert self.inputs.host is not None and self.outputs.host is not None
+        host_in = self.inputs.host[: batch.size]
+        host_in[:] = batch.reshape(-1)
+        self.cuda.memcpy_htod_async(self.inputs.device, host_in, self.stream)
+        self.context.set_tensor_address(self.input_name, int(self.inputs.device))
+        self.context.set_tensor_address(self.output_name, int(self.outputs.device))
+        if not self.context.execute_async_v3(stream_handle=self.stream.handle):
+            raise EngineError(f"{self.kind}: TensorRT execution failed for input {shape}")
+        count = int(np.prod(out_shape))
+        host_out = self.outputs.host[:count]
+        self.cuda.memcpy_dtoh_async(host_out, self.outputs.device, self.stream)
+        self.stream.synchronize()
+        return host_out.reshape(out_shape).copy()
+
+    def _run_on_cpu(self, batch: np.ndarray) -> np.ndarray:
+        if self._fallback is None:
+            from .runtime import OnnxRuntimeSession
+
+            log.warning("%s: input %s is outside the TensorRT profile %s..%s: running it on ONNX Runtime "
+                        "(widen engine.detector_max_hw and run `facestream engines build`)", self.kind,
+                        tuple(batch.shape), self.profile.min_shape, self.profile.max_shape)  # fmt: skip
+            self._fallback = OnnxRuntimeSession(self.onnx_path)
+        return self._fallback.run(batch)
+
+    def close(self) -> None:
+        for buffer in (self.inputs, self.outputs):
+            if buffer.device is not None:
+                buffer.device.free()
+                buffer.device = None
+        self.context_cuda.pop()
