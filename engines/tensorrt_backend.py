@@ -37,6 +37,23 @@ PRECISIONS = ("fp16", "fp32")
 EMBEDDER_CHIP = (3, 150, 150)
 
 
+# The operators TensorRT's ONNX parser supports ("Y" in onnx-tensorrt's docs/operators.md, TensorRT 8.4-8.6,
+# opsets up to 17), as data for the check that both exported graphs use nothing else (tests/test_gpu_backend.py).
+TENSORRT_ONNX_OPS = frozenset("""
+Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
+Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
+Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm GlobalAveragePool
+GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GRU HardSigmoid Identity If ImageScaler InstanceNormalization
+IsNaN LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
+Min Mul Neg Not Or Pad ParametricSoftplus Pow PRelu QuantizeLinear Range ReduceL1 ReduceL2 ReduceLogSum
+ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+ReverseSequence RNN Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Sigmoid Sign Sin Sinh
+Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile
+TopK Transpose Unsqueeze Upsample Where Xor
+""".split())  # noqa: SIM905 (a word list reads better)
+TENSORRT_MAX_OPSET = 17
+
+
 class EngineError(RuntimeError):
     """A TensorRT engine that cannot be built or run; the message says why."""
 
@@ -76,7 +93,7 @@ def profile_for(kind: str, engine: dict[str, Any], embedder_max_batch: int | Non
                                                ("detector_max_hw", (5230, 2584))))  # fmt: skip
         if any(len(hw) != 2 for hw in (low, opt, high)):
             raise ValueError("engine.detector_min_hw / opt_hw / max_hw must each be [height, width]")
-        return Profile("image", (1, 3, *low), (1, 3, *opt), (1, 3, *high))
+        return Profile("pyramid", (1, 3, *low), (1, 3, *opt), (1, 3, *high))
     raise ValueError(f"unknown network {kind!r}: detector or embedder")
 
 

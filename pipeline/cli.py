@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval_cli import add_eval_commands
 
     add_eval_commands(commands)
+    from .engines_cli import add_engines_commands
+
+    add_engines_commands(commands)
     _accept_config_anywhere(commands)
     return parser
 

@@ -1,0 +1,373 @@
+"""The GPU path: backend choice, TensorRT profiles and engine cache, ONNX graphs TensorRT can parse, faiss-gpu.
+
+No GPU here or in CI: everything that needs no device runs for real. Where TensorRT or pycuda would be
+asked a question this machine cannot answer (is there a device? build an engine), a stand-in module or
+builder answers, and the test says so. The tests marked `gpu` compare TensorRT with ONNX Runtime on the
+data pack and are skipped, with the reason, where TensorRT cannot run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from facestream.engines import backend as backend_module
+from facestream.engines import tensorrt_backend as trt_backend
+from facestream.engines.backend import BackendError, GpuProbe, choose_backend, make_session, probe_gpu
+from facestream.engines.models import model_path
+from facestream.engines.onnx_export import cached_onnx
+from facestream.engines.runtime import OnnxRuntimeSession
+from facestream.engines.tensorrt_backend import (
+    TENSORRT_MAX_OPSET,
+    TENSORRT_ONNX_OPS,
+    Profile,
+    cached_engine,
+    decode_engine_file,
+    encode_engine_file,
+    engine_key,
+    engine_metadata,
+    engine_path,
+    profile_for,
+)
+from facestream.enroll.index import FaceIndex, faiss_gpu_status
+from facestream.pipeline.config import DEFAULTS
+
+GPU = GpuProbe(True, "stand-in", "NVIDIA A10", (8, 6), "10.3.0")
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    cache = tmp_path_factory.mktemp("onnx")
+    return {kind: cached_onnx(model_path(kind, ""), kind, cache) for kind in ("detector", "embedder")}
+
+
+# ------------------------------------------------------------------------------------------------
+# backend choice
+
+
+def test_this_machine_falls_back_to_onnxruntime_and_says_why() -> None:
+    found = probe_gpu()
+    if found.available:  # pragma: no cover - a GPU machine runs the gpu tests below instead
+        pytest.skip("this machine has TensorRT and a GPU")
+    choice = choose_backend("auto")
+    assert choice.name == "onnxruntime" and choice.reason.startswith("auto: ") and found.reason in choice.reason
+    with pytest.raises(BackendError, match=r"engine\.backend is tensorrt but TensorRT cannot run here"):
+        choose_backend("tensorrt")
+    assert choose_backend("onnxruntime").name == "onnxruntime"
+    with pytest.raises(BackendError, match="must be one of auto, tensorrt, onnxruntime"):
+        choose_backend("cuda")
+
+
+def stand_in_modules(*, trt: bool = True, pycuda: bool = True, init_error: bool = False, devices: int = 1):
+    """An importer answering for `tensorrt` and `pycuda.driver` as an installed stack would (no GPU here)."""
+
+    class Device:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        @staticmethod
+        def count() -> int:
+            return devices
+
+        def name(self) -> str:
+            return "NVIDIA A10"
+
+        def compute_capability(self) -> tuple[int, int]:
+            return 8, 6
+
+    def init() -> None:
+        if init_error:
+            raise RuntimeError("cuInit failed: no CUDA-capable device is detected")
+
+    modules = {"tensorrt": types.SimpleNamespace(__version__="10.3.0"),
+               "pycuda.driver": types.SimpleNamespace(init=init, Device=Device)}  # fmt: skip
+
+    def importer(name: str) -> object:
+        if (name == "tensorrt" and not trt) or (name == "pycuda.driver" and not pycuda):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return modules[name]
+
+    return importer
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"trt": False}, "tensorrt is not installed"),
+        ({"pycuda": False}, "pycuda is not installed"),
+        ({"init_error": True}, "the CUDA driver cannot be used (RuntimeError: cuInit failed"),
+        ({"devices": 0}, "no CUDA device is present"),
+    ],
+)
+def test_auto_uses_onnxruntime_when_any_part_of_the_gpu_stack_is_missing(options: dict, reason: str) -> None:
+    found = probe_gpu(stand_in_modules(**options))
+    assert not found.available and found.reason.startswith(reason)
+    choice = choose_backend("auto", lambda: found)
+    assert choice.name == "onnxruntime" and reason in choice.reason
+    with pytest.raises(BackendError, match=reason.split(" (")[0]):
+        choose_backend("tensorrt", lambda: found)
+
+
+def test_auto_uses_tensorrt_when_the_stack_and_a_device_are_there() -> None:
+    found = probe_gpu(stand_in_modules())
+    assert found == GpuProbe(True, "CUDA device 0: NVIDIA A10 (sm_86), TensorRT 10.3.0", "NVIDIA A10", (8, 6), "10.3.0")
+    assert choose_backend("auto", lambda: found).name == "tensorrt"
+    assert choose_backend("onnxruntime", lambda: found).name == "onnxruntime"  # asked for: never overridden
+
+
+def test_sessions_follow_the_config(onnx_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="facestream.engines.backend")
+    backend_module._announced.clear()
+    session = make_session(onnx_files["embedder"], "embedder", DEFAULTS["engine"], None, threads=1)
+    assert isinstance(session, OnnxRuntimeSession)
+    assert "embedder: onnxruntime (auto: " in caplog.text  # the choice and the reason, logged once
+    chips = np.zeros((2, 3, 150, 150), np.float32)
+    assert session.run(chips).shape == (2, 128)
+
+
+# ------------------------------------------------------------------------------------------------
+# profiles, cache keys, engine files
+
+
+def test_profiles_from_the_config() -> None:
+    engine = DEFAULTS["engine"]
+    embedder = profile_for("embedder", engine, DEFAULTS["embedder"]["max_batch"])
+    assert (embedder.input_name, embedder.min_shape, embedder.opt_shape, embedder.max_shape) == (
+        "chips", (1, 3, 150, 150), (16, 3, 150, 150), (32, 3, 150, 150))  # fmt: skip
+    detector = profile_for("detector", engine)
+    assert detector.input_name == "pyramid"
+    assert (detector.min_shape, detector.opt_shape, detector.max_shape) == (
+        (1, 3, 32, 32), (1, 3, 2645, 1304), (1, 3, 5230, 2584))  # fmt: skip
+    assert detector.accepts((1, 3, 2645, 1304)) and not detector.accepts((1, 3, 7814, 3864))  # 1080p at upsample 1
+    assert not detector.accepts((2, 3, 64, 64)) and not embedder.accepts((1, 3, 150))
+    assert profile_for("embedder", engine, 1).opt_shape == (1, 3, 150, 150)
+    with pytest.raises(ValueError, match="min <= opt <= max"):
+        profile_for("detector", {**engine, "detector_opt_hw": [6000, 1304]})
+    with pytest.raises(ValueError, match="height, width"):
+        profile_for("detector", {**engine, "detector_max_hw": [5230]})
+    with pytest.raises(ValueError, match="unknown network"):
+        profile_for("landmarks", engine)
+
+
+def test_the_profile_covers_the_pyramids_of_the_frames_it_claims_to() -> None:
+    """The opt and max shapes are the tiled pyramids of 640x360 at upsample 1 and 720p at upsample 1."""
+    from facestream.engines import pyramid
+    from facestream.engines.dlib_format import read_mmod_detector
+
+    model = read_mmod_detector(model_path("detector", ""))
+    padding, outer = model.input.padding, model.input.outer_padding
+
+    def tensor_hw(height: int, width: int, upsample: int) -> tuple[int, int]:
+        for _ in range(upsample):
+            height, width = pyramid.pyramid_up_size(height, width)
+        rows, cols, _ = pyramid.tiled_pyramid_layout(height, width, padding, outer)
+        return rows, cols
+
+    detector = profile_for("detector", DEFAULTS["engine"])
+    assert (1, 3, *tensor_hw(360, 640, 1)) == detector.opt_shape
+    assert (1, 3, *tensor_hw(720, 1280, 1)) == detector.max_shape
+    assert detector.accepts((1, 3, *tensor_hw(1080, 1920, 0)))
+    assert not detector.accepts((1, 3, *tensor_hw(1080, 1920, 1)))  # runs on ONNX Runtime, with a warning
+
+
+def test_the_cache_key_changes_with_everything_an_engine_depends_on() -> None:
+    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    base = engine_metadata("ab" * 32, GPU, "fp16", profile)
+    variants = [
+        engine_metadata("cd" * 32, GPU, "fp16", profile),  # another graph
+        engine_metadata("ab" * 32, GpuProbe(True, "", "NVIDIA A10", (8, 6), "8.6.1"), "fp16", profile),
+        engine_metadata("ab" * 32, GpuProbe(True, "", "NVIDIA T4", (7, 5), "10.3.0"), "fp16", profile),
+        engine_metadata("ab" * 32, GpuProbe(True, "", "NVIDIA A10", (8, 9), "10.3.0"), "fp16", profile),
+        engine_metadata("ab" * 32, GPU, "fp32", profile),
+        engine_metadata("ab" * 32, GPU, "fp16", profile_for("embedder", DEFAULTS["engine"], 64)),
+    ]
+    keys = {engine_key(m) for m in [base, *variants]}
+    assert len(keys) == 1 + len(variants)
+    assert engine_key(copy.deepcopy(base)) == engine_key(base)  # stable
+    path = engine_path("/cache", "embedder", base)
+    assert path.parent == Path("/cache/tensorrt") and path.name.startswith("embedder-fp16-")
+    with pytest.raises(ValueError, match="precision"):
+        engine_metadata("ab" * 32, GPU, "int8", profile)
+
+
+def test_a_stale_foreign_or_damaged_engine_file_is_never_loaded() -> None:
+    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    metadata = engine_metadata("ab" * 32, GPU, "fp16", profile)
+    data = encode_engine_file(metadata, b"\x01serialized engine")
+    assert decode_engine_file(data, metadata) == (b"\x01serialized engine", "")
+    other_gpu = engine_metadata("ab" * 32, GpuProbe(True, "", "NVIDIA T4", (7, 5), "10.3.0"), "fp16", profile)
+    engine, why = decode_engine_file(data, other_gpu)
+    assert engine is None and why == "built for another compute_capability, gpu"
+    newer_graph = engine_metadata("cd" * 32, GPU, "fp16", profile)
+    assert decode_engine_file(data, newer_graph) == (None, "built for another onnx_sha256")
+    assert decode_engine_file(b"plan bytes from trtexec", metadata) == (None, "not a facestream engine file")
+    assert decode_engine_file(data[:12], metadata) == (None, "truncated header")
+    assert decode_engine_file(data[: len(data) - len(b"\x01serialized engine")], metadata) == (
+        None, "no engine after the header")  # fmt: skip
+    corrupt = data[:12] + b"{" + data[13:]  # the JSON header broken after its opening brace
+    assert decode_engine_file(corrupt, metadata)[1] == "corrupt header"
+
+
+def test_the_engine_cache_loads_what_matches_and_rebuilds_the_rest(
+    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorRT's builder cannot run here: a stand-in records each build. The cache logic around it is real."""
+    builds: list[tuple[str, str]] = []
+
+    def fake_build(onnx_path: Path, profile: Profile, precision: str, workspace_mb: int = 1024) -> bytes:
+        builds.append((Path(onnx_path).name, precision))
+        return f"engine {len(builds)}".encode()
+
+    monkeypatch.setattr(trt_backend, "build_engine", fake_build)
+    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    onnx_path = onnx_files["embedder"]
+    engine, path, built = cached_engine(onnx_path, "embedder", profile, "fp16", GPU, tmp_path)
+    assert (engine, built, len(builds)) == (b"engine 1", True, 1) and path.exists()
+    engine, again, built = cached_engine(onnx_path, "embedder", profile, "fp16", GPU, tmp_path)
+    assert (engine, again, built, len(builds)) == (b"engine 1", path, False, 1)  # loaded, not rebuilt
+    # Another GPU model: its own file; FP32: its own file.
+    t4 = GpuProbe(True, "", "NVIDIA T4", (7, 5), "10.3.0")
+    assert cached_engine(onnx_path, "embedder", profile, "fp16", t4, tmp_path)[2]
+    assert cached_engine(onnx_path, "embedder", profile, "fp32", GPU, tmp_path)[2]
+    assert len(builds) == 3 and len(list((tmp_path / "tensorrt").glob("*.engine"))) == 3
+    # A file someone copied over from another machine (same name, foreign header) is rebuilt, not loaded.
+    foreign = engine_metadata(trt_backend.sha256_file(onnx_path), t4, "fp16", profile)
+    path.write_bytes(encode_engine_file(foreign, b"foreign engine"))
+    engine, _, built = cached_engine(onnx_path, "embedder", profile, "fp16", GPU, tmp_path)
+    assert built and engine == b"engine 4"
+    path.write_bytes(b"\x00" * 10)  # damaged
+    assert cached_engine(onnx_path, "embedder", profile, "fp16", GPU, tmp_path)[2] and len(builds) == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# the ONNX graphs TensorRT will parse
+
+
+@pytest.mark.parametrize("kind", ["detector", "embedder"])
+def test_onnx_graphs_pass_the_checker_and_use_only_operators_tensorrt_parses(
+    onnx_files: dict[str, Path], kind: str
+) -> None:
+    model = onnx.load(str(onnx_files[kind]))
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    output = inferred.graph.output[0].type.tensor_type
+    assert output.elem_type == onnx.TensorProto.FLOAT and len(output.shape.dim) in (2, 4)
+    assert all(o.domain in ("", "ai.onnx") and o.version <= TENSORRT_MAX_OPSET for o in model.opset_import)
+    ops = {node.op_type for node in model.graph.node}
+    assert ops <= TENSORRT_ONNX_OPS, ops - TENSORRT_ONNX_OPS
+    initializers = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            assert node.input[1] in initializers  # TensorRT: weights must be initializers
+        if node.op_type == "MaxPool":
+            assert len(node.output) == 1  # TensorRT: no Indices output
+        if node.op_type in ("Conv", "MaxPool", "AveragePool"):
+            kernel = next(a for a in node.attribute if a.name == "kernel_shape")
+            assert len(kernel.ints) == 2  # TensorRT: 2D or 3D only
+    (graph_input,) = model.graph.input
+    dims = graph_input.type.tensor_type.shape.dim
+    assert graph_input.name == profile_for(kind, DEFAULTS["engine"], 32).input_name
+    assert dims[0].dim_param  # dynamic batch: the profile's range applies
+
+
+# ------------------------------------------------------------------------------------------------
+# faiss-gpu
+
+
+def test_the_gallery_index_stays_on_the_cpu_without_faiss_gpu() -> None:
+    usable, why = faiss_gpu_status()
+    if usable:  # pragma: no cover
+        pytest.skip("faiss has GPU support and a device here")
+    assert why in ("this faiss build has no GPU support (faiss-cpu)", "no CUDA device is present")
+    index = FaceIndex()
+    assert not index.gpu_enabled and index.gpu_reason == why
+    assert FaceIndex(gpu="off").gpu_reason == "gallery.gpu is off"
+    with pytest.raises(ValueError, match="gpu must be one of"):
+        FaceIndex(gpu="yes")
+    stand_in = types.SimpleNamespace(StandardGpuResources=object, index_cpu_to_gpu=None, get_num_gpus=lambda: 0)
+    assert faiss_gpu_status(stand_in) == (False, "no CUDA device is present")
+    stand_in.get_num_gpus = lambda: 2
+    assert faiss_gpu_status(stand_in) == (True, "2 GPU(s)")
+
+
+# ------------------------------------------------------------------------------------------------
+# facestream engines
+
+
+def test_engines_info_and_build_say_what_runs_here(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from facestream.pipeline.cli import main
+
+    if probe_gpu().available:  # pragma: no cover
+        pytest.skip("this machine has TensorRT and a GPU")
+    assert main(["engines", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "onnxruntime" and info["configured"] == "auto" and "tensorrt" in info["reason"]
+    assert info["gallery_search"] == "cpu" and info["profiles"]["embedder"]["max"] == [32, 3, 150, 150]
+    assert main(["engines", "build"]) == 2
+    assert "cannot build TensorRT engines here: tensorrt is not installed" in caplog.text
+    forced = tmp_path / "gpu.yaml"
+    forced.write_text("engine:\n  backend: tensorrt\n")
+    assert main(["engines", "info", "--config", str(forced)]) == 2
+    assert "engine.backend is tensorrt but TensorRT cannot run here" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# on a GPU: TensorRT against ONNX Runtime on the data pack
+
+
+def _tensorrt_or_skip() -> GpuProbe:
+    found = probe_gpu()
+    if not found.available:
+        pytest.skip(f"needs an NVIDIA GPU with TensorRT and pycuda: {found.reason}")
+    return found
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 0.02)])
+def test_tensorrt_descriptors_match_onnxruntime(
+    onnx_files: dict[str, Path], tmp_path: Path, precision: str, tolerance: float
+) -> None:  # pragma: no cover - no GPU in CI
+    from facestream.engines.embedder import normalize_chips
+    from facestream.engines.tensorrt_backend import TensorRTSession
+
+    from conftest import GOLDEN
+
+    probe = _tensorrt_or_skip()
+    import cv2
+
+    chips = np.stack([cv2.imread(str(path))[..., ::-1] for path in sorted((GOLDEN / "chips").glob("*.png"))])
+    batch = normalize_chips(chips)
+    cpu = OnnxRuntimeSession(onnx_files["embedder"]).run(batch)
+    gpu = TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 32),
+                          precision=precision, cache_dir=tmp_path, probe=probe).run(batch)  # fmt: skip
+    assert np.linalg.norm(gpu - cpu, axis=1).max() < tolerance
+    # the same identities: every pair on the same side of 0.6
+    same_cpu = np.linalg.norm(cpu[:, None] - cpu[None], axis=2) <= 0.6
+    same_gpu = np.linalg.norm(gpu[:, None] - gpu[None], axis=2) <= 0.6
+    assert (same_cpu == same_gpu).mean() > 0.999
+
+
+@pytest.mark.gpu
+def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # pragma: no cover - no GPU in CI
+    from facestream.engines.detector import FaceDetector
+    from facestream.pipeline.tracker import box_iou
+
+    from conftest import DATA, load_rgb_as_dlib
+
+    _tensorrt_or_skip()
+    engine = {**DEFAULTS["engine"], "backend": "tensorrt", "precision": "fp16"}
+    gpu = FaceDetector.from_file(model_path("detector", ""), tmp_path, engine=engine)
+    cpu = FaceDetector.from_file(model_path("detector", ""), tmp_path)
+    for name in ("fr_examples/obama.jpg", "fr_examples/two_people.jpg", "dlib_faces/bald_guys.jpg"):
+        image = load_rgb_as_dlib(DATA / name)
+        (gpu_boxes, _), (cpu_boxes, _) = gpu.detect(image), cpu.detect(image)
+        assert len(gpu_boxes) == len(cpu_boxes)
+        assert box_iou(cpu_boxes.astype(float), gpu_boxes.astype(float)).max(axis=1).min() >= 0.99
