@@ -39,7 +39,8 @@ EMBEDDER_CHIP = (3, 150, 150)
 
 # The operators TensorRT's ONNX parser supports ("Y" in onnx-tensorrt's docs/operators.md, TensorRT 8.4-8.6,
 # opsets up to 17), as data for the check that both exported graphs use nothing else (tests/test_gpu_backend.py).
-TENSORRT_ONNX_OPS = frozenset("""
+TENSORRT_ONNX_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
 Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
 Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm GlobalAveragePool
@@ -50,7 +51,8 @@ ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSqu
 ReverseSequence RNN Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Sigmoid Sign Sin Sinh
 Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile
 TopK Transpose Unsqueeze Upsample Where Xor
-""".split())  # noqa: SIM905 (a word list reads better)
+""".split()
+)  # noqa: SIM905 (a word list reads better)
 TENSORRT_MAX_OPSET = 17
 
 
@@ -184,7 +186,12 @@ def build_engine(onnx_path: str | Path, profile: Profile, precision: str, worksp
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision == "fp16":
-        if not builder.platform_has_fast_fp16:
+        if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11 removed weakly-typed FP16 (strong typing only)
+            raise EngineError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (removed in TensorRT 11): "
+                "use engine.precision: fp32, or TensorRT 8.6-10.x (pip install 'tensorrt>=8.6,<11')"
+            )
+        if not getattr(builder, "platform_has_fast_fp16", True):
             log.warning("this GPU has no fast FP16: the FP16 engine may be slower than FP32")
         config.set_flag(trt.BuilderFlag.FP16)
     optimisation = builder.create_optimization_profile()
