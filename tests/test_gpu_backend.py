@@ -371,3 +371,135 @@ def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # p
         (gpu_boxes, _), (cpu_boxes, _) = gpu.detect(image), cpu.detect(image)
         assert len(gpu_boxes) == len(cpu_boxes)
         assert box_iou(cpu_boxes.astype(float), gpu_boxes.astype(float)).max(axis=1).min() >= 0.99
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorRTSession's own logic (slicing, fallback, buffer reuse), with stand-ins for TensorRT and pycuda
+
+
+class _FakeDeviceMemory:
+    def __init__(self, nbytes: int) -> None:
+        self.data = np.zeros(nbytes // 4, np.float32)
+        self.freed = False
+
+    def __int__(self) -> int:
+        return id(self)
+
+    def free(self) -> None:
+        self.freed = True
+
+
+def fake_gpu_stack(onnx_path: Path) -> tuple[types.ModuleType, types.ModuleType, dict]:
+    """`tensorrt` and `pycuda.driver` stand-ins: the "engine" runs the ONNX graph on ONNX Runtime, reading and
+    writing the device memory the session hands it, so what the session copies where is really checked."""
+    calls: dict = {"allocs": [], "executions": 0, "shapes": []}
+    reference = OnnxRuntimeSession(onnx_path)
+    graph = onnx.load(str(onnx_path)).graph
+    input_name, output_name = graph.input[0].name, graph.output[0].name
+    memory: dict[int, _FakeDeviceMemory] = {}
+
+    class Context:
+        def set_input_shape(self, name: str, shape: tuple) -> None:
+            self.shape = tuple(shape)
+            calls["shapes"].append(self.shape)
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            return reference.run(np.zeros(self.shape, np.float32)).shape
+
+        def set_tensor_address(self, name: str, address: int) -> None:
+            setattr(self, "input" if name == input_name else "output", memory[address])
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            count = int(np.prod(self.shape))
+            out = reference.run(self.input.data[:count].reshape(self.shape))
+            self.output.data[: out.size] = out.reshape(-1)
+            calls["executions"] += 1
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, i: int) -> str:
+            return (input_name, output_name)[i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "input" if name == input_name else "output"
+
+        def create_execution_context(self) -> Context:
+            return Context()
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0"
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
+    trt.Runtime = type("Runtime", (), {"__init__": lambda self, logger: None,
+                                       "deserialize_cuda_engine": lambda self, data: Engine()})  # fmt: skip
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+
+    def mem_alloc(nbytes: int) -> _FakeDeviceMemory:
+        allocation = _FakeDeviceMemory(nbytes)
+        memory[int(allocation)] = allocation
+        calls["allocs"].append(nbytes)
+        return allocation
+
+    def htod(device: _FakeDeviceMemory, host: np.ndarray, stream: object) -> None:
+        device.data[: host.size] = host
+
+    def dtoh(host: np.ndarray, device: _FakeDeviceMemory, stream: object) -> None:
+        host[:] = device.data[: host.size]
+
+    context = types.SimpleNamespace(push=lambda: None, pop=lambda: None)
+    cuda = types.ModuleType("pycuda.driver")
+    cuda.init = lambda: None
+    cuda.Device = lambda index: types.SimpleNamespace(retain_primary_context=lambda: context)
+    cuda.Stream = lambda: types.SimpleNamespace(handle=1, synchronize=lambda: None)
+    cuda.pagelocked_empty = lambda n, dtype: np.empty(n, dtype)
+    cuda.mem_alloc, cuda.memcpy_htod_async, cuda.memcpy_dtoh_async = mem_alloc, htod, dtoh
+    return trt, cuda, calls
+
+
+def install_fake_gpu_stack(onnx_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    import sys
+
+    trt, cuda, calls = fake_gpu_stack(onnx_path)
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = cuda
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    monkeypatch.setattr(trt_backend, "build_engine", lambda *args, **kwargs: b"stand-in engine")
+    return calls
+
+
+def test_tensorrt_session_slices_large_batches_and_reuses_its_buffers(
+    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = install_fake_gpu_stack(onnx_files["embedder"], monkeypatch)
+    session = trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 8),
+                                          precision="fp32", cache_dir=tmp_path, probe=GPU)  # fmt: skip
+    batch = np.random.default_rng(0).normal(size=(20, 3, 150, 150)).astype(np.float32)
+    expected = OnnxRuntimeSession(onnx_files["embedder"]).run(batch)
+    np.testing.assert_array_equal(session.run(batch), expected)  # the session's copies in and out are right
+    assert calls["shapes"] == [(8, 3, 150, 150), (8, 3, 150, 150), (4, 3, 150, 150)]  # sliced to the profile
+    allocations = list(calls["allocs"])
+    np.testing.assert_array_equal(session.run(batch[:3]), expected[:3])
+    assert calls["allocs"] == allocations and len(allocations) == 2  # smaller batch: the same two buffers
+    assert session.engine_file.exists() and session.engine_file.parent == tmp_path / "tensorrt"
+    session.close()
+
+
+def test_a_detector_input_outside_the_profile_runs_on_onnxruntime(
+    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = install_fake_gpu_stack(onnx_files["detector"], monkeypatch)
+    engine = {"detector_min_hw": [32, 32], "detector_opt_hw": [48, 48], "detector_max_hw": [64, 64]}
+    session = trt_backend.TensorRTSession(onnx_files["detector"], "detector", profile_for("detector", engine),
+                                          precision="fp16", cache_dir=tmp_path, probe=GPU)  # fmt: skip
+    reference = OnnxRuntimeSession(onnx_files["detector"])
+    rng = np.random.default_rng(1)
+    inside, outside = (rng.normal(size=(1, 3, n, n)).astype(np.float32) for n in (48, 80))
+    np.testing.assert_array_equal(session.run(inside), reference.run(inside))
+    assert calls["executions"] == 1
+    caplog.set_level("WARNING", logger="facestream.engines.tensorrt_backend")
+    np.testing.assert_array_equal(session.run(outside), reference.run(outside))
+    assert calls["executions"] == 1 and "(1, 3, 80, 80) is outside the TensorRT profile" in caplog.text
+    session.close()
