@@ -60,7 +60,10 @@ class FaceAnalyzer:
         )  # fmt: skip
         predictor = ShapePredictor.from_file(model_path("landmarks", models["landmarks"]), cache)
         embedder = FaceEmbedder.from_file(
-            model_path("embedder", models["embedder"]), cache, threads, max_batch=config["embedder"]["max_batch"],
+            model_path("embedder", models["embedder"]),
+            cache,
+            threads,
+            max_batch=config["embedder"]["max_batch"],
             engine=engine,
         )
         return cls(detector, predictor, embedder)

@@ -39,8 +39,7 @@ EMBEDDER_CHIP = (3, 150, 150)
 
 # The operators TensorRT's ONNX parser supports ("Y" in onnx-tensorrt's docs/operators.md, TensorRT 8.4-8.6,
 # opsets up to 17), as data for the check that both exported graphs use nothing else (tests/test_gpu_backend.py).
-TENSORRT_ONNX_OPS = frozenset(
-    """
+_SUPPORTED_OPS = """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
 Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
 Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm GlobalAveragePool
@@ -51,8 +50,8 @@ ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSqu
 ReverseSequence RNN Round ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Sigmoid Sign Sin Sinh
 Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile
 TopK Transpose Unsqueeze Upsample Where Xor
-""".split()
-)  # noqa: SIM905 (a word list reads better)
+"""
+TENSORRT_ONNX_OPS = frozenset(_SUPPORTED_OPS.split())
 TENSORRT_MAX_OPSET = 17
 
 
