@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .engines_cli import add_engines_commands
 
     add_engines_commands(commands)
+    from .keys_cli import add_keys_commands
+
+    add_keys_commands(commands)
     _accept_config_anywhere(commands)
     return parser
 

@@ -98,6 +98,13 @@ DEFAULTS: dict[str, Any] = {
         "timeout_s": 10.0,
     },
     "outputs": {"live_video_fps": 25.0, "video_codec": "mp4v"},
+    "security": {
+        "curve": "auto",
+        "server_secret_key": "",
+        "server_public_key": "",
+        "client_secret_key": "",
+        "allowed_clients_dir": "",
+    },
 }
 
 

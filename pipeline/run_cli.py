@@ -102,6 +102,10 @@ def cmd_stage(args: argparse.Namespace, config: dict) -> int:
 
     if args.threads is not None:
         config["pipeline"]["worker_threads"] = args.threads
+    if args.server_key:
+        config["security"]["server_public_key"] = args.server_key
+    if args.client_key:
+        config["security"]["client_secret_key"] = args.client_key
     run_dir = config["pipeline"]["run_dir"]
     try:
         if run_dir and not Path(run_dir).expanduser().is_dir():
@@ -164,6 +168,11 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
         "--threads", type=int, metavar="N", help="ONNX Runtime threads (default: pipeline.worker_threads)"
     )
     stage.add_argument("--name", help="name in logs and stats (default: NAME@host:pid)")
+    stage.add_argument("--server-key", metavar="FILE",
+                       help="tcp:// with CURVE: the server's public key file (security.server_public_key)")  # fmt: skip
+    stage.add_argument("--client-key", metavar="FILE",
+                       help="tcp:// with CURVE: this worker's .key_secret file (security.client_secret_key); its "
+                            ".key must be in the server's security.allowed_clients_dir")  # fmt: skip
     stage.set_defaults(handler=cmd_stage)
 
 

@@ -41,6 +41,7 @@ Outputs, all optional:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -278,13 +279,29 @@ class JsonLines:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         self.lines = 0
+        self.bytes = 0
 
     def write(self, record: dict[str, Any]) -> bytes:
+        """Append one line. A full disk (or any write error) is a PipelineError naming the file; a line that did
+        not fit is cut off again, so the file keeps only whole, valid lines."""
         line = json_line(record)
         if self.fd is not None:
             view = memoryview(line)
-            while view:
-                view = view[os.write(self.fd, view) :]
+            start = self.bytes
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError as error:
+                try:
+                    os.ftruncate(self.fd, start)  # remove the partial line
+                except OSError:
+                    pass
+                full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                what = "the disk is full" if full else (error.strerror or str(error))
+                raise PipelineError(
+                    f"{self.path}: cannot write ({what}); the {self.lines} lines written so far are kept and valid"
+                ) from None
+            self.bytes = start + len(line)
             self.lines += 1
         return line
 

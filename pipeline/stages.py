@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import messages
+from . import messages, security
 from .messages import Control, DescriptorsMessage, FacesMessage, FrameMessage, MessageError
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,11 @@ def open_socket(
     hwm: int | None = None,
     subscribe: bytes | None = None,
 ) -> zmq.Socket:
-    """A socket bound or connected to `endpoint`, with LINGER 0 (a stopping stage never hangs on unsent data)."""
+    """A socket bound or connected to `endpoint`, with LINGER 0 (a stopping stage never hangs on unsent data).
+
+    tcp:// sockets get CURVE (server when binding, client when connecting) when the process's security settings
+    (`security.configure`) say so; a bound ipc socket file is made owner-only.
+    """
     socket = context.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
     if hwm is not None:
@@ -144,10 +148,15 @@ def open_socket(
     if subscribe is not None:
         socket.setsockopt(zmq.SUBSCRIBE, subscribe)
     try:
+        security.apply(context, socket, endpoint, bind=bind)  # CURVE on tcp:// (pipeline/security.py)
         if bind:
             socket.bind(endpoint)
+            security.restrict_ipc_file(endpoint)
         else:
             socket.connect(endpoint)
+    except security.SecurityError as error:
+        socket.close()
+        raise PipelineError(str(error)) from None
     except zmq.ZMQError as error:
         socket.close()
         what = "bind" if bind else "connect"
@@ -281,6 +290,10 @@ class StageProcess:
         self.stats = StageStats()
         self.malformed_log = RateLimitedLog(log)
         self.context = zmq.Context.instance()
+        try:
+            security.configure(security.load_security(self.config, self.endpoints, binds=bool(spec.get("local"))))
+        except security.SecurityError as error:
+            raise PipelineError(str(error)) from None
         self._stats_socket = open_socket(self.context, zmq.PUSH, self.endpoints["stats"], bind=False, hwm=1000)
         self._control: zmq.Socket | None = None
         self._last_stats = 0.0
@@ -369,6 +382,7 @@ class StageProcess:
         # The final stats should reach the supervisor: give them a moment, never more.
         for socket in list(self._sockets()):
             socket.close(linger=1000 if socket is self._stats_socket else 0)
+        security.stop(self.context)
         # Terminating the context lets ZeroMQ finish closing (bound ipc socket files are removed) before exit.
         self.context.destroy(linger=0)
 
@@ -657,7 +671,11 @@ def configure_logging(level: str, name: str) -> None:
 
 def run_stage(role: str, name: str, spec: dict[str, Any], parent_pid: int | None = None) -> int:
     """Run one stage process until it finishes or is stopped; the exit code."""
-    stage = stage_class(role)(name, spec, parent_pid=parent_pid)
+    try:
+        stage = stage_class(role)(name, spec, parent_pid=parent_pid)
+    except PipelineError as error:  # e.g. a missing or unreadable CURVE key file
+        log.error("%s: %s", name, error)
+        return 2
     stage.install_signal_handlers()
     if _EARLY_STOP:
         stage.request_stop("SIGTERM during start-up")

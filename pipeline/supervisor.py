@@ -46,7 +46,7 @@ from typing import Any
 
 import zmq
 
-from . import messages
+from . import messages, security
 from .messages import Control
 from .sources import SourceError, SourceSpec, parse_sources, probe_source
 from .stages import (
@@ -334,6 +334,10 @@ class Supervisor:
         self.run_dir, self.created_run_dir = make_run_dir(self.pipeline["run_dir"])
         _check_not_in_use(self.run_dir)
         endpoints = resolve_endpoints(self.config, self.run_dir)
+        try:  # keys are checked before anything starts; this process binds stats, control and the faces queue
+            security.configure(security.load_security(self.config, endpoints, binds=True))
+        except security.SecurityError as error:
+            raise PipelineError(str(error)) from None
         fps = {}
         for spec in specs:
             if not spec.live or spec.kind in ("replay", "loop"):
@@ -427,6 +431,7 @@ class Supervisor:
             if faces_queue is not None:
                 faces_queue.stop()
             self._drain_stats(0)
+            security.stop(context)
             context.destroy(linger=0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

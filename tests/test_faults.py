@@ -1,0 +1,57 @@
+"""Faults at the outputs: a full disk while writing events / detections gives a clear error and whole lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from facestream.pipeline.sinks import JsonLines
+from facestream.pipeline.stages import PipelineError
+
+RECORD = {"event": "track_identified", "stream_id": "door", "frame_index": 0, "box": [1, 2, 3, 4], "note": "x" * 300}
+
+
+@pytest.fixture()
+def tiny_disk() -> Iterator[Path]:
+    """A real 64 KiB tmpfs (needs root, as on CI here); skipped where mounting is not allowed."""
+    mount_point = Path(tempfile.mkdtemp(prefix="fs-full-"))
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)  # fmt: skip
+    if result.returncode != 0:
+        mount_point.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+        mount_point.rmdir()
+
+
+def test_a_full_disk_is_a_clear_error_and_the_lines_written_stay_valid(tiny_disk: Path) -> None:
+    events = JsonLines(tiny_disk / "events.jsonl")
+    written = 0
+    with pytest.raises(PipelineError, match=r"events.jsonl: cannot write \(the disk is full\)") as caught:
+        for index in range(10_000):
+            events.write({**RECORD, "frame_index": index})
+            written += 1
+    assert 0 < written < 10_000
+    assert f"the {written} lines written so far are kept" in str(caught.value)
+    text = (tiny_disk / "events.jsonl").read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and len(lines) == written  # the partial line was cut off again
+    assert [json.loads(line)["frame_index"] for line in lines] == list(range(written))
+    events.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_dev_full_is_reported_as_a_full_disk() -> None:
+    detections = JsonLines("/dev/full")
+    with pytest.raises(PipelineError, match=r"/dev/full: cannot write \(the disk is full\); the 0 lines"):
+        detections.write(RECORD)
+    detections.close()
