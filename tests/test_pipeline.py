@@ -366,21 +366,22 @@ def test_two_detect_workers_same_events_and_malformed_messages_are_dropped_and_c
     run.assert_no_process_left()
 
 
-def test_kill_9_of_a_detect_worker_loses_no_frame(work: Path, clip: Path, gallery: Path, runs: list[Run]) -> None:
-    run = Run(work, "kill", [*outputs(clip, gallery), "--workers", "2"])
+@pytest.mark.parametrize("worker", ["detect-1", "embed-1"])
+def test_kill_9_of_a_worker_loses_no_frame(work: Path, clip: Path, gallery: Path, runs: list[Run], worker: str) -> None:
+    run = Run(work, f"kill-{worker}", [*outputs(clip, gallery), "--workers", "2"])
     runs.append(run)
     run.start()
     run.wait_for(lambda: run.all_ready() and len(run.lines("detections.jsonl")) >= 3, "the first frames")
-    victim = next(p for p in run.processes()["processes"] if p["name"] == "detect-1")
+    victim = next(p for p in run.processes()["processes"] if p["name"] == worker)
     os.kill(victim["pid"], signal.SIGKILL)
     assert run.wait() == 0, run.log
     indices = [d["frame_index"] for d in run.lines("detections.jsonl")]
     assert indices == list(range(FRAMES))  # every frame, once, in order
     assert video_frames(run.out / "annotated.mp4") == FRAMES
     stats = run.stats()
-    assert stats["restarts"]["detect-1"] == 1 and len(stats["processes"]["detect-1"]) == 2
+    assert stats["restarts"][worker] == 1 and len(stats["processes"][worker]) == 2
     assert stats["streams"]["clip"]["resent"] >= 1
-    assert "detect-1 was killed by SIGKILL: restarting it" in run.log
+    assert f"{worker} was killed by SIGKILL: restarting it" in run.log
     assert {e["identity"] for e in run.lines("events.jsonl") if e["event"] == "track_identified"} == {LIN}
     run.assert_no_process_left()
 
