@@ -260,6 +260,9 @@ class VideoFileReader:
             return None
         ok, frame = self.capture.read()
         if not ok or frame is None:
+            if self.index == 0:
+                raise SourceError(f"{self.path}: no frame could be decoded (a video with no frames, truncated, "
+                                  "or a codec OpenCV lacks)")  # fmt: skip
             if self.frame_count is not None and self.index < self.frame_count - 1:
                 log.warning(
                     "%s: decoding stopped at frame %d of %d (truncated or corrupt file)",

@@ -150,6 +150,28 @@ def test_unreadable_sources_give_clear_errors(tmp_path: Path) -> None:
         reader.read()
 
 
+def test_a_truncated_video_gives_its_frames_and_says_so_and_an_empty_one_is_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = cv2.VideoWriter(str(tmp_path / "t30.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(30):
+        writer.write(np.full((48, 64, 3), i * 8, np.uint8))
+    writer.release()
+    data = (tmp_path / "t30.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: int(len(data) * 0.6)])  # the tail, and the index, are gone
+    reader = VideoFileReader(str(tmp_path / "cut.avi"))
+    frames = []
+    while (item := reader.read()) is not None:
+        frames.append(item[0])
+    assert 0 < len(frames) < 30 and reader.frame_count == 30
+    assert all(int(frame[0, 0, 0]) == pytest.approx(i * 8, abs=3) for i, frame in enumerate(frames))  # in order
+    assert f"cut.avi: decoding stopped at frame {len(frames)} of 30 (truncated or corrupt file)" in caplog.text
+    empty = cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    empty.release()  # a valid container with no frames
+    with pytest.raises(SourceError, match=r"empty\.avi: no frame could be decoded"):
+        VideoFileReader(str(tmp_path / "empty.avi")).read()
+
+
 # ------------------------------------------------------------------------------------------------
 # live sources
 
