@@ -335,7 +335,14 @@ def draw_faces(image: np.ndarray, result: FrameResult) -> np.ndarray:
 
 
 class VideoOutput:
-    """An annotated video file, opened at the first frame (its size); later frames of another size are resized."""
+    """An annotated video file, opened at the first frame (its size); later frames of another size are resized.
+
+    OpenCV's writer does not report a full disk, so the free space is checked before each frame: below
+    `reserve_bytes` (at least two raw frames) the video is closed while its index still fits, and a
+    PipelineError says so. The file then holds every frame written so far and stays playable.
+    """
+
+    reserve_bytes = 1 << 20
 
     def __init__(self, path: Path, fps: float, codec: str = "mp4v") -> None:
         self.path, self.fps, self.codec = path, fps, codec
@@ -353,6 +360,11 @@ class VideoOutput:
                 raise PipelineError(f"{self.path}: cannot write a {self.codec} video here")
         if (bgr.shape[1], bgr.shape[0]) != self.size:
             bgr = cv2.resize(bgr, self.size, interpolation=cv2.INTER_AREA)
+        disk = os.statvfs(self.path.parent)
+        if disk.f_bavail * disk.f_frsize < max(self.reserve_bytes, 2 * bgr.nbytes):
+            self.close()
+            raise PipelineError(f"{self.path}: cannot write (the disk is full); the {self.frames} frames written "
+                                "so far are kept and the video is playable")  # fmt: skip
         self.writer.write(bgr)
         self.frames += 1
 

@@ -9,19 +9,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
-from facestream.pipeline.sinks import JsonLines
+from facestream.pipeline.sinks import JsonLines, VideoOutput
 from facestream.pipeline.stages import PipelineError
 
 RECORD = {"event": "track_identified", "stream_id": "door", "frame_index": 0, "box": [1, 2, 3, 4], "note": "x" * 300}
 
 
-@pytest.fixture()
-def tiny_disk() -> Iterator[Path]:
-    """A real 64 KiB tmpfs (needs root, as on CI here); skipped where mounting is not allowed."""
+def small_disk(size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (needs root, as on CI here); skipped where mounting is not allowed."""
     mount_point = Path(tempfile.mkdtemp(prefix="fs-full-"))
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
                             capture_output=True, text=True)  # fmt: skip
     if result.returncode != 0:
         mount_point.rmdir()
@@ -31,6 +32,16 @@ def tiny_disk() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
         mount_point.rmdir()
+
+
+@pytest.fixture()
+def tiny_disk() -> Iterator[Path]:
+    yield from small_disk("64k")
+
+
+@pytest.fixture()
+def video_disk() -> Iterator[Path]:
+    yield from small_disk("3m")
 
 
 def test_a_full_disk_is_a_clear_error_and_the_lines_written_stay_valid(tiny_disk: Path) -> None:
@@ -55,3 +66,19 @@ def test_dev_full_is_reported_as_a_full_disk() -> None:
     with pytest.raises(PipelineError, match=r"/dev/full: cannot write \(the disk is full\); the 0 lines"):
         detections.write(RECORD)
     detections.close()
+
+
+def test_a_full_disk_while_writing_video_stops_it_playable(video_disk: Path) -> None:
+    video = VideoOutput(video_disk / "annotated.mp4", fps=25.0)
+    rng = np.random.default_rng(0)
+    with pytest.raises(PipelineError, match=r"annotated.mp4: cannot write \(the disk is full\)") as caught:
+        for _ in range(1000):  # noise compresses badly: ~3 MB fill up within a few dozen frames
+            video.write(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    written = video.frames
+    assert 0 < written < 1000 and f"the {written} frames written so far are kept" in str(caught.value)
+    capture = cv2.VideoCapture(str(video_disk / "annotated.mp4"))
+    decoded = 0
+    while capture.read()[0]:
+        decoded += 1
+    capture.release()
+    assert decoded == written  # the index was written: every frame plays
