@@ -204,7 +204,10 @@ def load_security(config: dict[str, Any], endpoints: dict[str, str], *, binds: b
 
 _CURRENT = Security()
 _AUTHENTICATORS: dict[int, ThreadAuthenticator] = {}
+_WATCHERS: dict[int, list[tuple[threading.Thread, threading.Event]]] = {}
+_HANDSHAKE_REFUSALS: dict[int, int] = {}
 _LOCK = threading.Lock()
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
 def configure(security: Security) -> None:
@@ -256,6 +259,36 @@ class _Provider:
             return False
 
 
+def _watch_handshakes(context: zmq.Context, socket: zmq.Socket, endpoint: str) -> None:
+    """Log peers whose CURVE handshake fails before the key check (no CURVE at all, or another server's
+    public key): the ZAP authenticator never hears of them. A thread reads the socket's monitor events."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED)
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            while not done.is_set():
+                if not monitor.poll(200):
+                    continue
+                event = recv_monitor_message(monitor)
+                with _LOCK:
+                    _HANDSHAKE_REFUSALS[id(context)] = _HANDSHAKE_REFUSALS.get(id(context), 0) + 1
+                detail = getattr(event.get("value"), "name", event.get("value"))
+                log.warning("refused a peer on %s: its handshake failed (%s: it does not use CURVE, or not with "
+                            "this server's public key)", endpoint, detail)  # fmt: skip
+        except zmq.ZMQError:  # the context is going away
+            pass
+        finally:
+            monitor.close(linger=0)
+
+    thread = threading.Thread(target=watch, name=f"handshakes {endpoint}", daemon=True)
+    with _LOCK:
+        _WATCHERS.setdefault(id(context), []).append((thread, done))
+    thread.start()
+
+
 def apply(context: zmq.Context, socket: zmq.Socket, endpoint: str, *, bind: bool) -> None:
     """CURVE options on a tcp socket before it binds or connects (nothing for ipc/inproc or with CURVE off)."""
     security = _CURRENT
@@ -269,6 +302,7 @@ def apply(context: zmq.Context, socket: zmq.Socket, endpoint: str, *, bind: bool
         socket.curve_secretkey = security.server_secret
         socket.curve_publickey = security.server_public
         socket.zap_domain = ZAP_DOMAIN.encode()
+        _watch_handshakes(context, socket, endpoint)
     else:
         socket.curve_serverkey = security.server_public
         socket.curve_secretkey = security.client_secret
@@ -276,15 +310,21 @@ def apply(context: zmq.Context, socket: zmq.Socket, endpoint: str, *, bind: bool
 
 
 def refused(context: zmq.Context) -> int:
-    """How many peers this process's authenticator has refused."""
+    """How many peers this process has refused: by key (the authenticator) or at the handshake."""
     auth = _AUTHENTICATORS.get(id(context))
-    return getattr(auth, "refused", 0) if auth else 0
+    return (getattr(auth, "refused", 0) if auth else 0) + _HANDSHAKE_REFUSALS.get(id(context), 0)
 
 
 def stop(context: zmq.Context) -> None:
-    """Stop the context's authenticator (before the context is terminated)."""
+    """Stop the context's authenticator and handshake watchers (before the context is terminated)."""
     with _LOCK:
         auth = _AUTHENTICATORS.pop(id(context), None)
+        watchers = _WATCHERS.pop(id(context), [])
+        _HANDSHAKE_REFUSALS.pop(id(context), None)
+    for _, done in watchers:
+        done.set()
+    for thread, _ in watchers:
+        thread.join(1.0)
     if auth is not None:
         if auth.pipe is not None:
             auth.pipe.sndtimeo = 1000  # never hang a stopping process on a dead authenticator thread

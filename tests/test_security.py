@@ -188,11 +188,18 @@ def test_only_allowed_peers_can_push_or_subscribe_and_refusals_are_logged(
             while reader.poll(0):
                 got[who].append(reader.recv())
         assert got["worker"] and not got["plain"] and not got["intruder"]
-        assert security.refused(server_context) >= 2  # the intruder's PUSH and SUB; plain peers fail the handshake
         intruder_key = security.load_key_file(keys["intruder"], secret=False)[0].decode()
         assert any(
             intruder_key in record.getMessage() and "refused" in record.getMessage() for record in caplog.records
         )
+        # Plain peers (no CURVE) fail the handshake before any key check: logged from the socket's monitor.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and "its handshake failed" not in caplog.text:
+            time.sleep(0.05)
+        handshakes = [r.getMessage() for r in caplog.records if "its handshake failed" in r.getMessage()]
+        assert any(tcp["descriptors"] in m for m in handshakes) and any(tcp["events"] in m for m in handshakes)
+        assert "MECHANISM_MISMATCH" in handshakes[0]
+        assert security.refused(server_context) >= 4  # intruder's PUSH and SUB by key, plain PUSH and SUB
     finally:
         security.stop(server_context)
         server_context.destroy(0)
