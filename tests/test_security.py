@@ -302,3 +302,23 @@ def test_an_unauthenticated_peer_cannot_feed_or_read_a_curve_pipeline(keys: dict
     assert stats["stages"]["sink"]["counters"].get("malformed", 0) == 0
     intruder_key = security.load_key_file(keys["intruder"], secret=False)[0].decode()
     assert f"refused a CURVE peer with a public key that is not allowed: {intruder_key}" in result.stderr
+
+
+def test_no_pickle_eval_or_shell_on_anything_from_outside() -> None:
+    """A static check of the package source: no unpickling, no eval/exec, no shell, no unsafe YAML; numpy
+    archives are read with allow_pickle=False."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    forbidden = re.compile(
+        r"\bimport pickle\b|\bpickle\.loads?\(|\bcloudpickle\b|\bmarshal\.loads?\(|(?<![\w.])eval\(|(?<![\w.])exec\("
+        r"|shell\s*=\s*True|\bos\.system\(|\bos\.popen\(|\byaml\.load\(|\byaml\.unsafe_load\(|allow_pickle\s*=\s*True"
+        r"|\.recv_pyobj\(|\.send_pyobj\("
+    )
+    sources = [p for folder in ("engines", "enroll", "pipeline", "facestream") for p in (root / folder).rglob("*.py")]
+    assert len(sources) > 20
+    offenders = [f"{p.relative_to(root)}:{n}: {line.strip()}" for p in sources
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if forbidden.search(line)]  # fmt: skip
+    assert offenders == []
+    loads = [line for p in sources for line in p.read_text().splitlines() if "np.load(" in line]
+    assert loads and all("allow_pickle=False" in line for line in loads)
