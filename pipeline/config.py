@@ -97,7 +97,7 @@ DEFAULTS: dict[str, Any] = {
         "max_conflicts": 0,
         "timeout_s": 10.0,
     },
-    "outputs": {"live_video_fps": 25.0, "video_codec": "mp4v"},
+    "outputs": {"live_video_fps": 25.0, "video_codec": "mp4v", "event_descriptors": False},
     "security": {
         "curve": "auto",
         "server_secret_key": "",

@@ -68,6 +68,7 @@ from .tracker import (
     QualityGate,
     TrackEnded,
     TrackEvent,
+    TrackIdentified,
     box_iou,
     greedy_assignment,
 )
@@ -551,9 +552,11 @@ class SinkCore:
         stats: StageStats | None = None,
         unknowns: UnknownTracks | None = None,
         kiosk: KioskDecider | None = None,
+        event_descriptors: bool = False,
     ) -> None:
         self.matcher, self.outputs = matcher, outputs
         self.unknowns, self.kiosk = unknowns, kiosk
+        self.event_descriptors = event_descriptors  # descriptors are biometric data: off unless configured
         self.stats = stats or StageStats()
         gate = QualityGate(
             float(tracker_config["min_face_size"]),
@@ -748,7 +751,14 @@ class SinkCore:
     def _emit(self, stream: StreamSink, events: list[TrackEvent]) -> None:
         """Track events out; an ended track also closes its unknown-face record and its kiosk decision."""
         for event in events:
-            self.outputs.event(event_record(event))
+            record = event_record(event)
+            if self.event_descriptors and isinstance(event, TrackIdentified):
+                tracker = stream.tracker
+                descriptor = (tracker.mean_descriptor(event.track_id) if tracker.decision == "mean"
+                              else stream.last_descriptor.get(event.track_id))  # fmt: skip
+                if descriptor is not None:
+                    record["descriptor"] = [round(float(v), 6) for v in descriptor]
+            self.outputs.event(record)
             if isinstance(event, TrackEnded):
                 if self.unknowns is not None:
                     self.unknowns.end(stream.stream_id, event.track_id, event.identity)
@@ -869,6 +879,7 @@ class SinkStage(StageProcess):
             stats=self.stats,
             unknowns=unknowns,
             kiosk=kiosk,
+            event_descriptors=bool(self.config["outputs"]["event_descriptors"]),
         )
         self.extra_stats = self._extra_stats
         refresh_every = float(pipeline["gallery_refresh_s"])

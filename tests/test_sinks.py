@@ -404,3 +404,27 @@ def test_sink_writes_unknown_tracks_and_kiosk_decisions(tmp_path: Path) -> None:
     report = read_unknowns(tmp_path / "unknowns.jsonl")
     assert report.tracks == 1 and {f.visit for f in report.faces} == {("clip", 2)} and len(report.faces) == 3
     assert report.faces[0].source == "rtsp://user:***@cam/clip"
+
+
+@pytest.mark.parametrize("decision", ["mean", "vote"])
+def test_events_carry_descriptors_only_when_configured(tmp_path: Path, decision: str) -> None:
+    for enabled in (False, True):
+        path = tmp_path / f"events-{decision}-{enabled}.jsonl"
+        published: list = []
+        sink_outputs = SinkOutputs(events=str(path), publish=lambda topic, line, sink=published: sink.append(line))
+        core = SinkCore({"cam": False}, ScriptedMatcher(), sink_outputs, tracker_config(decision=decision),
+                        event_descriptors=enabled)  # fmt: skip
+        for index in range(30):
+            core.add(faces_at("cam", index, scene(index)), "descriptors")
+        core.add(EndOfStream("cam", 30), "sink_in")
+        core.pump()
+        core.close()
+        events = read_lines(path)
+        identified = [e for e in events if e["event"] == "track_identified"]
+        assert [e["identity"] for e in identified] == ["Alice", "Bob"]
+        with_descriptor = [e for e in events if "descriptor" in e]
+        if not enabled:  # the default: no biometric data in events, in the file or on the socket
+            assert with_descriptor == [] and all(b'"descriptor"' not in line for line in published)
+        else:
+            assert with_descriptor == identified
+            assert [e["descriptor"][0] for e in identified] == [1.0, 2.0] and len(identified[0]["descriptor"]) == 128
