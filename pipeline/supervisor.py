@@ -135,13 +135,38 @@ class FacesQueue:
             return
         self._bound.set()
         try:
-            zmq.proxy_steerable(frontend, backend, None, control)
+            self._forward(frontend, backend, control)
         except zmq.ZMQError as error:
             if error.errno != zmq.ETERM:
                 log.error("faces queue stopped: %s", error)
         finally:
             for socket in sockets:
                 socket.close(0)
+
+    @staticmethod
+    def _forward(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> None:
+        """Detect workers' messages to embed workers, one at a time, until TERMINATE. Unlike zmq.proxy it
+        never blocks in a send: with every embed worker gone or full (back-pressure) it still hears the
+        stop, so the thread always ends before the context is destroyed (closing sockets under a running
+        thread aborts libzmq)."""
+        taking, sending = zmq.Poller(), zmq.Poller()
+        taking.register(control, zmq.POLLIN)
+        taking.register(frontend, zmq.POLLIN)
+        sending.register(control, zmq.POLLIN)
+        sending.register(backend, zmq.POLLOUT)
+        pending: list | None = None
+        while True:
+            ready = dict((sending if pending is not None else taking).poll(200))
+            if control in ready and control.recv() == b"TERMINATE":
+                return
+            if pending is None and frontend in ready:
+                pending = frontend.recv_multipart(copy=False)
+            if pending is not None:
+                try:
+                    backend.send_multipart(pending, zmq.NOBLOCK, copy=False)
+                    pending = None
+                except zmq.Again:  # every embed worker is full (or gone): wait for room, hearing the stop
+                    pass
 
     def stop(self) -> None:
         if not self.thread.is_alive():
@@ -150,7 +175,9 @@ class FacesQueue:
         control.connect(self._control)
         control.send(b"TERMINATE")
         control.close(linger=1000)
-        self.thread.join(2)
+        self.thread.join(5)
+        if self.thread.is_alive():  # never seen; destroying the context under it would abort the process
+            log.error("the faces queue thread did not stop")
 
 
 # ------------------------------------------------------------------------------------------------

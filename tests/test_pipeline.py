@@ -568,7 +568,7 @@ def test_a_replayed_video_runs_live_after_the_workers_are_ready(work: Path, gall
 def test_a_live_stream_goes_on_after_kill_9_of_its_detect_worker(work: Path, gallery: Path, runs: list[Run]) -> None:
     """The frame the dead worker held is given up at once (not waited for until a timeout): the restarted
     worker gets the newest frames and the stream goes on."""
-    args = ["--source", f"hall=replay:{CLIP}", "--max-frames", "300", "--gallery", str(gallery),
+    args = ["--source", f"hall=loop:{CLIP}", "--max-frames", "300", "--gallery", str(gallery),
             "--detections", "detections.jsonl", "--stats", "stats.json"]  # fmt: skip
     run = Run(work, "live-kill", args, resend_timeout_s=60.0).start()
     runs.append(run)
