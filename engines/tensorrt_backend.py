@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .backend import GpuProbe
+from .onnx_export import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,6 @@ def profile_for(kind: str, engine: dict[str, Any], embedder_max_batch: int | Non
             raise ValueError("engine.detector_min_hw / opt_hw / max_hw must each be [height, width]")
         return Profile("pyramid", (1, 3, *low), (1, 3, *opt), (1, 3, *high))
     raise ValueError(f"unknown network {kind!r}: detector or embedder")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def engine_metadata(onnx_sha256: str, probe: GpuProbe, precision: str, profile: Profile) -> dict[str, Any]:
