@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test lint bench eval clean
+.PHONY: install browser demo test lint bench eval clean
 
 install: $(STAMP)
 
@@ -23,7 +23,16 @@ demo: $(STAMP)
 	$(BIN)/facestream run --gallery out/demo-gallery.db --source tests/data/video/short_hamilton_clip.mp4 \
 		--events out/events.jsonl --detections out/detections.jsonl --output out/annotated.mp4 --stats out/stats.json
 
-test: $(STAMP)
+# The web view's end-to-end test drives Debian's chromium + chromedriver (tests/test_web.py): installed here
+# when missing and this is a Debian machine where we are root; elsewhere that one test skips and says why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "note: /usr/bin/chromium or /usr/bin/chromedriver missing: the browser test will skip" \
+		"(Debian: apt-get install chromium chromium-driver)"; fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

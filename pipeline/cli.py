@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .keys_cli import add_keys_commands
 
     add_keys_commands(commands)
+    from .web_cli import add_web_commands
+
+    add_web_commands(commands)
     _accept_config_anywhere(commands)
     return parser
 
@@ -227,6 +231,24 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", error)
             return 2
         raise
+
+
+def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], argv: list[str] | None = None) -> int:
+    """`python -m facestream.pipeline.<x>_cli`: those commands alone, with `facestream`'s global options."""
+    parser = argparse.ArgumentParser(prog="facestream")
+    parser.add_argument("--config", metavar="FILE")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    return args.handler(args, config)
 
 
 if __name__ == "__main__":

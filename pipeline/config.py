@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
             "events": "",
             "stats": "",
             "control": "",
+            "preview": "",
         },
     },
     "sources": {
@@ -98,6 +99,14 @@ DEFAULTS: dict[str, Any] = {
         "timeout_s": 10.0,
     },
     "outputs": {"live_video_fps": 25.0, "video_codec": "mp4v", "event_descriptors": False},
+    "web": {
+        "address": "127.0.0.1:8080",
+        "token": "",
+        "preview_fps": 5.0,
+        "preview_max_width": 960,
+        "jpeg_quality": 80,
+        "history": 200,
+    },
     "security": {
         "curve": "auto",
         "server_secret_key": "",

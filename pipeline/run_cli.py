@@ -24,6 +24,7 @@ examples:
       --output out/annotated.mp4 --detections out/detections.jsonl
   facestream run --source door=rtsp://camera.local/stream --source desk=0 --events events.jsonl
   facestream run --workers 2 --stats stats.json --source frames/
+  facestream run --source door=rtsp://camera.local/stream --web        # then open http://127.0.0.1:8080/
 
 sources: a video file or image folder (every frame, in order), a single image, a camera index
 (0, 1, ...) or an rtsp:// / http(s):// / rtmp:// URL (live: the newest frames win, a lost stream
@@ -90,6 +91,8 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
         show=args.show,
         stats=args.stats,
         unknowns=args.unknowns,
+        web=args.web,
+        preview=args.preview,
         progress=not quiet and not args.no_progress,
         report=not quiet,
         log_level=_log_level(),
@@ -152,6 +155,19 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
         help="access_decision events (granted/denied with evidence) per track; see kiosk: in config.yaml",
     )
     run.add_argument("--show", action="store_true", help="show the annotated frames in a window (q quits)")
+    run.add_argument(
+        "--web",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT",
+        help="serve the web view (live streams, events, health, gallery) on HOST:PORT (default "
+        "web.address, 127.0.0.1:8080); another host needs a token ($FACESTREAM_WEB_TOKEN)",
+    )
+    run.add_argument(
+        "--preview",
+        action="store_true",
+        help="publish annotated frames and unknown faces on the preview endpoint for `facestream serve`",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=cmd_run)
 
@@ -178,22 +194,9 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The same commands without the rest of the CLI (global options as `facestream`'s)."""
-    from .config import ConfigError, load_config
+    from .cli import standalone_main
 
-    parser = argparse.ArgumentParser(prog="facestream")
-    parser.add_argument("--config", metavar="FILE")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
-    add_run_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        log.error("%s", error)
-        return 2
-    return args.handler(args, config)
+    return standalone_main(add_run_commands, argv)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ Outputs, all optional:
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import logging
@@ -403,6 +404,79 @@ class LiveWindow:
             cv2.destroyAllWindows()
 
 
+class WebFeed:
+    """`run --web` / `--preview`: what the web view (pipeline/web.py) needs from the sink, published on the
+    private ``preview`` PUB socket and nowhere else.
+
+    * annotated frames: ``[b"frame:" + stream_id, JPEG]`` at most `fps` a second per stream (0: none);
+      frames wider than `max_width` are scaled down first;
+    * unknown faces: ``[b"unknown_face", JSON]`` with ``{"event": "unknown_face", "stream_id", "track_id",
+      "frame_index", "timestamp", "box", "quality", "score", "descriptor": [128 floats], "chip_png"}``
+      (``quality``: the tracker's gate weight in [0, 1]; ``chip_png``: base64 PNG of the 150x150 aligned chip,
+      null when the frame image did not reach the sink), for a track whose identity is unknown or undecided,
+      each time a better face of it arrives (faces the quality gate rejects are never sent). Descriptors are
+      biometric data: they go on this topic only, never in the events.
+    """
+
+    def __init__(self, publish: Callable[[bytes, bytes], None], *, fps: float = 5.0, max_width: int = 960,
+                 jpeg_quality: int = 80) -> None:  # fmt: skip
+        self.publish, self.max_width, self.jpeg_quality = publish, int(max_width), int(jpeg_quality)
+        self.interval = 1.0 / fps if fps > 0 else math.inf
+        self.next_frame: dict[str, float] = {}
+        self.best: dict[tuple[str, int], tuple[float, float, bool]] = {}  # (weight, score, published)
+        self.frames_sent = 0
+        self.faces_sent = 0
+
+    def frame_due(self, stream_id: str, now: float | None = None) -> bool:
+        """Whether this stream's next annotated frame should be published (the rate cap)."""
+        now = time.monotonic() if now is None else now
+        return math.isfinite(self.interval) and now >= self.next_frame.get(stream_id, 0.0)
+
+    def frame(self, stream_id: str, bgr: np.ndarray, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.next_frame[stream_id] = now + self.interval
+        if bgr.shape[1] > self.max_width > 0:
+            height = max(1, round(bgr.shape[0] * self.max_width / bgr.shape[1]))
+            bgr = cv2.resize(bgr, (self.max_width, height), interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if ok:
+            self.publish(b"frame:" + stream_id.encode(), jpeg.tobytes())
+            self.frames_sent += 1
+
+    def faces(self, stream_id: str, message: DescriptorsMessage, faces: list[FaceResult], weights: np.ndarray,
+              image: np.ndarray | None) -> None:  # fmt: skip
+        """One detected frame's faces (`faces[i]` is face i of `message`, with its track's identity after it)."""
+        for i, face in enumerate(faces):
+            key, weight, score = (stream_id, face.track_id), float(weights[i]), float(message.scores[i])
+            if not weight > 0:
+                continue
+            best = self.best.get(key)
+            better = best is None or (weight, score) > best[:2]
+            if better:
+                self.best[key] = best = (weight, score, False)
+            if face.identity != UNKNOWN or best is None or best[2]:
+                continue
+            self.best[key] = (best[0], best[1], True)
+            chip_png = None
+            if image is not None:
+                from ..engines.chips import extract_face_chips
+
+                chip = extract_face_chips(image, np.asarray(message.landmarks[i : i + 1]))[0]
+                ok, png = cv2.imencode(".png", np.ascontiguousarray(chip[:, :, ::-1]))
+                chip_png = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
+            record = {
+                "event": "unknown_face", "stream_id": stream_id, "track_id": face.track_id,
+                "frame_index": int(message.frame_index), "timestamp": _number(message.timestamp),
+                "box": [int(v) for v in message.boxes[i]], "quality": _number(weight), "score": _number(score),
+                "descriptor": [float(v) for v in message.descriptors[i]], "chip_png": chip_png,
+            }  # fmt: skip
+            self.publish(b"unknown_face", json_line(record).rstrip(b"\n"))
+            self.faces_sent += 1
+
+    def end(self, stream_id: str, track_id: int) -> None:
+        self.best.pop((stream_id, track_id), None)
+
+
 class SinkOutputs:
     """Where processed frames and events go. Every part optional."""
 
@@ -416,6 +490,7 @@ class SinkOutputs:
         codec: str = "mp4v",
         show: bool = False,
         publish: Callable[[str, bytes], None] | None = None,
+        web: WebFeed | None = None,
     ) -> None:
         self.events = JsonLines(events) if events else None
         self.detections = JsonLines(detections) if detections else None
@@ -427,11 +502,12 @@ class SinkOutputs:
             else {}
         )
         self.window = LiveWindow() if show else None
+        self.web = web  # run --web / --preview
         self.event_count = 0
 
     @property
     def wants_images(self) -> bool:
-        return bool(self.videos) or self.window is not None
+        return bool(self.videos) or self.window is not None or self.web is not None
 
     def event(self, record: dict[str, Any]) -> None:
         line = self.events.write(record) if self.events else json_line(record)
@@ -445,9 +521,12 @@ class SinkOutputs:
         if image is None:
             return
         video, window = self.videos.get(result.stream_id), self.window
-        if video is None and window is None:
+        web = self.web if self.web is not None and self.web.frame_due(result.stream_id) else None
+        if video is None and window is None and web is None:
             return
         canvas = draw_faces(image, result)
+        if web is not None:
+            web.frame(result.stream_id, canvas)
         if video is not None:
             video.write(canvas)
         if window is not None:
@@ -691,6 +770,9 @@ class SinkCore:
                     )
                 )
             self.stats.count("faces", len(message))
+            if self.outputs.web is not None and len(message):
+                weights = tracker.gate.weights(message.quality, message.scores)
+                self.outputs.web.faces(stream.stream_id, message, faces, weights, image)
         else:
             track_ids, boxes = tracker.predict_only(frame_index)
             for track_id, box in zip(track_ids.tolist(), boxes.tolist()):
@@ -760,6 +842,8 @@ class SinkCore:
                     record["descriptor"] = [round(float(v), 6) for v in descriptor]
             self.outputs.event(record)
             if isinstance(event, TrackEnded):
+                if self.outputs.web is not None:
+                    self.outputs.web.end(stream.stream_id, event.track_id)
                 if self.unknowns is not None:
                     self.unknowns.end(stream.stream_id, event.track_id, event.identity)
                 if self.kiosk is not None:
@@ -859,6 +943,7 @@ class SinkStage(StageProcess):
             codec=str(self.config["outputs"]["video_codec"]),
             show=bool(outputs_spec.get("show")),
             publish=lambda topic, line: self.events.send_multipart([topic.encode(), line], zmq.NOBLOCK),
+            web=self._web_feed(outputs_spec),
         )
         unknowns = None
         if outputs_spec.get("unknowns"):
@@ -914,6 +999,22 @@ class SinkStage(StageProcess):
         finally:
             self.core.close()
         return 0
+
+    def _web_feed(self, outputs_spec: dict[str, Any]) -> WebFeed | None:
+        """The ``preview`` PUB socket and what goes on it, when the run serves a web view (spec outputs "web")."""
+        if not outputs_spec.get("web"):
+            return None
+        web = self.config["web"]
+        self.preview = open_socket(self.context, zmq.PUB, self.endpoints["preview"], bind=True, hwm=64)
+
+        def publish(topic: bytes, payload: bytes) -> None:
+            try:
+                self.preview.send_multipart([topic, payload], zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats.count("preview_dropped")
+
+        return WebFeed(publish, fps=float(web["preview_fps"]), max_width=int(web["preview_max_width"]),
+                       jpeg_quality=int(web["jpeg_quality"]))  # fmt: skip
 
     def _drain(self, socket: zmq.Socket, channel: str, limit: int = 256) -> None:
         for _ in range(limit):

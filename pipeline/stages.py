@@ -10,6 +10,7 @@ Processes and sockets (every arrow a real ZeroMQ socket; ``B`` marks the side th
     sink ─PUB(B) events──▶ anyone               identity events as JSON
     every process ─PUSH──▶ PULL(B) stats        supervisor: counters, latency, readiness, final summary
     supervisor ─PUB(B) control──▶ SUB source, sink, local workers   Control("stop"), Control("resend")
+    sink ─PUB(B) preview──▶ web view   annotated JPEG frames, unknown faces (run --web / --preview only)
 
 Detect and embed workers are stateless and only connect, so more of them (on this machine or another
 one) can join a running pipeline with ``facestream stage detect|embed --config FILE``: a detect worker
@@ -59,6 +60,7 @@ ENDPOINTS: dict[str, str] = {
     "events": "sink PUB binds; anyone SUB (identity events, JSON)",
     "stats": "supervisor PULL binds; every process PUSH",
     "control": "supervisor PUB binds; source, sink, local workers SUB",
+    "preview": "sink PUB binds (run --web/--preview only); web view SUB (annotated JPEGs, unknown faces)",
 }
 ROLES = ("source", "detect", "embed", "sink")
 MAX_IPC_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS

@@ -78,6 +78,9 @@ class RunOptions:
     show: bool = False
     stats: str | None = None
     unknowns: str | None = None  # unknown tracks' best faces, JSON lines (pipeline/unknowns.py)
+    web: str | None = None  # serve the web view here (HOST:PORT; "" = web.address); pipeline/web.py
+    web_token: str | None = None
+    preview: bool = False  # publish annotated frames and unknown faces on `preview` (for `facestream serve`)
     progress: bool = True  # a tqdm bar on stderr when it is a terminal
     report: bool = True  # the periodic stats lines
     log_level: str = "warning"
@@ -342,6 +345,10 @@ class Supervisor:
         self.started = time.monotonic()
         self.progress: Any = None
         self.ready_announced = 0.0  # when Control("workers_ready") was last sent
+        self.web: Any = None  # pipeline.web.WebServer with --web
+        self.health_board = StatsBoard()  # the same snapshots, its own "recent" rates (health.json, web view)
+        self.health_board.snapshots, self.health_board.started = self.board.snapshots, self.board.started
+        self.next_health = 0.0
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -372,7 +379,8 @@ class Supervisor:
         outputs = {
             "events": _absolute(self.options.events), "detections": _absolute(self.options.detections),
             "video": _absolute(self.options.output), "show": self.options.show,
-            "gallery": _absolute(self.options.gallery), "images": bool(self.options.output or self.options.show),
+            "gallery": _absolute(self.options.gallery), "web": self._web_feed,
+            "images": bool(self.options.output or self.options.show or self._web_feed),
             "unknowns": _absolute(self.options.unknowns),
         }  # fmt: skip
         spec = {"config": self.config, "endpoints": endpoints, "sources": [s.to_json() for s in specs],
@@ -447,6 +455,7 @@ class Supervisor:
                 + [Child(f"detect-{i + 1}", "detect") for i in range(max(1, int(self.pipeline["detect_workers"])))]
                 + [Child("source", "source")]
             )
+            self._start_web(endpoints)
             for child in self.children:
                 self._start(child)
             self._write_processes()
@@ -459,6 +468,8 @@ class Supervisor:
             self._stop("error")
             code = EXIT_USAGE
         finally:
+            if self.web is not None:
+                self.web.stop()
             if faces_queue is not None:
                 faces_queue.stop()
             self._drain_stats(0)
@@ -520,10 +531,49 @@ class Supervisor:
                 if outcome:
                     return outcome
             self._announce_ready()
+            self._write_health()
             self._update_progress()
             if self.options.report and time.monotonic() >= next_report:
                 next_report = time.monotonic() + float(self.pipeline["report_interval_s"])
                 self._say(format_report(self.board.stages(), time.monotonic() - self.started))
+
+    @property
+    def _web_feed(self) -> bool:
+        return self.options.web is not None or self.options.preview
+
+    def _start_web(self, endpoints: dict[str, str]) -> None:
+        """--web: the web view in threads of this process, fed by the sink's events and preview sockets."""
+        if self.options.web is None:
+            return
+        from .web import WebError, WebServer
+
+        try:
+            self.web = WebServer(self.config, endpoints, address=self.options.web or None, token=self.options.web_token,
+                                 gallery=self.options.gallery or self.config["gallery"]["path"],
+                                 unknowns=[self.options.unknowns] if self.options.unknowns else None)  # fmt: skip
+            url = self.web.start()
+        except WebError as error:
+            self.web = None
+            raise PipelineError(str(error)) from None
+        self._say(f"web view: {url}")
+
+    def _write_health(self) -> None:
+        """Every second: every stage's rates, latencies, queues and drops into health.json in the run directory
+        (what `facestream serve` shows) and to the web view."""
+        now = time.monotonic()
+        if now < self.next_health:
+            return
+        self.next_health = now + 1.0
+        snapshot = {"time": time.time(), "elapsed_s": round(now - self.started, 3),
+                    "stages": self.health_board.stages(), "streams": self.board.stream_stats(),
+                    "processes": [{"name": c.name, "role": c.role, "ready": c.ready, "restarts": c.restarts,
+                                   "alive": c.alive} for c in self.children]}  # fmt: skip
+        try:
+            self._write_private("health.json", snapshot)
+        except OSError as error:
+            log.debug("health.json: %s", error)
+        if self.web is not None:
+            self.web.set_health(snapshot)
 
     def _announce_ready(self) -> None:
         """Once every worker and the sink have loaded their models, tell the source (live capture waits
