@@ -38,8 +38,9 @@ PRECISIONS = ("fp16", "fp32")
 EMBEDDER_CHIP = (3, 150, 150)
 
 
-# The operators TensorRT's ONNX parser supports ("Y" in onnx-tensorrt's docs/operators.md, TensorRT 8.4-8.6,
-# opsets up to 17), as data for the check that both exported graphs use nothing else (tests/test_gpu_backend.py).
+# The operators TensorRT's ONNX parser supports ("Y" in onnx-tensorrt's docs/operators.md as of TensorRT 8.5,
+# opsets up to 17; later releases add operators, so a graph within this list also parses on 8.6-10.x), as
+# data for the check that both exported graphs use nothing else (tests/test_gpu_backend.py).
 _SUPPORTED_OPS = """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
 Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout
@@ -251,12 +252,24 @@ class TensorRTSession:
         import pycuda.driver as cuda
         import tensorrt as trt
 
-        from .onnx_export import default_cache_dir
-
         self.cuda, self.onnx_path, self.kind, self.profile = cuda, Path(onnx_path), kind, profile
         cuda.init()
-        self.context_cuda = cuda.Device(device).retain_primary_context()
-        self.context_cuda.push()
+        self.context_cuda: Any = cuda.Device(device).retain_primary_context()
+        self.context_cuda.push()  # current in this thread until close(): every call runs here
+        self.engine: Any = None
+        self.context: Any = None
+        self.inputs, self.outputs = _DeviceBuffer(cuda), _DeviceBuffer(cuda)
+        try:
+            self._load(onnx_path, kind, profile, precision, probe, cache_dir, workspace_mb, trt)
+        except BaseException:
+            self.close()
+            raise
+        self._fallback: Any = None
+
+    def _load(self, onnx_path: str | Path, kind: str, profile: Profile, precision: str, probe: Any,
+              cache_dir: str | Path | None, workspace_mb: int, trt: Any) -> None:  # fmt: skip
+        from .onnx_export import default_cache_dir
+
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         data, self.engine_file, _ = cached_engine(onnx_path, kind, profile, precision, probe, cache, workspace_mb)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -271,9 +284,7 @@ class TensorRTSession:
         if len(inputs) != 1 or len(outputs) != 1:
             raise EngineError(f"{onnx_path}: expected one input and one output, got {inputs} and {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        self.stream = cuda.Stream()
-        self.inputs, self.outputs = _DeviceBuffer(cuda), _DeviceBuffer(cuda)
-        self._fallback: Any = None
+        self.stream = self.cuda.Stream()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -312,8 +323,15 @@ class TensorRTSession:
         return self._fallback.run(batch)
 
     def close(self) -> None:
+        """Free the device buffers and TensorRT objects while the context is current, then pop it and
+        release this session's hold on the device's primary context. Safe to call twice."""
+        if self.context_cuda is None:
+            return
         for buffer in (self.inputs, self.outputs):
             if buffer.device is not None:
                 buffer.device.free()
                 buffer.device = None
+        self.context = self.engine = None
         self.context_cuda.pop()
+        self.context_cuda.detach()
+        self.context_cuda = None

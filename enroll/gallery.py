@@ -63,6 +63,7 @@ from .store import (
     check_descriptors,
     check_threshold,
 )
+from .thumbnails import Thumbnails, thumbnails_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Gallery:
         self.store = Store(path, busy_timeout=busy_timeout)
         self.path = self.store.path
         self.index_path = index_path(self.path)
+        self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # face images of samples, deleted with them
         self._index: FaceIndex | None = None
         self._state: State | None = None  # the store state the in-memory data reflects
         self._max_sample_id = 0
@@ -334,13 +336,16 @@ class Gallery:
     def remove_person(self, name: str) -> int:
         """Remove a person and all their samples; returns the number of samples removed."""
         with self._lock:
+            sample_ids = self.store.sample_ids(name)
             removed = self.store.remove_person(name)
+            self.thumbnails.remove(sample_ids.tolist())
             self._after_change()
             return removed
 
     def remove_samples(self, sample_ids: Sequence[int] | np.ndarray) -> int:
         with self._lock:
             removed = self.store.remove_samples(sample_ids)
+            self.thumbnails.remove(np.asarray(sample_ids).reshape(-1).tolist())
             self._after_change()
             return removed
 

@@ -400,6 +400,16 @@ class Store:
             blobs_to_descriptors([r[3] for r in rows]),
         )
 
+    def sample_ids(self, name: str, kind: str | None = None) -> np.ndarray:
+        """Ids of one person's samples (of one kind, or all), in order; UnknownPersonError if no such person."""
+        with self.snapshot() as db:
+            query, params = "SELECT id FROM samples WHERE person_id = ?", [self._person_id(db, name)]
+            if kind is not None:
+                query += " AND kind = ?"
+                params.append(kind)
+            rows = db.execute(query + " ORDER BY id", params).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
     def removed_since(self, revision: int, db: sqlite3.Connection | None = None) -> np.ndarray:
         """Ids of samples deleted after `revision` (the removal log)."""
         db = db or self._db

@@ -8,6 +8,7 @@ happened and why.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,18 @@ import numpy as np
 from ..engines.faces import FaceAnalyzer
 from ..engines.quality import DETECTOR_SCORE, FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS, face_quality
 from ..enroll.store import NEGATIVE, POSITIVE
+from ..enroll.thumbnails import Thumbnails, face_thumbnail
 from .imageio import ImageError, decode_image
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
 class GalleryWriter(Protocol):
     """What enrolment needs of `enroll.gallery.Gallery`."""
+
+    thumbnails: Thumbnails
 
     def find_image(self, image_sha256: str) -> list[tuple[str, int, str]]: ...
 
@@ -96,7 +102,14 @@ def enrol_image(gallery: GalleryWriter, analyzer: FaceAnalyzer, name: str, path:
                            f"{policy.min_sharpness} (enrolment.min_sharpness)", box, figures)  # fmt: skip
     descriptors = analyzer.embedder.embed_chips(faces.chips)
     add = gallery.add_negative if negative else gallery.add_samples
-    add(name, descriptors, sources=[path.name], image_sha256=[digest], boxes=faces.boxes, quality=[figures])
+    (sample_id,) = add(name, descriptors, sources=[path.name], image_sha256=[digest], boxes=faces.boxes,
+                       quality=[figures])  # fmt: skip
+    thumbnail = face_thumbnail(image, box)
+    if thumbnail is not None:
+        try:
+            gallery.thumbnails.save(int(sample_id), thumbnail)
+        except OSError as error:  # the sample is enrolled; only its picture is missing
+            log.warning("%s: cannot save the thumbnail: %s", gallery.thumbnails.folder, error.strerror or error)
     score = f", detector score {quality[DETECTOR_SCORE]:.2f}"
     what = "negative example added" if negative else "added"
     return ImageReport(str(path), "added", f"{what}: face {box}{score}", box, figures)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import json
 import logging
 import math
@@ -73,7 +74,7 @@ from .tracker import (
     box_iou,
     greedy_assignment,
 )
-from .unknowns import UnknownTracks
+from .unknowns import UnknownTracks, chips_dir
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +405,14 @@ class LiveWindow:
             cv2.destroyAllWindows()
 
 
+def face_chip(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """One face's 150x150 RGB chip from the frame and its 5 landmarks, exactly as the embed stage made it
+    (the chips themselves do not travel back to the sink)."""
+    from ..engines.chips import extract_face_chips
+
+    return extract_face_chips(image, np.asarray(landmarks)[None])[0]
+
+
 class WebFeed:
     """`run --web` / `--preview`: what the web view (pipeline/web.py) needs from the sink, published on the
     private ``preview`` PUB socket and nowhere else.
@@ -459,9 +468,7 @@ class WebFeed:
             self.best[key] = (best[0], best[1], True)
             chip_png = None
             if image is not None:
-                from ..engines.chips import extract_face_chips
-
-                chip = extract_face_chips(image, np.asarray(message.landmarks[i : i + 1]))[0]
+                chip = face_chip(image, message.landmarks[i])
                 ok, png = cv2.imencode(".png", np.ascontiguousarray(chip[:, :, ::-1]))
                 chip_png = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
             record = {
@@ -652,8 +659,10 @@ class SinkCore:
             "switch_ratio": float(tracker_config["switch_ratio"]),
             "vote_decay": float(tracker_config["vote_decay"]),
         }
+        # Frame images: for the annotated outputs, and for the chips of the unknown tracks' kept faces.
+        need_images = outputs.wants_images or (unknowns is not None and unknowns.chip_dir is not None)
         self.streams = {
-            sid: StreamSink(sid, live, FaceTracker(sid, gate=gate, **options), outputs.wants_images, live_hold_s)
+            sid: StreamSink(sid, live, FaceTracker(sid, gate=gate, **options), need_images, live_hold_s)
             for sid, live in streams.items()
         }
         self.cut_distance = float(tracker_config["scene_cut_distance"])
@@ -748,7 +757,7 @@ class SinkCore:
             if len(message):
                 matches = self.matcher.identify(np.asarray(message.descriptors, np.float32))
                 identities, distances = list(matches.identities), np.asarray(matches.distances, np.float64)
-                self._observe_faces(stream, frame_index, message, track_ids, matches)
+                self._observe_faces(stream, frame_index, message, track_ids, matches, image)
             observed_identities, observed_distances = identities, distances
             if tracker.decision == "mean" and len(message):
                 observed_identities, observed_distances = self._match_track_means(tracker, track_ids, message)
@@ -812,8 +821,9 @@ class SinkCore:
         return identities, distances
 
     def _observe_faces(
-        self, stream: StreamSink, frame_index: int, message: DescriptorsMessage, track_ids: np.ndarray, matches: Any
-    ) -> None:
+        self, stream: StreamSink, frame_index: int, message: DescriptorsMessage, track_ids: np.ndarray, matches: Any,
+        image: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
         """Unknown-face collection (every face, with its quality weight) and kiosk evidence (faces the tracker's
         quality gate accepts only), from this frame's own per-face matches."""
         if self.unknowns is None and self.kiosk is None:
@@ -821,8 +831,10 @@ class SinkCore:
         weights = stream.tracker.gate.weights(message.quality, message.scores)
         if self.unknowns is not None:
             for i, track_id in enumerate(track_ids.tolist()):
+                chip = None if image is None else functools.partial(face_chip, image, message.landmarks[i])
                 self.unknowns.observe(stream.stream_id, track_id, frame_index, message.timestamp, message.boxes[i],
-                                      float(message.scores[i]), float(weights[i]), message.descriptors[i])  # fmt: skip
+                                      float(message.scores[i]), float(weights[i]), message.descriptors[i],
+                                      chip)  # fmt: skip
         if self.kiosk is not None and hasattr(matches, "names"):
             for i, evidence in enumerate(evidence_from_matches(matches, frame_index, message.timestamp)):
                 if weights[i] > 0:
@@ -948,7 +960,8 @@ class SinkStage(StageProcess):
         unknowns = None
         if outputs_spec.get("unknowns"):
             sources = {item["stream_id"]: str(item.get("uri", "")) for item in self.spec["sources"]}
-            unknowns = UnknownTracks(outputs_spec["unknowns"], sources=sources)
+            unknowns = UnknownTracks(outputs_spec["unknowns"], sources=sources,
+                                     chip_dir=chips_dir(outputs_spec["unknowns"]))  # fmt: skip
         kiosk = None
         if self.config["kiosk"]["enabled"]:
             from .kiosk import KioskPolicy

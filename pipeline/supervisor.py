@@ -380,7 +380,7 @@ class Supervisor:
             "events": _absolute(self.options.events), "detections": _absolute(self.options.detections),
             "video": _absolute(self.options.output), "show": self.options.show,
             "gallery": _absolute(self.options.gallery), "web": self._web_feed,
-            "images": bool(self.options.output or self.options.show or self._web_feed),
+            "images": bool(self.options.output or self.options.show or self._web_feed or self.options.unknowns),
             "unknowns": _absolute(self.options.unknowns),
         }  # fmt: skip
         spec = {"config": self.config, "endpoints": endpoints, "sources": [s.to_json() for s in specs],

@@ -7,7 +7,7 @@ One JSON object a line, one line per unknown **track** (one visit), written when
      "last_timestamp": 6.27, "identity": "unknown",
      "faces": [{"frame_index": 131, "timestamp": 4.37, "box": [l, t, r, b], "score": 1.02,
                 "weight": 0.93, "descriptor": "<base64 of 128 little-endian float32>",
-                "chip": "chips/door-7-131.png" | null}, ...]}
+                "chip": "/path/unknowns.jsonl.chips/door-7-131.png" | null}, ...]}
 
 ``faces`` are the track's best faces (highest quality weight, `tracker.QualityGate.weights`; then the
 detector score), at most ``max_faces`` of them. A track none of whose faces passed the quality gate (an
@@ -15,7 +15,8 @@ out-of-focus audience, say) is still written, with weight 0 on its faces: it can
 and `facestream unknowns --enroll` leaves such faces out unless forced. Descriptors are base64 of their
 exact float32 bytes (as `enroll export` writes them: they round-trip bit for bit). The file is created
 0600 (descriptors are biometric data) and written one whole line per write(2), so a killed run leaves only
-complete lines.
+complete lines. In a run (`run --unknowns FILE`) the kept faces' 150x150 aligned chips are saved as PNG in
+``FILE.chips/`` (0700; files 0600), made by the sink from the frame and landmarks only for the faces kept.
 
 Writing: `UnknownTracks` collects faces per track while a run goes (``observe``) and writes the track's
 line at ``end`` when the track ended unknown. Reading: `read_unknowns` -> `UnknownFace` records for
@@ -31,7 +32,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,11 @@ def write_records(path: str | Path, records: Iterable[dict[str, Any]], append: b
         out.close()
 
 
+def chips_dir(unknowns_path: str | Path) -> Path:
+    """Where `run --unknowns FILE` saves the kept faces' chips: ``FILE.chips/`` beside it."""
+    return Path(str(unknowns_path) + ".chips")
+
+
 class UnknownTracks:
     """Collects each track's best faces during a run; writes one line per track that ends unknown.
 
@@ -239,8 +245,10 @@ class UnknownTracks:
         score: float,
         weight: float,
         descriptor: np.ndarray,
-        chip: np.ndarray | None = None,
+        chip: np.ndarray | Callable[[], np.ndarray] | None = None,
     ) -> None:
+        """One embedded face of a track. `chip` may be a function that makes it: called only when the face
+        is among the track's best (the sink computes chips from the frame, so only for the faces kept)."""
         key = (stream_id, int(track_id))
         track = self.tracks.get(key)
         if track is None:
@@ -256,12 +264,14 @@ class UnknownTracks:
             float(score),
             max(0.0, float(weight)) if math.isfinite(float(weight)) else 0.0,
             np.array(descriptor, np.float32).reshape(128),
-            None if chip is None else np.array(chip),
+            None,
         )
         track.faces.append(face)
         # Keep the best: highest weight, then the higher detector score, then the earlier frame.
         track.faces.sort(key=lambda f: (-f.weight, -f.score, f.frame_index))
         del track.faces[self.max_faces :]
+        if chip is not None and self.chip_dir is not None and any(f is face for f in track.faces):
+            face.chip = np.array(chip() if callable(chip) else chip)
 
     def end(self, stream_id: str, track_id: int, identity: str | None) -> dict[str, Any] | None:
         """The track ended; returns (and writes) its record when it ended unknown with a kept face."""
@@ -287,7 +297,7 @@ class UnknownTracks:
             return None
         import cv2
 
-        self.chip_dir.mkdir(parents=True, exist_ok=True)
+        self.chip_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # face images: private, like the file
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in track.stream_id)[:60]
         path = self.chip_dir / f"{safe}-{track.track_id}-{face.frame_index}.png"
         if not cv2.imwrite(str(path), np.ascontiguousarray(face.chip[:, :, ::-1])):

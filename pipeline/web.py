@@ -16,8 +16,9 @@ Where the data comes from:
   run directory every second (`serve`);
 * the gallery: its SQLite file, opened here in one worker thread. The sink re-reads it every
   ``pipeline.gallery_refresh_s``, so an enrolment made on the page names the next events.
-  Thumbnails of samples enrolled from the page are kept next to the gallery in ``<gallery>.thumbs/``
-  (0700 directory, 0600 files: face images are biometric data).
+  Sample thumbnails are the gallery's own (`enroll.thumbnails`: ``<gallery>.thumbs/``, written at enrolment
+  from a photo or from an unknown face's chip, deleted with the sample; 0700 folder, 0600 files: face images
+  are biometric data).
 
 Unknown faces are grouped with dlib's chinese whispers (`enroll.clustering.cluster_unknowns`) into
 "unknown person 1, 2, ..." over the live tracks and any ``--unknowns`` files; a face that now matches
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..enroll.thumbnails import Thumbnails, thumbnails_dir
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +332,7 @@ class GalleryService:
 
     def __init__(self, config: dict[str, Any], path: str | Path, state: LiveState) -> None:
         self.config, self.path, self.state = config, Path(path).expanduser().absolute(), state
-        self.thumbs = Path(str(self.path) + ".thumbs")
+        self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # the gallery's own (enroll/thumbnails.py)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web gallery")
         self._gallery: Any = None
         self._analyzer: Any = None
@@ -359,21 +361,8 @@ class GalleryService:
             self._gallery.refresh()
         return self._gallery
 
-    def _thumb_dir(self) -> Path:
-        self.thumbs.mkdir(mode=0o700, exist_ok=True)
-        return self.thumbs
-
-    def _save_thumb(self, sample_id: int, png: bytes) -> None:
-        path = self._thumb_dir() / f"{int(sample_id)}.png"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(png)
-
     def thumb(self, sample_id: int) -> bytes | None:
-        try:
-            return (self.thumbs / f"{int(sample_id)}.png").read_bytes()
-        except OSError:
-            return None
+        return self.thumbnails.read(sample_id)
 
     def _samples_by_person(self, gallery: Any) -> dict[int, list[int]]:
         samples = gallery.store.samples(kind="positive")
@@ -390,7 +379,7 @@ class GalleryService:
         listed = []
         for person in gallery.people():
             ids = by_person.get(person.id, [])
-            thumbs = [i for i in ids if (self.thumbs / f"{i}.png").is_file()]
+            thumbs = self.thumbnails.available(ids)
             listed.append({"name": person.name, "samples": person.samples, "negatives": person.negatives,
                            "threshold": person.threshold, "created": person.created, "sample_ids": ids,
                            "thumbnails": thumbs})  # fmt: skip
@@ -402,22 +391,14 @@ class GalleryService:
         return {"renamed": old, "to": new}
 
     def delete(self, name: str) -> dict[str, Any]:
-        gallery = self.gallery()
-        person = next((p for p in gallery.people() if p.name == name), None)
-        ids = self._samples_by_person(gallery).get(person.id, []) if person is not None else []
-        removed = gallery.remove_person(name)
-        for sample_id in ids:
-            (self.thumbs / f"{sample_id}.png").unlink(missing_ok=True)
+        removed = self.gallery().remove_person(name)  # and the thumbnails of its samples
         self.state.gallery_changed()
         return {"deleted": name, "samples": removed}
 
     def enrol_photo(self, name: str, data: bytes, filename: str) -> dict[str, Any]:
         """One uploaded photo through the same checks as `facestream enroll add` (one face, size, sharpness)."""
-        import cv2
-
         from ..engines.faces import FaceAnalyzer
         from .enrolment import EnrolmentPolicy, enrol_image
-        from .imageio import decode_image
 
         if self._analyzer is None:
             self._analyzer = FaceAnalyzer.from_config(self.config)
@@ -431,22 +412,9 @@ class GalleryService:
             path = Path(folder) / safe
             path.write_bytes(data)
             report = enrol_image(gallery, self._analyzer, name, path, policy)
-        result = report.to_json()
-        if report.status == "added" and report.box is not None:
-            digest = hashlib.sha256(data).hexdigest()
-            sample_ids = [sid for person, sid, kind in gallery.find_image(digest) if person == name]
-            image = decode_image(data, safe, policy.max_image_pixels)
-            left, top, right, bottom = report.box
-            pad = (right - left) // 4
-            crop = image[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad]
-            if crop.size and sample_ids:
-                scale = 150 / max(crop.shape[:2])
-                crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))))
-                ok, png = cv2.imencode(".png", np.ascontiguousarray(crop[:, :, ::-1]))
-                if ok:
-                    self._save_thumb(max(sample_ids), png.tobytes())
+        if report.status == "added":  # enrol_image saved the face's thumbnail
             self.state.gallery_changed()
-        return result
+        return report.to_json()
 
     def enrol_faces(self, name: str, faces: list[dict[str, Any]], force: bool = False) -> dict[str, Any]:
         """Unknown faces (dicts with descriptor, chip, stream_id, track_id, frame_index, box, quality) as samples
@@ -468,7 +436,7 @@ class GalleryService:
         )  # fmt: skip
         for sample_id, face in zip(ids.tolist(), faces):
             if face.get("chip"):
-                self._save_thumb(int(sample_id), face["chip"])
+                gallery.thumbnails.save(int(sample_id), face["chip"])
         self.state.gallery_changed()
         return {"name": name, "added": len(ids), "sample_ids": [int(i) for i in ids], "matched_others": others}
 

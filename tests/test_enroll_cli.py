@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -89,6 +90,39 @@ def test_enrol_identify_and_remove(tmp_path: Path, capsys: pytest.CaptureFixture
         "Alex_Lacamoire": 1, "Barack_Obama": 2, "Joe_Biden": 1, "Lin_Manuel_Miranda": 1}  # fmt: skip
     assert cli(capsys, "enroll", "remove", "Barack_Obama", "--gallery", gallery)[0] == 0
     assert identities(capsys, gallery, DATA / "fr_test_images/obama3.jpg")["obama3.jpg"] == ["unknown"]
+
+
+def test_each_enrolled_sample_gets_a_private_face_thumbnail_deleted_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from facestream.engines.faces import FaceAnalyzer
+    from facestream.enroll.thumbnails import face_thumbnail
+    from facestream.pipeline.config import load_config
+
+    gallery_path = tmp_path / "gallery.db"
+    assert cli(capsys, "enroll", "add", "Barack_Obama", *OBAMA, "--gallery", gallery_path)[0] == 0
+    assert cli(capsys, "enroll", "add", "Joe_Biden", BIDEN, "--gallery", gallery_path)[0] == 0
+    folder = tmp_path / "gallery.db.thumbs"
+    with Gallery(gallery_path) as gallery:
+        obama, biden = (gallery.store.sample_ids(name).tolist() for name in ("Barack_Obama", "Joe_Biden"))
+        assert len(obama) == 2 and len(biden) == 1
+        assert gallery.thumbnails.available(obama + biden) == obama + biden
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o600}
+    # Each thumbnail is the enrolled face: the detector finds exactly one face in it, filling most of it.
+    analyzer = FaceAnalyzer.from_config(load_config(None))
+    for sample_id in obama + biden:
+        thumbnail = cv2.imdecode(np.frombuffer((folder / f"{sample_id}.png").read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        assert max(thumbnail.shape[:2]) == 150
+        boxes, _ = analyzer.detector.detect(np.ascontiguousarray(thumbnail[:, :, ::-1]))
+        assert len(boxes) == 1 and boxes[0, 2] - boxes[0, 0] > 60
+    assert face_thumbnail(np.zeros((50, 50, 3), np.uint8), [60, 60, 80, 80]) is None  # a box outside the image
+
+    assert cli(capsys, "enroll", "remove", "Barack_Obama", "--gallery", gallery_path)[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == [f"{biden[0]}.png"]
+    with Gallery(gallery_path) as gallery:
+        assert gallery.remove_samples(biden) == 1
+    assert list(folder.iterdir()) == []
 
 
 def test_quality_gates_report_every_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -447,7 +447,10 @@ def fake_gpu_stack(onnx_path: Path) -> tuple[types.ModuleType, types.ModuleType,
     def dtoh(host: np.ndarray, device: _FakeDeviceMemory, stream: object) -> None:
         host[:] = device.data[: host.size]
 
-    context = types.SimpleNamespace(push=lambda: None, pop=lambda: None)
+    calls["context"] = []  # what the sessions did to the CUDA context stack, in order
+    context = types.SimpleNamespace(push=lambda: calls["context"].append("push"),
+                                    pop=lambda: calls["context"].append("pop"),
+                                    detach=lambda: calls["context"].append("detach"))  # fmt: skip
     cuda = types.ModuleType("pycuda.driver")
     cuda.init = lambda: None
     cuda.Device = lambda index: types.SimpleNamespace(retain_primary_context=lambda: context)
@@ -485,6 +488,21 @@ def test_tensorrt_session_slices_large_batches_and_reuses_its_buffers(
     assert calls["allocs"] == allocations and len(allocations) == 2  # smaller batch: the same two buffers
     assert session.engine_file.exists() and session.engine_file.parent == tmp_path / "tensorrt"
     session.close()
+    session.close()  # twice is harmless
+    assert calls["context"] == ["push", "pop", "detach"]
+    assert session.inputs.device is None and session.outputs.device is None
+
+
+def test_a_tensorrt_session_that_fails_to_load_releases_the_cuda_context(
+    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = install_fake_gpu_stack(onnx_files["embedder"], monkeypatch)
+    monkeypatch.setattr(trt_backend, "build_engine", lambda *args, **kwargs: (_ for _ in ()).throw(
+        trt_backend.EngineError("the builder failed")))  # fmt: skip
+    with pytest.raises(trt_backend.EngineError, match="the builder failed"):
+        trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 8),
+                                    precision="fp32", cache_dir=tmp_path, probe=GPU)  # fmt: skip
+    assert calls["context"] == ["push", "pop", "detach"]
 
 
 def test_a_detector_input_outside_the_profile_runs_on_onnxruntime(

@@ -7,6 +7,7 @@ apply), a few folder images, and runs that are stopped early.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -34,6 +35,7 @@ from facestream.pipeline.messages import DescriptorsMessage, FrameMessage
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
 GOLDEN = DATA / "golden" / "dlib-20.0.1-video-up1-every-frame.jsonl"
+GOLDEN_VIDEO = DATA / "golden" / "dlib-20.0.1-video.json"  # frames 0-29: dlib's boxes, landmarks, chips
 # The same handlers `facestream run` calls (pipeline/cli.py wires them in with add_run_commands).
 FACESTREAM = [sys.executable, "-m", "facestream.pipeline.run_cli"]
 FRAMES = 20
@@ -289,6 +291,17 @@ def test_the_close_up_is_named_where_dlib_names_it_and_by_nobody_else(
     unknown_tracks = run.lines("unknowns.jsonl")
     assert [u["track_id"] for u in unknown_tracks] == [1]
     assert (run.out / "unknowns.jsonl").stat().st_mode & 0o777 == 0o600
+    # Each kept face's chip, saved beside the file: pixel-identical to dlib's chip of that face (golden sha256).
+    dlib_chips = json.loads(GOLDEN_VIDEO.read_text())["frames"]
+    faces = unknown_tracks[0]["faces"]
+    assert faces and all(face["chip"] for face in faces)
+    for face in faces:
+        chip_file = Path(face["chip"])
+        assert chip_file.parent == run.out / "unknowns.jsonl.chips" and chip_file.stat().st_mode & 0o777 == 0o600
+        chip = cv2.imread(str(chip_file), cv2.IMREAD_COLOR)[:, :, ::-1]
+        (theirs,) = dlib_chips[str(face["frame_index"] + first)]["cnn_faces"]
+        assert hashlib.sha256(np.ascontiguousarray(chip).tobytes()).hexdigest() == theirs["chip_sha256"]
+    assert (run.out / "unknowns.jsonl.chips").stat().st_mode & 0o777 == 0o700
 
 
 def sub_clip(work: Path, name: str, first: int, count: int) -> Path:
