@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install browser demo test lint bench eval clean
+.PHONY: install browser demo web test lint bench eval clean
 
 install: $(STAMP)
 
@@ -22,6 +22,15 @@ demo: $(STAMP)
 	$(BIN)/facestream enroll import tests/data/video/gallery --gallery out/demo-gallery.db
 	$(BIN)/facestream run --gallery out/demo-gallery.db --source tests/data/video/short_hamilton_clip.mp4 \
 		--events out/events.jsonl --detections out/detections.jsonl --output out/annotated.mp4 --stats out/stats.json
+
+# The web view on the demo clip, played as a live camera over and over: open http://127.0.0.1:8080/ (Ctrl-C stops).
+# Only Lin-Manuel Miranda is enrolled: Alex Lacamoire's close-up shows up as an unknown person to enrol from the page.
+web: $(STAMP)
+	mkdir -p out
+	rm -rf out/web-gallery.db out/web-gallery.db.faiss out/web-gallery.db.thumbs
+	$(BIN)/facestream enroll add Lin_Manuel_Miranda tests/data/video/gallery/Lin_Manuel_Miranda/* --gallery out/web-gallery.db
+	$(BIN)/facestream run --gallery out/web-gallery.db --source demo=loop:tests/data/video/short_hamilton_clip.mp4 \
+		--events out/web-events.jsonl --web
 
 # The web view's end-to-end test drives Debian's chromium + chromedriver (tests/test_web.py): installed here
 # when missing and this is a Debian machine where we are root; elsewhere that one test skips and says why.

@@ -25,10 +25,11 @@ Unknown faces are grouped with dlib's chinese whispers (`enroll.clustering.clust
 someone in the gallery is no longer shown.
 
 Security: the server binds 127.0.0.1 by default. Any other address needs a token (``web.token``,
-``FACESTREAM_WEB_TOKEN`` or ``--token``), checked on every request (``Authorization: Bearer``, or the
-cookie set by ``/login?token=...``). Requests that change something must carry the ``X-Facestream``
-header (a cross-site form or script cannot add it without a CORS preflight, which is never granted), and
-on a loopback address the ``Host`` header must name that address (no DNS rebinding).
+``FACESTREAM_WEB_TOKEN`` or ``--token``), checked on every request: ``Authorization: Bearer``, or the
+cookie set by signing in at ``/login`` (where the page sends a browser without it). Requests that change
+something must carry the ``X-Facestream`` header (a cross-site form or script cannot add it without a
+CORS preflight, which is never granted), and on a loopback address the ``Host`` header must name that
+address (no DNS rebinding).
 """
 
 from __future__ import annotations
@@ -586,20 +587,17 @@ class Guard:
             await JSONResponse({"error": "unknown Host header"}, status_code=421)(scope, receive, send)
             return
         if self.token:
-            request = Request(scope)
+            request = Request(scope, receive)
             if scope["path"] == "/login":
-                given = request.query_params.get("token", "")
-                if hmac.compare_digest(given.encode(), self.token.encode()):
-                    response = RedirectResponse("/", status_code=303)
-                    response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
-                    await response(scope, receive, send)
-                else:
-                    await JSONResponse({"error": "wrong token"}, status_code=401)(scope, receive, send)
+                await self._login(request, send)
                 return
             bearer = headers.get("authorization", "")
             given = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
             if not hmac.compare_digest(given.encode(), self.token.encode()):
-                text = "a token is required: open /login?token=... once, or send Authorization: Bearer <token>"
+                if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):  # a person at the page: the form
+                    await RedirectResponse("/login", status_code=303)(scope, receive, send)
+                    return
+                text = "a token is required: sign in at /login once, or send Authorization: Bearer <token>"
                 await JSONResponse({"error": text}, status_code=401)(scope, receive, send)
                 return
         if scope["method"] not in ("GET", "HEAD") and CHANGE_HEADER not in headers:
@@ -608,6 +606,36 @@ class Guard:
             )
             return
         await self.app(scope, receive, send)
+
+    async def _login(self, request: Any, send: Any) -> None:
+        """GET: the sign-in form (or ``?token=`` for scripts); POST (the form): the token. Right: a cookie
+        (HttpOnly, SameSite=Strict) and back to the page; wrong: 401 and the form again."""
+        from urllib.parse import parse_qs
+
+        from starlette.responses import HTMLResponse, RedirectResponse
+
+        given = request.query_params.get("token")
+        if request.method == "POST":
+            body = await request.body()
+            given = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
+        if given is None:  # GET without a token: show the form
+            await HTMLResponse(LOGIN_PAGE.format(message=""))(request.scope, request.receive, send)
+            return
+        if hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            response: Any = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+        else:
+            response = HTMLResponse(LOGIN_PAGE.format(message="<p class=error>Wrong token.</p>"), status_code=401)
+        await response(request.scope, request.receive, send)
+
+
+LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facestream: sign in</title>
+<style>body{{font:15px system-ui,sans-serif;margin:4em auto;max-width:26em}}.error{{color:#b22}}</style></head>
+<body><h1>facestream</h1>{message}<form method="post" action="/login">
+<label>Token <input type="password" name="token" autofocus required autocomplete="current-password"></label>
+<button type="submit">Sign in</button></form>
+<p>The token is the one the server was started with ($FACESTREAM_WEB_TOKEN, web.token or --token).</p>
+</body></html>"""
 
 
 def _summary_health(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ and (when the run was started with --preview or --web) annotated frames and unkn
 private preview endpoint; health comes from health.json in the run directory.
 
 Security: 127.0.0.1 by default. Any other address needs a token ($FACESTREAM_WEB_TOKEN, web.token or
---token; at least 16 characters): open http://HOST:PORT/login?token=... once (it sets a cookie), or send
+--token; at least 16 characters): the page asks for it once (a cookie), scripts send
 "Authorization: Bearer TOKEN". Plain HTTP: put it behind a TLS reverse proxy or use an SSH tunnel
 (ssh -L 8080:127.0.0.1:8080 host) when the network is not trusted.
 """

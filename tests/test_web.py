@@ -10,6 +10,7 @@ when FACESTREAM_REQUIRE_BROWSER=1, as `.ci/run` sets, where it fails).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import zmq
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
 from facestream.pipeline.messages import DescriptorsMessage
-from facestream.pipeline.sinks import FaceResult, WebFeed
+from facestream.pipeline.sinks import FaceResult, FrameChips, WebFeed
 from facestream.pipeline.web import WebError, WebServer, check_binding, parse_address, resolve_token
 
 DATA = Path(__file__).parent / "data"
@@ -179,9 +180,10 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     published.clear()
     image = clip_frame(25)
     message = descriptors_message(25)
+    chips = FrameChips(image, message.landmarks)
     box = [int(v) for v in message.boxes[0]]
     unknown = [FaceResult(box, 2, "unknown", 0.71, 0.9)]
-    feed.faces("hall", message, unknown, np.array([0.5]), image)
+    feed.faces("hall", message, unknown, np.array([0.5]), chips)
     (topic, payload), = published  # fmt: skip
     record = json.loads(payload)
     assert topic == b"unknown_face" and record["event"] == "unknown_face"
@@ -190,19 +192,20 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     # The descriptor survives JSON exactly (float32 -> double -> float32).
     assert np.array_equal(np.asarray(record["descriptor"], np.float32), message.descriptors[0])
     chip = cv2.imdecode(np.frombuffer(base64.b64decode(record["chip_png"]), np.uint8), cv2.IMREAD_COLOR)
-    assert chip.shape == (150, 150, 3) and chip.std() > 10
-    feed.faces("hall", message, unknown, np.array([0.5]), image)  # not better: nothing
-    feed.faces("hall", message, unknown, np.array([0.0]), image)  # below the quality gate: never
+    dlib_chip = json.loads(GOLDEN.read_text())["frames"]["25"]["cnn_faces"][0]["chip_sha256"]
+    assert hashlib.sha256(np.ascontiguousarray(chip[:, :, ::-1]).tobytes()).hexdigest() == dlib_chip  # dlib's chip
+    feed.faces("hall", message, unknown, np.array([0.5]), chips)  # not better: nothing
+    feed.faces("hall", message, unknown, np.array([0.0]), chips)  # below the quality gate: never
     assert len(published) == 1
     feed.faces("hall", message, unknown, np.array([0.9]), None)  # better (no image: no chip)
     assert len(published) == 2 and json.loads(published[1][1])["chip_png"] is None
     known = [FaceResult(box, 3, LIN, 0.5, 0.9)]
-    feed.faces("hall", message, known, np.array([1.0]), image)  # a known track: never
+    feed.faces("hall", message, known, np.array([1.0]), chips)  # a known track: never
     undecided = [FaceResult(box, 4, "unknown", None, 0.9)]
-    feed.faces("hall", message, undecided, np.array([1.0]), image)  # undecided (e.g. an empty gallery): sent
+    feed.faces("hall", message, undecided, np.array([1.0]), chips)  # undecided (e.g. an empty gallery): sent
     assert [json.loads(p)["track_id"] for _, p in published] == [2, 2, 4]
     feed.end("hall", 2)
-    feed.faces("hall", message, unknown, np.array([0.1]), image)  # a new track with the same id starts over
+    feed.faces("hall", message, unknown, np.array([0.1]), chips)  # a new track with the same id starts over
     assert len(published) == 4
 
 
@@ -432,6 +435,17 @@ def test_the_token_the_host_header_and_the_change_header_are_enforced(
         with opener.open(server.url + "login?token=0123456789abcdef0123", timeout=10) as response:
             assert response.status == 200 and b'id="events"' in response.read()  # redirected to the page
         with opener.open(server.url + "api/people", timeout=10) as response:  # the cookie from now on
+            assert response.status == 200
+        # A person at the page without the cookie is sent to the sign-in form, which posts the token.
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with browser.open(server.url, timeout=10) as response:
+            assert response.url.endswith("/login") and b'type="password" name="token"' in response.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            browser.open(server.url + "login", data=b"token=wrong-token-0000000000", timeout=10)
+        assert refused.value.code == 401 and b"Wrong token" in refused.value.read()
+        with browser.open(server.url + "login", data=b"token=0123456789abcdef0123", timeout=10) as response:
+            assert response.status == 200 and b'id="events"' in response.read()
+        with browser.open(server.url + "api/people", timeout=10) as response:
             assert response.status == 200
         port = server.port
         assert http(f"http://127.0.0.1:{port}/api/people", headers={"Host": f"evil.example:{port}",

@@ -227,7 +227,7 @@ async function loadPeople() {
       catch (error) { message.textContent = error.message; message.className = "message error"; }
     });
     box.append(element("div", { class: "card person", "data-name": person.name },
-      element("h3", {}, person.name), element("div", { class: "muted" }, `${person.samples} samples` +
+      element("h3", {}, person.name), element("div", { class: "muted" }, `${person.samples} sample${person.samples === 1 ? "" : "s"}` +
         (person.negatives ? `, ${person.negatives} negatives` : "") + (person.threshold ? `, threshold ${person.threshold}` : "")),
       thumbs, element("div", {}, rename, " ", remove), message));
   }
