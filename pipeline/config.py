@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "live_reorder_ms": 200.0,
         "live_start_timeout_s": 120.0,
         "live_inflight": 0,
+        "malloc_mmap_threshold_mb": 512,
         "shutdown_grace_s": 4.0,
         "run_dir": "",
         "endpoints": {

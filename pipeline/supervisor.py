@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,18 @@ def format_report(stages: dict[str, dict[str, Any]], elapsed: float, final: bool
 # the supervisor
 
 
+def malloc_environment(pipeline: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """MALLOC_MMAP_THRESHOLD_ for a stage process from `pipeline.malloc_mmap_threshold_mb` (unless the
+    environment sets it). A fixed threshold stops glibc's dynamic one from growing the heap with fragments
+    (the detect worker's RSS crept 8% in a 10-minute soak without it); a large one keeps the detector's
+    per-frame arrays (~40 MB: the tiled pyramid and its levels) on the reused heap: at 0.25 MB each one was
+    mapped and page-faulted afresh every frame and detection took twice as long (bench/pipeline.py)."""
+    megabytes = float(pipeline.get("malloc_mmap_threshold_mb") or 0)
+    if "MALLOC_MMAP_THRESHOLD_" in environ or megabytes <= 0:
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(int(megabytes * (1 << 20)))}
+
+
 class Supervisor:
     def __init__(self, config: dict[str, Any], options: RunOptions) -> None:
         self.config = config
@@ -410,11 +423,8 @@ class Supervisor:
             from .stages import worker_threads
 
             threads = str(worker_threads(self.config, child.role))
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
-               # A fixed mmap threshold: every large array (a detector pyramid is ~40 MB a frame) is mapped and
-               # returned to the system when freed, instead of glibc raising the threshold and growing the
-               # heap with fragments (the detect worker's RSS crept 8% in a 10-minute soak without it).
-               "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "262144")}  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        env.update(malloc_environment(self.pipeline, os.environ))
         argv = [sys.executable, "-m", "facestream.pipeline.stages", child.role, "--spec", str(self.spec_path),
                 "--name", child.name, "--parent", str(os.getpid()), "--log-level", self.options.log_level]  # fmt: skip
         child.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -82,3 +82,15 @@ def test_a_full_disk_while_writing_video_stops_it_playable(video_disk: Path) -> 
         decoded += 1
     capture.release()
     assert decoded == written  # the index was written: every frame plays
+
+
+def test_stage_processes_get_a_fixed_mmap_threshold_unless_the_environment_has_one() -> None:
+    from facestream.pipeline.config import load_config
+    from facestream.pipeline.supervisor import malloc_environment
+
+    pipeline = load_config(None)["pipeline"]
+    assert malloc_environment(pipeline, {}) == {"MALLOC_MMAP_THRESHOLD_": str(512 << 20)}  # config.yaml's default
+    quarter = {**pipeline, "malloc_mmap_threshold_mb": 0.25}
+    assert malloc_environment(quarter, {}) == {"MALLOC_MMAP_THRESHOLD_": "262144"}
+    assert malloc_environment({**pipeline, "malloc_mmap_threshold_mb": 0}, {}) == {}  # glibc's own (dynamic)
+    assert malloc_environment(pipeline, {"MALLOC_MMAP_THRESHOLD_": "131072"}) == {}  # the user's value is kept
