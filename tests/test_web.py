@@ -320,6 +320,12 @@ def test_events_frames_and_health_reach_the_page(server: WebServer, sockets: Pip
         response.readline()
         assert response.read(length) == jpeg
     assert http(server.url + "api/streams/nowhere/video")[0] == 404
+    # A second stream is served beside the first, each with its own frames.
+    door = cv2.imencode(".jpg", np.ascontiguousarray(clip_frame(25)[:, :, ::-1]))[1].tobytes()
+    wait_until(lambda: sorted(http_json(server.url + "api/streams")[1]) == ["door", "hall"], "the second stream",
+               every=lambda: sockets.frame("door", door))  # fmt: skip
+    assert http(server.url + "api/streams/door/frame.jpg")[2] == door
+    assert http(server.url + "api/streams/hall/frame.jpg")[2] == jpeg
 
     assert http_json(server.url + "api/health")[1]["health"] is None
     stages = {role: {"processes": 1, "unit": "frames", "total": 10, "per_second": 2.0, "recent_per_second": 2.5,
@@ -397,6 +403,34 @@ def test_an_unknown_track_is_enrolled_in_one_step_then_renamed_and_deleted(
     assert http_json(server.url + "api/people/Alex", "DELETE", None, CHANGE) == (200, {"deleted": "Alex", "samples": 3})
     assert [p["name"] for p in http_json(server.url + "api/people")[1]["people"]] == [LIN]
     assert not any(thumbs.iterdir())
+
+
+def test_enrolling_from_the_page_creates_a_missing_gallery_which_the_running_sink_picks_up(
+    sockets: PipelineSockets, tmp_path: Path
+) -> None:
+    from facestream.pipeline.sinks import open_matcher
+
+    config = load_config(None)
+    gallery_path = tmp_path / "new" / "gallery.db"
+    gallery_path.parent.mkdir()
+    matcher = open_matcher(config, str(gallery_path))  # the sink of a run started with no gallery yet
+    alex = np.stack([golden_frames()[f][0]["descriptor"] for f in (25, 29)])
+    assert list(matcher.identify(alex).identities) == ["unknown"] * 2 and not matcher.refresh()
+    server = start_server(config, sockets, gallery_path)
+    try:
+        assert http_json(server.url + "api/people")[1]["people"] == []
+        record = unknown_record("hall", 2, 24, 1.0)
+        wait_until(lambda: http_json(server.url + "api/unknowns")[1]["clusters"], "the unknown face",
+                   every=lambda: sockets.unknown(record))  # fmt: skip
+        status, result = http_json(server.url + "api/unknowns/enrol", "POST", {"name": ALEX, "tracks": [["hall", 2]]},
+                                   CHANGE)  # fmt: skip
+        assert status == 200 and result["added"] == 1, result
+    finally:
+        server.stop()
+    assert gallery_path.stat().st_mode & 0o777 == 0o600
+    assert matcher.refresh()  # the sink's next gallery refresh opens the new file
+    assert list(matcher.identify(alex).identities) == [ALEX] * 2
+    matcher.close()
 
 
 def test_a_photo_upload_goes_through_the_enrolment_checks(server: WebServer, tmp_path: Path) -> None:
