@@ -17,6 +17,7 @@ files are made owner-only (`restrict_ipc_file`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -259,6 +260,16 @@ class _Provider:
             return False
 
 
+def handshake_failure_detail(event: int, value: int) -> str:
+    """Why a handshake failed, from a monitor event: a ZMTP protocol error (e.g. MECHANISM_MISMATCH: the
+    peer does not use CURVE) or, with no detail, the errno of the connection (EPIPE, ECONNRESET: the peer
+    hung up first). pyzmq hands the value over as a zmq.Event, whose name means nothing for an errno."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        names = [n for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_") and getattr(zmq, n) == value]
+        return names[0].removeprefix("PROTOCOL_ERROR_ZMTP_").removeprefix("PROTOCOL_ERROR_") if names else hex(value)
+    return errno.errorcode.get(value, str(value))
+
+
 def _watch_handshakes(context: zmq.Context, socket: zmq.Socket, endpoint: str) -> None:
     """Log peers whose CURVE handshake fails before the key check (no CURVE at all, or another server's
     public key): the ZAP authenticator never hears of them. A thread reads the socket's monitor events."""
@@ -275,7 +286,7 @@ def _watch_handshakes(context: zmq.Context, socket: zmq.Socket, endpoint: str) -
                 event = recv_monitor_message(monitor)
                 with _LOCK:
                     _HANDSHAKE_REFUSALS[id(context)] = _HANDSHAKE_REFUSALS.get(id(context), 0) + 1
-                detail = getattr(event.get("value"), "name", event.get("value"))
+                detail = handshake_failure_detail(int(event["event"]), int(event["value"]))
                 log.warning("refused a peer on %s: its handshake failed (%s: it does not use CURVE, or not with "
                             "this server's public key)", endpoint, detail)  # fmt: skip
         except zmq.ZMQError:  # the context is going away
