@@ -199,9 +199,10 @@ def test_only_allowed_peers_can_push_or_subscribe_and_refusals_are_logged(
             time.sleep(0.05)
         handshakes = [r.getMessage() for r in caplog.records if "its handshake failed" in r.getMessage()]
         assert any(tcp["descriptors"] in m for m in handshakes) and any(tcp["events"] in m for m in handshakes)
-        # Each names its reason: the protocol error, or the errno when the plain peer hung up first (a race).
+        # Each names its real reason: the protocol error, or the errno when the plain peer, which sees the
+        # mismatch too, hung up first (a race: CI has seen both reasons first, and EPIPE alone).
         reasons = [re.search(r"handshake failed \((\w+):", m).group(1) for m in handshakes]
-        assert "MECHANISM_MISMATCH" in reasons and set(reasons) <= {"MECHANISM_MISMATCH", "EPIPE", "ECONNRESET"}
+        assert reasons and set(reasons) <= {"MECHANISM_MISMATCH", "EPIPE", "ECONNRESET"}, handshakes
         assert security.refused(server_context) >= 4  # intruder's PUSH and SUB by key, plain PUSH and SUB
     finally:
         security.stop(server_context)
