@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ..enroll.store import POSITIVE
 from ..enroll.thumbnails import Thumbnails, thumbnails_dir
 
 log = logging.getLogger(__name__)
@@ -365,25 +366,16 @@ class GalleryService:
     def thumb(self, sample_id: int) -> bytes | None:
         return self.thumbnails.read(sample_id)
 
-    def _samples_by_person(self, gallery: Any) -> dict[int, list[int]]:
-        samples = gallery.store.samples(kind="positive")
-        by_person: dict[int, list[int]] = {}
-        for sample_id, person_id in zip(samples.ids.tolist(), samples.person_ids.tolist()):
-            by_person.setdefault(int(person_id), []).append(int(sample_id))
-        return by_person
-
     def people(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
         gallery = self.gallery()
-        by_person = self._samples_by_person(gallery)
         listed = []
         for person in gallery.people():
-            ids = by_person.get(person.id, [])
-            thumbs = self.thumbnails.available(ids)
+            ids = gallery.store.sample_ids(person.name, POSITIVE).tolist()  # ids only: no descriptors read
             listed.append({"name": person.name, "samples": person.samples, "negatives": person.negatives,
                            "threshold": person.threshold, "created": person.created, "sample_ids": ids,
-                           "thumbnails": thumbs})  # fmt: skip
+                           "thumbnails": self.thumbnails.available(ids)})  # fmt: skip
         return listed
 
     def rename(self, old: str, new: str) -> dict[str, Any]:
@@ -766,7 +758,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
     async def thumb(request: Request) -> Response:
         data = await gallery.call(gallery.thumb, int(request.path_params["sample_id"]))
         if data is None:
-            return error(404, "no thumbnail for this sample (enrolled outside the web view?)")
+            return error(404, "no thumbnail for this sample (enrolled before thumbnails were kept?)")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def gallery_change(function: Callable[..., Any], *args: Any) -> Response:

@@ -210,7 +210,7 @@ async function loadPeople() {
     for (const id of person.thumbnails.slice(-8)) {
       thumbs.append(element("img", { src: `api/thumbnails/${id}`, alt: `sample ${id}`, title: `sample ${id}` }));
     }
-    if (!person.thumbnails.length) thumbs.append(element("span", { class: "muted" }, "no thumbnails (enrolled outside the page)"));
+    if (!person.thumbnails.length) thumbs.append(element("span", { class: "muted" }, "no thumbnails (enrolled before thumbnails were kept)"));
     const message = element("div", { class: "message" });
     const rename = element("button", { type: "button", class: "rename" }, "Rename");
     const remove = element("button", { type: "button", class: "delete" }, "Delete");
