@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facestream.engines import pyramid
@@ -49,6 +50,9 @@ _F32 = np.float32
 _FILTER = 10  # filter rows = columns (80x80 window, 8-pixel cells)
 _HALF = _FILTER // 2  # interior starts here (dlib: len/2) ...
 _TAIL = (_FILTER - 1) // 2  # ... and ends this many cells before the edge
+_BOUND_STEPS = 1024  # > rounded steps in dlib's sum (~330) plus in the OpenCV estimate (~330)
+_ZERO = cv2.BORDER_CONSTANT
+_REFINE_CHUNK = 256  # candidate cells per exact-scoring block (bounds the temporaries)
 
 
 @dataclass(frozen=True)
@@ -140,20 +144,18 @@ def _simd_split(n_out: int) -> int:
     return 8 * (n_out // 8)  # blocks start at 5, 13, ... while start < last - 7
 
 
-def _taps_sum(prods: list[np.ndarray], n_simd: int) -> np.ndarray:
-    """Sum 10 float32 tap products in dlib's order: SIMD columns ``A + (B + C)`` with A = taps 0,3,6,9,
-    B = 1,4,7, C = 2,5,8; tail columns one accumulator over taps 0..9. Columns are the last axis."""
-    out = np.empty_like(prods[0])
-    s, t = slice(0, n_simd), slice(n_simd, None)
-    a = ((prods[0][..., s] + prods[3][..., s]) + prods[6][..., s]) + prods[9][..., s]
-    b = (prods[1][..., s] + prods[4][..., s]) + prods[7][..., s]
-    c = (prods[2][..., s] + prods[5][..., s]) + prods[8][..., s]
-    out[..., s] = a + (b + c)
-    acc = prods[0][..., t].copy()
-    for p in prods[1:]:
-        acc += p[..., t]
-    out[..., t] = acc
-    return out
+def _ordered_sum_simd(p: np.ndarray) -> np.ndarray:
+    """Sum 10 float32 tap products (last axis) as dlib's SIMD loop: ``A + (B + C)`` with accumulators
+    A = taps 0,3,6,9, B = 1,4,7, C = 2,5,8."""
+    a = ((p[..., 0] + p[..., 3]) + p[..., 6]) + p[..., 9]
+    b = (p[..., 1] + p[..., 4]) + p[..., 7]
+    c = (p[..., 2] + p[..., 5]) + p[..., 8]
+    return a + (b + c)
+
+
+def _ordered_sum_tail(p: np.ndarray) -> np.ndarray:
+    """Sum 10 float32 tap products (last axis) one after another, as dlib's scalar tail loop."""
+    return np.add.accumulate(p, axis=-1)[..., -1]
 
 
 class HogFaceDetector:
@@ -162,11 +164,13 @@ class HogFaceDetector:
     def __init__(self, model: HogModel) -> None:
         self.model = model
         self._terms = [_separable_terms(f) for f in model.filters]
-        # Per plane: (filter index, row taps, col taps) in the filter's own term order.
-        self._by_plane: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(NUM_FEATURES)]
-        for k, terms in enumerate(self._terms):
-            for term in terms:
-                self._by_plane[term.plane].append((k, term.row, term.col))
+        # Per filter, its rank-1 terms in dlib's order (planes 0..30, descending singular value).
+        self._planes = [np.array([t.plane for t in terms]) for terms in self._terms]
+        self._rows = [np.stack([t.row for t in terms]) for terms in self._terms]
+        self._cols = [np.stack([t.col for t in terms]) for terms in self._terms]
+        # sum over terms of sum|col|*|row|: with max(feature), it bounds every partial sum of a score
+        self._abs_mass = np.array([sum(float(np.abs(t.col).sum() * np.abs(t.row).sum()) for t in terms)
+                                   for terms in self._terms])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str = "<bytes>") -> HogFaceDetector:
@@ -180,30 +184,59 @@ class HogFaceDetector:
 
     # -- scanning -------------------------------------------------------------------------------
 
-    def _saliency(self, feats: np.ndarray) -> np.ndarray:
-        """Per filter, the float32 saliency map over the interior cells: ``(K, P-9, Q-9)``."""
+    def _candidates(self, feats: np.ndarray, thresholds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per filter, the interior cells whose saliency is ``>= threshold`` and their exact scores.
+
+        Two steps, so that dlib's float32 operation order is only paid where it matters:
+
+        1. every cell's score approximately, with OpenCV's separable filter (same rank-1 terms, its own
+           summation order), and a rigorous bound on how far that and dlib's arithmetic can be from the
+           real value (both are float32 sums of fewer than 1024 rounded steps over terms whose absolute
+           values sum to at most ``max(feature) * sum|col|*|row|``);
+        2. the cells within that bound of the threshold again, exactly as dlib sums them
+           (:meth:`_exact_scores`).
+
+        Returns ``(rows, cols, scores)`` per filter: interior cell indices (cell = index + 5) and
+        float64 scores.
+        """
         _, P, Q = feats.shape
         n_r, n_c = P - _FILTER + 1, Q - _FILTER + 1
         K = len(self._terms)
-        sal = np.zeros((K, n_r, n_c), dtype=_F32)
-        started = np.zeros(K, dtype=bool)
+        approx = np.zeros((K, P, Q), dtype=_F32)
+        for k in range(K):
+            for plane, row, col in zip(self._planes[k], self._rows[k], self._cols[k]):
+                # out[r, c] = sum_m sum_n col[m] row[n] F[r+m, c+n]: the window whose top-left cell is (r, c)
+                approx[k] += cv2.sepFilter2D(feats[plane], cv2.CV_32F, row, col, anchor=(0, 0), borderType=_ZERO)
+        approx = approx[:, :n_r, :n_c]
+        margin = _BOUND_STEPS * 2.0**-24 * float(feats.max(initial=0.0)) * self._abs_mass + 1e-12
         n_simd = _simd_split(n_c)
-        for plane in range(NUM_FEATURES):
-            entries = self._by_plane[plane]
-            if not entries:
-                continue
-            F = feats[plane]
-            rows = np.stack([e[1] for e in entries])  # (T, 10)
-            cols = np.stack([e[2] for e in entries])
-            scratch = _taps_sum([F[None, :, n : n + n_c] * rows[:, n, None, None] for n in range(_FILTER)], n_simd)
-            term = _taps_sum([scratch[:, m : m + n_r, :] * cols[:, m, None, None] for m in range(_FILTER)], n_simd)
-            for i, (k, _, _) in enumerate(entries):
-                if started[k]:
-                    sal[k] += term[i]
-                else:
-                    sal[k] = term[i]
-                    started[k] = True
-        return sal
+        out = []
+        for k in range(K):
+            rr, cc = np.nonzero(approx[k] >= thresholds[k] - margin[k])
+            scores = self._exact_scores(feats, k, rr, cc, n_simd)
+            hit = scores >= thresholds[k]
+            out.append((rr[hit], cc[hit], scores[hit]))
+        return out
+
+    def _exact_scores(self, feats: np.ndarray, k: int, rr: np.ndarray, cc: np.ndarray, n_simd: int) -> np.ndarray:
+        """Filter ``k``'s float32 saliency at interior cells ``(rr, cc)``, summed in dlib's order (spec §6):
+        per rank-1 term a row pass then a column pass of 10 taps (3 accumulators in SIMD columns, one
+        in tail columns), then the terms one after another."""
+        planes, rows, cols = self._planes[k], self._rows[k], self._cols[k]
+        scores = np.empty(len(rr), dtype=np.float64)
+        taps = np.arange(_FILTER)
+        for start in range(0, len(rr), _REFINE_CHUNK):
+            r0, c0 = rr[start : start + _REFINE_CHUNK], cc[start : start + _REFINE_CHUNK]
+            simd = (c0 < n_simd)[:, None, None]
+            # patch[i, t, m, n] = plane(t)[r0+m, c0+n]
+            patch = feats[planes[None, :, None, None], (r0[:, None] + taps)[:, None, :, None],
+                          (c0[:, None] + taps)[:, None, None, :]]  # fmt: skip
+            prods = patch * rows[None, :, None, :]
+            scratch = np.where(simd, _ordered_sum_simd(prods), _ordered_sum_tail(prods))  # (N, T, 10 rows)
+            prods = scratch * cols[None]
+            term = np.where(simd[..., 0], _ordered_sum_simd(prods), _ordered_sum_tail(prods))  # (N, T)
+            scores[start : start + len(r0)] = np.add.accumulate(term, axis=1)[:, -1]  # sequential float32
+        return scores
 
     def detect(
         self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0
@@ -229,13 +262,11 @@ class HogFaceDetector:
             feats = fhog_features(level_img)
             if feats.shape[1] < _FILTER or feats.shape[2] < _FILTER:
                 continue
-            sal = self._saliency(feats)
-            for k in range(len(thresholds)):
-                rr, cc = np.nonzero(sal[k].astype(np.float64) >= thresholds[k])
+            for k, (rr, cc, found) in enumerate(self._candidates(feats, thresholds)):
                 if rr.size == 0:
                     continue
                 rects.append(_window_rects(rr + _HALF, cc + _HALF, level))
-                scores.append(sal[k][rr, cc].astype(np.float64))
+                scores.append(found)
                 which.append(np.full(rr.size, k, dtype=np.int64))
         if not rects:
             return np.zeros((0, 4), np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64)

@@ -4,14 +4,21 @@ Expected values come from dlib-bin 20.0.1: the golden file golden/dlib-20.0.1-ho
 tests/data/make_hog_golden.py) and, in the `oracle` tests, dlib-bin itself on image variants that
 the golden file does not hold. Boxes, scores and filter indices must be identical (scores compared
 with ==: the implementation follows dlib's float32 summation order, so no tolerance is needed).
+
+The default run checks a representative part of the golden file (about a minute on two shared
+cores): every photo up to 0.3 MP at upsample 0, a large group photo, and a few photos and video
+frames at upsample 1. ``FACESTREAM_HOG_FULL=1`` checks every golden run (26 photos and 5 frames x
+upsample 0/1 x adjust_threshold 0/-0.5; several minutes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import cache
 
+import cv2
 import numpy as np
 import pytest
 
@@ -87,15 +94,100 @@ def test_pyramid_level_counts_from_rect_geometry() -> None:
         assert len(hog.pyramid_levels(np.zeros((h, w), np.uint8))) == count, (h, w)
 
 
-def test_golden_file_pixels_match_dlib_decoder() -> None:
-    rel = "fr_examples/obama-480p.jpg"
+def golden_image(rel: str) -> np.ndarray:
     image = load_rgb_as_dlib(DATA / rel)
-    assert hashlib.sha256(image.tobytes()).hexdigest() == golden()["images"][rel]["pixels_sha256"]
+    assert hashlib.sha256(image.tobytes()).hexdigest() == golden()["images"][rel]["pixels_sha256"], rel
+    return image
 
 
-@pytest.mark.parametrize("run", ["up0_adj0", "up1_adj-0.5"])
-def test_same_as_dlib_on_one_photo(det: HogFaceDetector, run: str) -> None:
-    rel = "dlib_faces/2008_002470.jpg"
-    upsample, adjust = (1, -0.5) if run == "up1_adj-0.5" else (0, 0.0)
-    image = load_rgb_as_dlib(DATA / rel)
-    assert_same_as_dlib(det.detect(image, upsample, adjust), golden()["images"][rel]["runs"][run], f"{rel} {run}")
+@cache
+def video_frames() -> dict[str, np.ndarray]:
+    wanted = {int(k) for k in golden()["video_frames"]}
+    capture = cv2.VideoCapture(str(DATA / "video" / "short_hamilton_clip.mp4"))
+    frames, index = {}, 0
+    while index <= max(wanted):
+        ok, bgr = capture.read()
+        assert ok, f"frame {index}"
+        if index in wanted:
+            frames[str(index)] = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        index += 1
+    capture.release()
+    for key, frame in frames.items():
+        assert hashlib.sha256(frame.tobytes()).hexdigest() == golden()["video_frames"][key]["pixels_sha256"], key
+    return frames
+
+
+def parse_run(run: str) -> tuple[int, float]:
+    upsample, adjust = run.removeprefix("up").split("_adj")
+    return int(upsample), float(adjust)
+
+
+SMALL = sorted(rel for rel, rec in golden()["images"].items() if rec["shape"][0] * rec["shape"][1] <= 300_000)
+QUICK = [(rel, "up0_adj-0.5") for rel in SMALL] + [
+    ("dlib_faces/2008_001322.jpg", "up0_adj0"),
+    ("dlib_faces/bald_guys.jpg", "up0_adj-0.5"),  # 25 faces, 3 MP: NMS across many boxes and filters
+    ("dlib_faces/2007_007763.jpg", "up1_adj-0.5"),
+    ("dlib_faces/2008_002470.jpg", "up1_adj-0.5"),
+    ("dlib_faces/2008_004176.jpg", "up1_adj-0.5"),
+    ("dlib_faces/2008_007676.jpg", "up1_adj0"),
+    ("fr_examples/obama-240p.jpg", "up1_adj0"),
+]
+QUICK_FRAMES = [("100", "up1_adj-0.5"), ("250", "up1_adj-0.5"), ("0", "up0_adj0")]
+FULL = os.environ.get("FACESTREAM_HOG_FULL") == "1"
+ALL = [(rel, run) for rel in sorted(golden()["images"]) for run in golden()["runs"]]
+ALL_FRAMES = [(key, run) for key in sorted(golden()["video_frames"], key=int) for run in golden()["runs"]]
+
+
+@pytest.mark.parametrize(("rel", "run"), ALL if FULL else QUICK)
+def test_same_as_dlib_on_golden_photos(det: HogFaceDetector, rel: str, run: str) -> None:
+    upsample, adjust = parse_run(run)
+    result = det.detect(golden_image(rel), upsample, adjust)
+    assert_same_as_dlib(result, golden()["images"][rel]["runs"][run], f"{rel} {run}")
+
+
+@pytest.mark.parametrize(("key", "run"), ALL_FRAMES if FULL else QUICK_FRAMES)
+def test_same_as_dlib_on_video_frames(det: HogFaceDetector, key: str, run: str) -> None:
+    upsample, adjust = parse_run(run)
+    result = det.detect(video_frames()[key], upsample, adjust)
+    assert_same_as_dlib(result, golden()["video_frames"][key]["runs"][run], f"frame {key} {run}")
+
+
+def test_detect_batch_is_detect_per_image(det: HogFaceDetector) -> None:
+    rels = ["fr_examples/obama-240p.jpg", "dlib_faces/2008_001322.jpg"]  # different sizes
+    results = det.detect_batch([golden_image(rel) for rel in rels], upsample=0, adjust_threshold=-0.5)
+    assert len(results) == 2
+    for rel, result in zip(rels, results):
+        assert_same_as_dlib(result, golden()["images"][rel]["runs"]["up0_adj-0.5"], rel)
+
+
+# -- dlib-bin as the oracle on variants the golden file does not hold ----------------------------
+
+
+def variants() -> list[tuple[str, np.ndarray, int, float]]:
+    a = golden_image("dlib_faces/2008_002470.jpg")
+    b = golden_image("dlib_faces/2007_007763.jpg")
+    c = golden_image("fr_examples/obama-240p.jpg")
+    return [
+        ("2008_002470 flipped", np.ascontiguousarray(a[:, ::-1]), 1, -0.5),
+        ("2007_007763 crop at odd offsets", np.ascontiguousarray(b[13:340, 7:451]), 1, -1.0),
+        ("obama-240p rescaled 0.83", cv2.resize(c, (355, 199), interpolation=cv2.INTER_AREA), 1, 0.0),
+        ("2008_002470 grey", np.ascontiguousarray(a.mean(axis=2).astype(np.uint8)), 1, -0.5),
+        ("2007_007763 grey, transposed", np.ascontiguousarray(b.mean(axis=2).astype(np.uint8).T), 0, -1.0),
+    ]
+
+
+@pytest.mark.oracle
+def test_same_as_dlib_bin_on_unseen_variants(det: HogFaceDetector) -> None:
+    dlib = pytest.importorskip("dlib")
+    theirs = dlib.get_frontal_face_detector()
+    found = 0
+    for name, image, upsample, adjust in variants():
+        rects, scores, index = theirs.run(image, upsample, adjust)
+        expected = {
+            "rects": [[r.left(), r.top(), r.right(), r.bottom()] for r in rects],
+            "scores": list(scores),
+            "weight_index": list(index),
+        }
+        assert_same_as_dlib(det.detect(image, upsample, adjust), expected, name)
+        found += len(rects)
+    assert found >= 10  # the variants do contain faces, so boxes and scores were really compared
