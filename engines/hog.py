@@ -39,6 +39,7 @@ __all__ = [
     "DETECTOR_SHA256",
     "HogFaceDetector",
     "HogModel",
+    "load_hog_detector",
     "parse_hog_detector",
     "pyramid_levels",
 ]
@@ -353,10 +354,16 @@ def _window_rects(r: np.ndarray, c: np.ndarray, level: int) -> np.ndarray:
     return pyramid.lround(d)
 
 
+def load_hog_detector(path: str | Path = DETECTOR_FILE, sha256: str | None = DETECTOR_SHA256) -> HogFaceDetector:
+    """A detector from a serialized record file, refused (DlibFormatError) unless its sha256 is ``sha256``
+    (pass None to skip the check, e.g. for a detector trained with dlib's own tools)."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise DlibFormatError(str(path), 0, f"a file with sha256 {sha256}", f"sha256 {digest}")
+    return HogFaceDetector.from_bytes(data, str(path))
+
+
 @cache
 def _default_detector() -> HogFaceDetector:
-    data = DETECTOR_FILE.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != DETECTOR_SHA256:
-        raise DlibFormatError(str(DETECTOR_FILE), 0, f"sha256 {DETECTOR_SHA256}", f"sha256 {digest}")
-    return HogFaceDetector.from_bytes(data, str(DETECTOR_FILE))
+    return load_hog_detector()

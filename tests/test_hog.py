@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from functools import cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -71,6 +72,16 @@ def test_bad_records_are_refused() -> None:
         hog.parse_hog_detector(data + b"\x01\x00")
     with pytest.raises(DlibFormatError):
         hog.parse_hog_detector(b"\x01\x05" + data[2:])
+
+
+def test_shipped_record_is_checked_at_load(tmp_path: Path) -> None:
+    data = bytearray(hog.DETECTOR_FILE.read_bytes())
+    data[-5] ^= 1  # one bit of the last filter's weights: still parses, but not dlib's detector
+    tampered = tmp_path / "detector.svm"
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(DlibFormatError, match="sha256"):
+        hog.load_hog_detector(tampered)
+    assert hog.load_hog_detector(tampered, sha256=None).model.filters.shape == (5, 31, 10, 10)
 
 
 def test_bad_images_are_refused(det: HogFaceDetector) -> None:
