@@ -13,16 +13,31 @@ Same rectangles, scores, filter indices and order as dlib-bin 20.0.1's
   dlib's float32 summation order, so scores are bit-identical;
 * threshold ``>= b + adjust``, window -> image mapping, one sort and a greedy NMS over all filters.
 
-Usage::
+API (stable; the flat API and ``facestream.compat.face_recognition`` build on it)::
 
-    det = HogFaceDetector.default()
-    boxes, scores, weight_index = det.detect(rgb, upsample=1)
+    from facestream.engines.hog import HogFaceDetector
+    det = HogFaceDetector.default()            # the shipped detector, parsed once per process
+    boxes, scores, weight_index = det.detect(image, upsample=0, adjust_threshold=0.0)
+    results = det.detect_batch(images, upsample=0)   # list of the above; sizes may differ
+
+* ``image``: ``(H, W, 3)`` uint8 RGB (channel order matters: BGR gives other features) or
+  ``(H, W)`` uint8 grey (used as grey, as dlib does); anything else raises ValueError;
+* ``boxes``: ``(N, 4)`` int64 ``[left, top, right, bottom]``, dlib's inclusive rectangles in input
+  pixels, not clipped to the image (they may extend past it);
+* ``scores``: ``(N,)`` float64, exactly what ``detector.run(img, upsample, adjust_threshold)`` returns
+  as confidences (window score minus the filter's threshold; ``>= adjust_threshold``);
+* ``weight_index``: ``(N,)`` int64, which of the 5 filters (0 front, 1 left looking, 2 right
+  looking, 3 front rotated left, 4 front rotated right);
+* order: dlib's (confidence descending, after NMS). ``dlib.get_frontal_face_detector()(img, U)``
+  is ``detect(img, U)[0]``.
+
+``upsample`` is 0..4 and the upsampled image at most ``MAX_SCAN_PIXELS``; beyond that ValueError.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -47,6 +62,7 @@ __all__ = [
 DETECTOR_FILE = Path(__file__).parent / "data" / "dlib_frontal_face_detector.svm"
 DETECTOR_SHA256 = "f3f7aa833fb4a14a46fc48689f45b98d85ef72d6dfaf8bdc012b7d3c522a5426"
 MAX_UPSAMPLE = 4  # each step doubles both sides: bounds what a caller can make us allocate
+MAX_SCAN_PIXELS = 200_000_000  # the (upsampled) image scanned; about 1.5 GB of working memory at most
 _F32 = np.float32
 _FILTER = 10  # filter rows = columns (80x80 window, 8-pixel cells)
 _HALF = _FILTER // 2  # interior starts here (dlib: len/2) ...
@@ -254,6 +270,10 @@ class HogFaceDetector:
         if not 0 <= int(upsample) <= MAX_UPSAMPLE:
             raise ValueError(f"upsample must be 0..{MAX_UPSAMPLE}, got {upsample}")
         upsample = int(upsample)
+        scanned = img.shape[0] * img.shape[1] * 4**upsample
+        if scanned > MAX_SCAN_PIXELS:
+            raise ValueError(f"image of {img.shape[1]}x{img.shape[0]} upsampled {upsample} times is {scanned} pixels, "
+                             f"more than the {MAX_SCAN_PIXELS} this detector scans")  # fmt: skip
         img = _upsample(img, upsample)
         m = self.model
         levels = pyramid_levels(img, m.min_pyramid_layer, m.max_pyramid_levels)
@@ -319,9 +339,12 @@ def _upsample(img: np.ndarray, times: int) -> np.ndarray:
     return img
 
 
-def pyramid_levels(img: np.ndarray, min_layer: tuple[int, int] = (64, 64), max_levels: int = 1000) -> list[np.ndarray]:
-    """The scanned ``pyramid_down<6>`` levels (spec §3.2): the count comes from ``rect_down`` geometry
-    (``lround((p-0.3)·5/6)`` while the rect is at least ``min_layer``), the sizes from ``(5n) div 6``."""
+def pyramid_levels(
+    img: np.ndarray, min_layer: tuple[int, int] = (64, 64), max_levels: int = 1000
+) -> Iterator[np.ndarray]:
+    """The scanned ``pyramid_down<6>`` levels (spec §3.2), made one at a time: the count comes from
+    ``rect_down`` geometry (``lround((p-0.3)·5/6)`` while the rect is at least ``min_layer``), the sizes
+    from ``(5n) div 6``."""
     h, w = img.shape[:2]
     rect = np.array([0.0, 0.0, w - 1.0, h - 1.0])
     count = 0
@@ -331,11 +354,11 @@ def pyramid_levels(img: np.ndarray, min_layer: tuple[int, int] = (64, 64), max_l
         rw, rh = rect[2] - rect[0] + 1, rect[3] - rect[1] + 1
         if not (rw >= min_layer[0] and rh >= min_layer[1] and count < max_levels):
             break
-    levels = [img]
+    level = img
+    yield level
     for _ in range(count - 1):
-        prev = levels[-1]
-        levels.append(_resize(prev, (5 * prev.shape[0]) // 6, (5 * prev.shape[1]) // 6))
-    return levels
+        level = _resize(level, (5 * level.shape[0]) // 6, (5 * level.shape[1]) // 6)
+        yield level
 
 
 def _window_rects(r: np.ndarray, c: np.ndarray, level: int) -> np.ndarray:

@@ -91,6 +91,9 @@ def test_bad_images_are_refused(det: HogFaceDetector) -> None:
         det.detect(np.zeros((100, 100, 4), np.uint8))
     with pytest.raises(ValueError, match="upsample"):
         det.detect(np.zeros((100, 100), np.uint8), upsample=-1)
+    # Upsampling multiplies the pixels by 4 each time: refused before anything is allocated.
+    with pytest.raises(ValueError, match="more than"):
+        det.detect(np.zeros((4000, 3500), np.uint8), upsample=2)
 
 
 def test_tiny_and_empty_images_give_no_faces(det: HogFaceDetector) -> None:
@@ -102,7 +105,7 @@ def test_tiny_and_empty_images_give_no_faces(det: HogFaceDetector) -> None:
 def test_pyramid_level_counts_from_rect_geometry() -> None:
     # dlib's level count comes from rect_down geometry (spec §3.2 examples), not from the image sizes.
     for (h, w), count in [((480, 640), 12), ((1137, 910), 15), ((1080, 1920), 16), ((76, 76), 1), ((77, 77), 2)]:
-        assert len(hog.pyramid_levels(np.zeros((h, w), np.uint8))) == count, (h, w)
+        assert len(list(hog.pyramid_levels(np.zeros((h, w), np.uint8)))) == count, (h, w)
 
 
 def golden_image(rel: str) -> np.ndarray:
