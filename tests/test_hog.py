@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -72,6 +74,20 @@ def test_bad_records_are_refused() -> None:
         hog.parse_hog_detector(data + b"\x01\x00")
     with pytest.raises(DlibFormatError):
         hog.parse_hog_detector(b"\x01\x05" + data[2:])
+
+
+def test_runs_without_dlib() -> None:
+    # The run-time path reads the shipped record and never imports dlib (a fresh interpreter).
+    code = (
+        "import sys, numpy as np\n"
+        "sys.modules['dlib'] = None  # any 'import dlib' now raises\n"
+        "from facestream.engines.hog import HogFaceDetector\n"
+        "boxes, scores, index = HogFaceDetector.default().detect(np.full((90, 100, 3), 90, np.uint8))\n"
+        "print(len(boxes))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"
 
 
 def test_shipped_record_is_checked_at_load(tmp_path: Path) -> None:
