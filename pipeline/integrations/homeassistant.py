@@ -1,7 +1,9 @@
 """Home Assistant MQTT discovery: what to announce for the run's streams and the gallery's people.
 
 Home Assistant reads retained JSON configs on ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``
-and removes an entity when its config topic gets an empty retained message. Per stream one ``sensor``
+and removes an entity when its config topic gets an empty retained message. Entity ids are proposed with
+``default_entity_id`` (Home Assistant 2025.10 replaced ``object_id`` with it), e.g.
+``binary_sensor.facestream_door_lin_manuel_miranda``. Per stream one ``sensor``
 ("last person recognised"), per enrolled person and stream one ``binary_sensor`` (occupancy, the retained
 ``ON``/``OFF`` presence topic of `pipeline.integrations.mqtt`). `Discovery` keeps what was announced and
 yields the differences when the gallery changes (people enrolled or removed).
@@ -47,7 +49,7 @@ def stream_config(prefix: str, discovery_prefix: str, stream_id: str) -> tuple[s
     payload = {
         "name": "Last person recognised",
         "unique_id": f"{node}_last_person",
-        "object_id": f"{node}_last_person",
+        "default_entity_id": f"sensor.{node}_last_person".lower(),
         "state_topic": state,
         "json_attributes_topic": f"{state}/attributes",
         "availability_topic": availability_topic(prefix),
@@ -64,7 +66,7 @@ def person_config(prefix: str, discovery_prefix: str, stream_id: str, person: st
     payload = {
         "name": f"{person.replace('_', ' ')} present",
         "unique_id": f"{node}_{slug}",
-        "object_id": f"{node}_{slug}",
+        "default_entity_id": f"binary_sensor.{node}_{slug}".lower(),
         "state_topic": state,
         "payload_on": "ON",
         "payload_off": "OFF",
