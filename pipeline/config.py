@@ -119,6 +119,7 @@ DEFAULTS: dict[str, Any] = {
             "discovery": False,
             "discovery_prefix": "homeassistant",
             "gallery_poll_s": 5.0,
+            "snapshots": False,
         },
         "webhooks": [],
         "webhook_queue": 1000,

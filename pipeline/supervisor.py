@@ -571,7 +571,10 @@ class Supervisor:
 
     @property
     def _web_feed(self) -> bool:
-        return self.options.web is not None or self.options.preview
+        """Annotated frames on the preview socket: for the web view, and for MQTT snapshots."""
+        mqtt = self.config["outputs"]["mqtt"]
+        snapshots = bool((self.options.mqtt or mqtt["url"]) and mqtt["snapshots"])
+        return self.options.web is not None or self.options.preview or snapshots
 
     def _start_web(self, endpoints: dict[str, str]) -> None:
         """--web: the web view in threads of this process, fed by the sink's events and preview sockets."""

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import yaml
 import zmq
@@ -129,7 +130,8 @@ def test_run_delivers_events_and_presence_through_a_broker_outage(work: Path, ga
     clip = sub_clip(out / "clip.avi", 8, 17)
     run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     config = {"pipeline": {"run_dir": str(run_dir), "report_interval_s": 2.0},
-              "outputs": {"mqtt": {"presence_off_s": 1.0, "reconnect_min_s": 1, "reconnect_max_s": 2}}}  # fmt: skip
+              "outputs": {"mqtt": {"presence_off_s": 1.0, "reconnect_min_s": 1, "reconnect_max_s": 2,
+                                   "snapshots": True}}}  # fmt: skip
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     subscriber = Subscriber(broker.port, ["facestream/#"], client_id="outage-watcher", persistent=True)
     events_topic, presence = "facestream/clip/events", f"facestream/clip/people/{LIN}"
@@ -176,6 +178,9 @@ def test_run_delivers_events_and_presence_through_a_broker_outage(work: Path, ga
     assert now[presence] == b"OFF" and now["facestream/availability"] == b"offline"
     assert json.loads(now[f"{presence}/attributes"])["frame_index"] is not None
     assert now["facestream/clip/last_person"] == LIN.encode()
+    # The snapshot of the last identification: an annotated frame of the clip, as JPEG.
+    snapshot = cv2.imdecode(np.frombuffer(now["facestream/clip/snapshot"], np.uint8), cv2.IMREAD_COLOR)
+    assert snapshot is not None and snapshot.shape == (360, 640, 3)
     broker.stop()
 
 

@@ -60,8 +60,12 @@ class EventBridge:
     """The SUB thread: events in, `handle` of every output; `tick` of each every 100 ms."""
 
     def __init__(self, endpoint: str, outputs: list[EventOutput], identifications: Identifications,
-                 close_timeout_s: float = 5.0) -> None:  # fmt: skip
+                 close_timeout_s: float = 5.0, preview: str | None = None) -> None:  # fmt: skip
         self.endpoint, self.outputs, self.identifications = endpoint, outputs, identifications
+        # Annotated frames (the sink's preview socket, topics "frame:<stream>" only: never the unknown faces'
+        # chips) for the outputs that want them (MQTT snapshots).
+        self.framed = [o for o in outputs if getattr(o, "wants_frames", False)]
+        self.preview = preview if self.framed else None
         self.close_timeout_s = close_timeout_s
         self.stopping = threading.Event()
         self.malformed = 0
@@ -80,13 +84,20 @@ class EventBridge:
         from ..stages import open_socket
 
         context = zmq.Context()
-        socket = None
         try:
             socket = open_socket(context, zmq.SUB, self.endpoint, bind=False, hwm=100_000, subscribe=b"")
+            poller = zmq.Poller()
+            poller.register(socket, zmq.POLLIN)
+            if self.preview:
+                frames_socket = open_socket(context, zmq.SUB, self.preview, bind=False, hwm=8, subscribe=b"frame:")
+                poller.register(frames_socket, zmq.POLLIN)
             self.subscribed.set()
             quiet_since: float | None = None
             while True:
-                if socket.poll(100, zmq.POLLIN):
+                ready = dict(poller.poll(100))
+                if self.preview and frames_socket in ready:
+                    self._frames(frames_socket)
+                if socket in ready:
                     quiet_since = None
                     for _ in range(1000):
                         try:
@@ -105,9 +116,20 @@ class EventBridge:
             log.exception("integrations: the event bridge stopped")
         finally:
             self.subscribed.set()
-            if socket is not None:
-                socket.close(0)
             context.destroy(0)
+
+    def _frames(self, sub: Any) -> None:
+        import zmq
+
+        for _ in range(64):
+            try:
+                topic, jpeg = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:  # not two frames
+                continue
+            for output in self.framed:
+                output.frame(topic[6:].decode("utf-8", "replace"), jpeg)
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -163,4 +185,4 @@ def start_integrations(config: dict[str, Any], endpoints: dict[str, str], stream
         where = getattr(output, "where", None)
         log.info("integrations: %s%s", output.name, f" -> {where}" if where else "")
     identifications = Identifications(int(config["metrics"]["max_people"]))
-    return EventBridge(endpoints["events"], outputs, identifications).start()
+    return EventBridge(endpoints["events"], outputs, identifications, preview=endpoints.get("preview")).start()

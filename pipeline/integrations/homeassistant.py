@@ -78,12 +78,30 @@ def person_config(prefix: str, discovery_prefix: str, stream_id: str, person: st
     return f"{discovery_prefix}/binary_sensor/{node}/{slug}/config", payload
 
 
-def discovery_configs(prefix: str, discovery_prefix: str, streams: list[str], people: list[str]) -> dict[str, bytes]:
+def camera_config(prefix: str, discovery_prefix: str, stream_id: str) -> tuple[str, dict[str, Any]]:
+    """The snapshot camera of one stream (the JPEG of the last identification): (config topic, payload)."""
+    node = f"{topic_part(prefix)}_{topic_part(stream_id)}"
+    payload = {
+        "name": "Last identification",
+        "unique_id": f"{node}_snapshot",
+        "default_entity_id": f"camera.{node}_snapshot".lower(),
+        "topic": f"{prefix}/{topic_part(stream_id)}/snapshot",
+        "availability_topic": availability_topic(prefix),
+        "device": _device(prefix, stream_id),
+    }
+    return f"{discovery_prefix}/camera/{node}/snapshot/config", payload
+
+
+def discovery_configs(prefix: str, discovery_prefix: str, streams: list[str], people: list[str],
+                      cameras: bool = False) -> dict[str, bytes]:  # fmt: skip
     """Every config message for these streams and people: {topic: JSON payload}."""
     configs: dict[str, bytes] = {}
     for stream_id in streams:
         topic, payload = stream_config(prefix, discovery_prefix, stream_id)
         configs[topic] = json.dumps(payload, sort_keys=True).encode()
+        if cameras:
+            topic, payload = camera_config(prefix, discovery_prefix, stream_id)
+            configs[topic] = json.dumps(payload, sort_keys=True).encode()
         for person in people:
             topic, payload = person_config(prefix, discovery_prefix, stream_id, person)
             configs[topic] = json.dumps(payload, sort_keys=True).encode()
@@ -94,12 +112,13 @@ class Discovery:
     """What has been announced; `update(people)` gives the messages to publish: new or changed configs, and an
     empty payload (removal) for every config of a person no longer enrolled."""
 
-    def __init__(self, prefix: str, discovery_prefix: str, streams: list[str]) -> None:
+    def __init__(self, prefix: str, discovery_prefix: str, streams: list[str], cameras: bool = False) -> None:
         self.prefix, self.discovery_prefix, self.streams = prefix, discovery_prefix, list(streams)
+        self.cameras = cameras
         self.announced: dict[str, bytes] = {}
 
     def update(self, people: list[str]) -> list[tuple[str, bytes]]:
-        wanted = discovery_configs(self.prefix, self.discovery_prefix, self.streams, people)
+        wanted = discovery_configs(self.prefix, self.discovery_prefix, self.streams, people, self.cameras)
         changes = [(topic, payload) for topic, payload in wanted.items() if self.announced.get(topic) != payload]
         changes += [(topic, b"") for topic in self.announced if topic not in wanted]
         self.announced = wanted

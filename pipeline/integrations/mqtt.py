@@ -8,6 +8,9 @@ Topics, under ``outputs.mqtt.prefix`` (default ``facestream``; names pass throug
   ``OFF`` ``presence_off_s`` after the last one ended; ``.../attributes`` (retained JSON) holds the last-seen
   time, frame and distance;
 * ``<prefix>/<stream>/last_person`` (+ ``/attributes``): the last person recognised (retained);
+* ``<prefix>/<stream>/snapshot`` (with ``snapshots: true``): the annotated frame of the last identification,
+  JPEG, retained: the first annotated frame of that stream to arrive after the ``track_identified`` event
+  (the sink publishes a frame after its events, at ``web.preview_fps``), else after 2 s the latest one;
 * ``<prefix>/availability``: ``online`` (retained) while connected, ``offline`` on a clean stop and, as the
   last will, when the connection is lost;
 * Home Assistant discovery configs (`homeassistant`), when ``discovery`` is on.
@@ -164,19 +167,24 @@ class MqttOutput:
         self.qos = int(section.get("qos", 1))
         self.presence = Presence(float(section.get("presence_off_s", 30.0)))
         self.discovery = (
-            Discovery(self.prefix, str(section.get("discovery_prefix") or "homeassistant"), streams)
+            Discovery(self.prefix, str(section.get("discovery_prefix") or "homeassistant"), streams,
+                      cameras=bool(section.get("snapshots")))
             if section.get("discovery")
             else None
         )
         self.people = GalleryPeople(gallery) if self.discovery is not None and gallery else None
         self.next_gallery_poll = 0.0
         self.gallery_poll_s = float(section.get("gallery_poll_s", 5.0))
-        self.counts = {"published": 0, "delivered": 0, "dropped": 0, "failed": 0, "connects": 0, "disconnects": 0}
+        self.counts = {"published": 0, "delivered": 0, "dropped": 0, "failed": 0, "connects": 0, "disconnects": 0,
+                       "snapshots": 0}  # fmt: skip
         self.lock = threading.Lock()
         self.last_seen: dict[tuple[str, str], dict[str, Any]] = {}
         self.retained: dict[str, bytes] = {}  # the latest retained state, re-published after a reconnect
         self.connected = threading.Event()
         self.closing = False
+        self.wants_frames = bool(section.get("snapshots"))  # the bridge then feeds `frame` (annotated JPEGs)
+        self.latest_frame: dict[str, bytes] = {}
+        self.snapshot_due: dict[str, float] = {}  # stream -> when to fall back to the latest frame
 
         client_id = str(section.get("client_id") or f"facestream-{os.getpid()}")
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
@@ -278,12 +286,29 @@ class MqttOutput:
                           "frame_index": record.get("frame_index"), "track_id": record.get("track_id")}  # fmt: skip
             self._publish(f"{topic}/attributes", json.dumps(attributes).encode(), retain=True)
             self._publish(topic, identity.encode(), retain=True)
+            if self.wants_frames:
+                self.snapshot_due.setdefault(str(record.get("stream_id")), time.monotonic() + 2.0)
         self._seen(record)
         self._presence(self.presence.observe(record, time.monotonic()))
 
+    def frame(self, stream_id: str, jpeg: bytes) -> None:
+        """An annotated frame of a stream (JPEG): the snapshot of an identification waiting for one."""
+        self.latest_frame[stream_id] = jpeg
+        if self.snapshot_due.pop(stream_id, None) is not None:
+            self._snapshot(stream_id, jpeg)
+
+    def _snapshot(self, stream_id: str, jpeg: bytes) -> None:
+        self.counts["snapshots"] += 1
+        self._publish(f"{self.prefix}/{topic_part(stream_id)}/snapshot", jpeg, retain=True, remember=False)
+
     def tick(self, now: float) -> None:
-        """Presence turning OFF; the gallery's people for discovery (every ``gallery_poll_s``)."""
+        """Presence turning OFF; late snapshots; the gallery's people for discovery (every ``gallery_poll_s``)."""
         self._presence(self.presence.due(now))
+        for stream_id, due in list(self.snapshot_due.items()):
+            if now >= due:
+                del self.snapshot_due[stream_id]
+                if stream_id in self.latest_frame:
+                    self._snapshot(stream_id, self.latest_frame[stream_id])
         if self.discovery is None or now < self.next_gallery_poll:
             return
         self.next_gallery_poll = now + self.gallery_poll_s
