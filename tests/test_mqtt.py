@@ -229,3 +229,33 @@ def test_discovery_appears_and_disappears_with_enroll_add_and_remove(work: Path)
         pub.close(0)
         context.term()
         broker.stop()
+
+
+def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest_are_counted(work: Path) -> None:
+    """No broker: 20 events handed over return at once; 5 wait (outputs.mqtt.queue: 5), 15 are dropped and
+    counted; once the broker is back the 5 arrive, in order. (The subscriber's persistent session, made before
+    the broker went down, keeps what arrives before it has reconnected itself.)"""
+    from facestream.pipeline.config import load_config
+    from facestream.pipeline.integrations.mqtt import MqttOutput
+
+    broker = Mosquitto(work / "late-broker", persistence=True).start()
+    subscriber = Subscriber(broker.port, ["facestream/door/events"], client_id="late-watcher", persistent=True)
+    broker.stop()
+    section = {**load_config(None)["outputs"]["mqtt"], "queue": 5, "reconnect_min_s": 1, "reconnect_max_s": 1}
+    output = MqttOutput(section, ["door"], url=broker.url).start()
+    try:
+        started = time.monotonic()
+        for i in range(20):
+            output.handle({"event": "track_started", "stream_id": "door", "track_id": i})
+        assert time.monotonic() - started < 1.0
+        assert output.stats()["dropped"] == 15 and output.stats()["queued"] == 5
+        broker.start()
+        wait_until(lambda: len(subscriber.on("facestream/door/events")) >= 5, "the 5 queued events", 30)
+        time.sleep(0.5)  # nothing more may come: the other 15 were dropped
+        received = [json.loads(m.payload)["track_id"] for m in subscriber.on("facestream/door/events")]
+        assert received == [0, 1, 2, 3, 4]
+        wait_until(lambda: output.stats()["queued"] == 0, "the acknowledgements", 30)
+    finally:
+        subscriber.close()
+        output.close(5)
+        broker.stop()

@@ -233,7 +233,8 @@ class MqttOutput:
         self.connected.clear()
 
     def _on_publish(self, _client: Any, _userdata: Any, _mid: int, _reason: Any, _properties: Any) -> None:
-        self.counts["delivered"] += 1
+        with self.lock:
+            self.counts["delivered"] += 1
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -247,15 +248,15 @@ class MqttOutput:
                 else:
                     self.retained.pop(topic, None)
         info = self.client.publish(topic, payload, qos=self.qos, retain=retain)
+        outcome = "published" if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) else "failed"
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            self.counts["dropped"] += 1
-            if self.counts["dropped"] in (1, 10, 100) or self.counts["dropped"] % 1000 == 0:
-                log.warning("MQTT: the outgoing queue is full (%d messages): %d dropped so far",
-                            self.client.max_queued_messages, self.counts["dropped"])  # fmt: skip
-        elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            self.counts["failed"] += 1
-        else:
-            self.counts["published"] += 1
+            outcome = "dropped"
+        with self.lock:  # the bridge thread and paho's network thread (re-publishing after a reconnect) both count
+            self.counts[outcome] += 1
+            dropped = self.counts["dropped"]
+        if outcome == "dropped" and (dropped in (1, 10, 100) or dropped % 1000 == 0):
+            log.warning("MQTT: the outgoing queue is full (%d messages): %d dropped so far",
+                        self.client.max_queued_messages, dropped)  # fmt: skip
 
     def _presence(self, changes: list[tuple[str, str, str]]) -> None:
         for stream_id, person, state in changes:
