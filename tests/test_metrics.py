@@ -76,6 +76,25 @@ def test_render_is_valid_prometheus_text_even_before_any_figure() -> None:
     assert parsed[("facestream_queue_depth", (("stage", "detect"),))] == 2
 
 
+def test_stage_histograms_count_each_value_in_its_bucket_and_add_up_over_processes() -> None:
+    from facestream.pipeline.stages import HISTOGRAM_BOUNDS_MS, StageStats
+    from facestream.pipeline.supervisor import StatsBoard
+
+    board = StatsBoard()
+    for instance, values_ms in (("detect-1:1", [0.5, 1.0, 1.5, 40000.0]), ("detect-1:2", [1.0, 250.0])):
+        stats = StageStats(window=2)  # the percentile window is short; the histogram covers the whole life
+        for value in values_ms:
+            stats.latency("detect", value / 1000.0)
+        board.update({"instance": instance, "name": "detect-1", "role": "detect", **stats.snapshot()})
+    histogram = board.stages()["detect"]["histograms"]["detect"]
+    expected = [0] * (len(HISTOGRAM_BOUNDS_MS) + 1)
+    for value in (0.5, 1.0, 1.5, 40000.0, 1.0, 250.0):  # a value equal to a bound belongs to that bucket
+        bucket = next((i for i, bound in enumerate(HISTOGRAM_BOUNDS_MS) if value <= bound), len(HISTOGRAM_BOUNDS_MS))
+        expected[bucket] += 1
+    assert histogram["counts"] == expected and expected[0] == 3 and expected[-1] == 1
+    assert histogram["sum_ms"] == pytest.approx(0.5 + 1.0 + 1.5 + 40000.0 + 1.0 + 250.0)
+
+
 def test_identification_labels_are_bounded() -> None:
     from facestream.pipeline.integrations.bridge import Identifications
 

@@ -221,6 +221,13 @@ def test_discovery_appears_and_disappears_with_enroll_add_and_remove(work: Path)
             return retained(broker.port, topic).get(topic) == b"ON"
 
         wait_until(delivered, "the bridge's presence ON", 30)
+        # Kiosk decisions go to their own topic.
+        watcher = Subscriber(broker.port, ["facestream/door/access"])
+        decision = {"event": "access_decision", "stream_id": "door", "track_id": 1, "decision": "granted"}
+        pub.send_multipart([b"access_decision", json.dumps(decision).encode()])
+        wait_until(lambda: watcher.on("facestream/door/access"), "the access decision", 30)
+        assert json.loads(watcher.on("facestream/door/access")[0].payload) == decision
+        watcher.close()
         enroll(gallery, "remove", ALEX)
         wait_until(lambda: not set(sensors.values()) & set(announced()), "Alex's sensors removed", 30)
         assert "homeassistant/sensor/facestream_hall/last_person/config" in announced()
