@@ -598,13 +598,18 @@ class Supervisor:
         from .integrations.bridge import start_integrations
         from .integrations.metrics import MetricsServer
 
+        address = self.options.metrics or self.config["metrics"]["address"]
+        outputs = self.config["outputs"]
+        wanted = (self.options.mqtt or outputs["mqtt"]["url"] or outputs["webhooks"] or address
+                  or self.config["metrics"]["textfile"] or self.options.web is not None)  # fmt: skip
+        if not wanted:  # nothing would read the bridge's events or counts
+            return
         try:
             self.integrations = start_integrations(self.config, endpoints, streams,
                                                    self.options.gallery or self.config["gallery"]["path"],
                                                    mqtt_url=self.options.mqtt)  # fmt: skip
         except ValueError as error:
             raise PipelineError(str(error)) from None
-        address = self.options.metrics or self.config["metrics"]["address"]
         if address:
             from .web import WebError, parse_address
 

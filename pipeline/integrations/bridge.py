@@ -105,9 +105,9 @@ class EventBridge:
                         except zmq.Again:
                             break
                         self._handle(frames)
-                elif self.stopping.is_set():  # stop once the socket has been quiet for 300 ms
+                elif self.stopping.is_set():  # the sink has exited: stop once the socket has been quiet a moment
                     quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since >= 0.3:
+                    if time.monotonic() - quiet_since >= 0.2:
                         break
                 now = time.monotonic()
                 for output in self.outputs:
