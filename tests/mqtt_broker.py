@@ -55,15 +55,17 @@ class Mosquitto:
     """One mosquitto process on 127.0.0.1:`port`; `persistence` keeps sessions and retained messages across
     a stop and start (saved on SIGTERM), as a production broker would."""
 
-    def __init__(self, work: Path, persistence: bool = False, port: int | None = None) -> None:
+    def __init__(self, work: Path, persistence: bool = False, port: int | None = None,
+                 security: list[str] | None = None) -> None:  # fmt: skip
         self.binary = require_broker()
         self.work = work
         self.work.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = work / "mosquitto.conf"
         # As root mosquitto would switch to the user "mosquitto", who cannot write the test's persistence files.
+        # `security`: lines for the listener instead of anonymous access (certfile/keyfile, password_file).
         lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1",
-                 "allow_anonymous true", "log_dest stderr", "log_type error",
+                 *(security or ["allow_anonymous true"]), "log_dest stderr", "log_type error",
                  "log_type warning", "max_queued_messages 100000"]  # fmt: skip
         if persistence:
             lines += ["persistence true", f"persistence_location {work}/", "autosave_interval 1"]

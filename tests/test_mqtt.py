@@ -266,3 +266,44 @@ def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest
         subscriber.close()
         output.close(5)
         broker.stop()
+
+
+def test_mqtts_with_a_password_from_the_environment_never_logged(work: Path, monkeypatch, caplog) -> None:
+    """A TLS listener (a self-signed certificate, given as ca_file) that requires a user and password: the
+    password comes from FACESTREAM_MQTT_PASSWORD, events are acknowledged by the broker; a wrong password is
+    refused; the password appears in no log line."""
+    import logging
+
+    from facestream.pipeline.config import load_config
+    from facestream.pipeline.integrations.mqtt import MqttOutput
+
+    folder = work / "tls"
+    folder.mkdir()
+    cert, key, passwords = folder / "cert.pem", folder / "key.pem", folder / "passwords"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    secret = "pa55-w0rd-not-for-logs"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "cam", secret], check=True, capture_output=True,
+                   timeout=30)  # fmt: skip
+    broker = Mosquitto(folder, security=[f"certfile {cert}", f"keyfile {key}", "allow_anonymous false",
+                                         f"password_file {passwords}"]).start()  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    section = {**load_config(None)["outputs"]["mqtt"], "username": "cam", "ca_file": str(cert),
+               "reconnect_min_s": 1, "reconnect_max_s": 1}  # fmt: skip
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    try:
+        monkeypatch.setenv("FACESTREAM_MQTT_PASSWORD", secret)
+        output = MqttOutput(section, ["door"], url=url).start()
+        output.handle({"event": "track_started", "stream_id": "door", "track_id": 1})
+        wait_until(lambda: output.stats()["delivered"] >= 2, "the broker's acknowledgements (availability, event)")
+        output.close(5)
+        monkeypatch.setenv("FACESTREAM_MQTT_PASSWORD", "wr0ng-pa55")
+        refused = MqttOutput(section, ["door"], url=url).start()
+        wait_until(lambda: "refused the connection" in caplog.text, "the refusal", 30)
+        assert refused.stats()["connects"] == 0
+        refused.close(0.5)
+    finally:
+        broker.stop()
+    assert secret not in caplog.text and "wr0ng-pa55" not in caplog.text
+    assert secret not in repr(output.address)
