@@ -123,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
         },
         "webhooks": [],
         "webhook_queue": 1000,
+        "delivery_timeout_s": 5.0,
     },
     "metrics": {"address": "", "textfile": "", "max_people": 100},
     "web": {

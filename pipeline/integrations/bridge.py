@@ -185,4 +185,5 @@ def start_integrations(config: dict[str, Any], endpoints: dict[str, str], stream
         where = getattr(output, "where", None)
         log.info("integrations: %s%s", output.name, f" -> {where}" if where else "")
     identifications = Identifications(int(config["metrics"]["max_people"]))
-    return EventBridge(endpoints["events"], outputs, identifications, preview=endpoints.get("preview")).start()
+    return EventBridge(endpoints["events"], outputs, identifications, preview=endpoints.get("preview"),
+                       close_timeout_s=float(section["delivery_timeout_s"])).start()
