@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -94,6 +95,15 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mqtt")
 
 
+@pytest.fixture()
+def brokers() -> Iterator[list[Mosquitto]]:
+    """Every broker a test starts is stopped at its end, passed or failed."""
+    made: list[Mosquitto] = []
+    yield made
+    for broker in made:
+        broker.stop()
+
+
 def enroll(gallery: Path, *args: str) -> None:
     result = subprocess.run([*FACESTREAM, "enroll", *args, "--gallery", str(gallery)], capture_output=True,
                             text=True, timeout=180)  # fmt: skip
@@ -121,11 +131,13 @@ def sub_clip(path: Path, first: int, count: int) -> Path:
     return path
 
 
-def test_run_delivers_events_and_presence_through_a_broker_outage(work: Path, gallery: Path) -> None:
+def test_run_delivers_events_and_presence_through_a_broker_outage(work: Path, gallery: Path,
+                                                                  brokers: list[Mosquitto]) -> None:  # fmt: skip
     """The broker goes down once the first events have arrived and stays down for at least 5 s and until the
     pipeline has written more events (they are produced while it is away); it comes back on the same port
     (with its persistence, as a real one). Nothing in the events file is missing on the events topic."""
-    broker = Mosquitto(work / "broker", persistence=True).start()
+    broker = Mosquitto(work / "broker", persistence=True)
+    brokers.append(broker.start())
     out = work / "outage"
     out.mkdir()
     clip = sub_clip(out / "clip.avi", 8, 17)
@@ -187,13 +199,14 @@ def test_run_delivers_events_and_presence_through_a_broker_outage(work: Path, ga
     broker.stop()
 
 
-def test_discovery_appears_and_disappears_with_enroll_add_and_remove(work: Path) -> None:
+def test_discovery_appears_and_disappears_with_enroll_add_and_remove(work: Path, brokers: list[Mosquitto]) -> None:
     """The integrations bridge of a run (here fed by a PUB socket of the test, standing in for the sink) with
     discovery on: `facestream enroll add` makes a binary sensor per stream appear, `enroll remove` removes it."""
     from facestream.pipeline.config import load_config
     from facestream.pipeline.integrations.bridge import start_integrations
 
-    broker = Mosquitto(work / "discovery-broker").start()
+    broker = Mosquitto(work / "discovery-broker")
+    brokers.append(broker.start())
     gallery = work / "discovery.db"
     config = load_config(None)
     config["outputs"]["mqtt"].update({"url": broker.url, "discovery": True, "gallery_poll_s": 0.2})
@@ -241,14 +254,17 @@ def test_discovery_appears_and_disappears_with_enroll_add_and_remove(work: Path)
         broker.stop()
 
 
-def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest_are_counted(work: Path) -> None:
+def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest_are_counted(
+    work: Path, brokers: list[Mosquitto]
+) -> None:
     """No broker: 20 events handed over return at once; 5 wait (outputs.mqtt.queue: 5), 15 are dropped and
     counted; once the broker is back the 5 arrive, in order. (The subscriber's persistent session, made before
     the broker went down, keeps what arrives before it has reconnected itself.)"""
     from facestream.pipeline.config import load_config
     from facestream.pipeline.integrations.mqtt import MqttOutput
 
-    broker = Mosquitto(work / "late-broker", persistence=True).start()
+    broker = Mosquitto(work / "late-broker", persistence=True)
+    brokers.append(broker.start())
     subscriber = Subscriber(broker.port, ["facestream/door/events"], client_id="late-watcher", persistent=True)
     broker.stop()
     section = {**load_config(None)["outputs"]["mqtt"], "queue": 5, "reconnect_min_s": 1, "reconnect_max_s": 1}
@@ -271,7 +287,9 @@ def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest
         broker.stop()
 
 
-def test_mqtts_with_a_password_from_the_environment_never_logged(work: Path, monkeypatch, caplog) -> None:
+def test_mqtts_with_a_password_from_the_environment_never_logged(
+    work: Path, brokers: list[Mosquitto], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A TLS listener (a self-signed certificate, given as ca_file) that requires a user and password: the
     password comes from FACESTREAM_MQTT_PASSWORD, events are acknowledged by the broker; a wrong password is
     refused; the password appears in no log line."""
@@ -292,7 +310,8 @@ def test_mqtts_with_a_password_from_the_environment_never_logged(work: Path, mon
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "cam", secret], check=True, capture_output=True,
                    timeout=30)  # fmt: skip
     broker = Mosquitto(folder, security=[f"certfile {cert}", f"keyfile {key}", "allow_anonymous false",
-                                         f"password_file {passwords}"]).start()  # fmt: skip
+                                         f"password_file {passwords}"])  # fmt: skip
+    brokers.append(broker.start())
     caplog.set_level(logging.DEBUG)
     section = {**load_config(None)["outputs"]["mqtt"], "username": "cam", "ca_file": str(cert),
                "reconnect_min_s": 1, "reconnect_max_s": 1}  # fmt: skip
