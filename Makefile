@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install browser demo web test lint bench eval clean
+.PHONY: install browser broker demo web test lint bench eval clean
 
 install: $(STAMP)
 
@@ -41,7 +41,14 @@ browser:
 	else echo "note: /usr/bin/chromium or /usr/bin/chromedriver missing: the browser test will skip" \
 		"(Debian: apt-get install chromium chromium-driver)"; fi
 
-test: $(STAMP) browser
+# The MQTT tests run a real broker, Debian's mosquitto (tests/mqtt_broker.py): installed like chromium above.
+broker:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else echo "note: mosquitto missing: the MQTT tests will skip (Debian: apt-get install mosquitto)"; fi
+
+test: $(STAMP) browser broker
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

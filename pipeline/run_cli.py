@@ -35,6 +35,7 @@ each with stream_id, frame_index, timestamp, box and track_id, then one "summary
 with every identity's on-screen intervals. They are also published on the ZeroMQ PUB endpoint
 pipeline.endpoints.events. Ctrl-C or SIGTERM stops every process within seconds, outputs flushed.
 Exit code: 0 done, 1 a source failed or the pipeline broke, 2 bad arguments, 130/143 stopped by a signal.
+Integrations: --mqtt URL (events, presence, Home Assistant discovery), outputs.webhooks, --metrics HOST:PORT.
 """
 
 STAGE_EPILOG = """\
@@ -80,6 +81,10 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
         config["sources"]["max_frames"] = args.max_frames
     if args.kiosk:
         config["kiosk"]["enabled"] = True
+    if args.log_format == "journal":
+        from .stages import use_journal_logging
+
+        use_journal_logging()
     quiet = bool(getattr(args, "quiet", False))
     options = RunOptions(
         sources=args.source,
@@ -93,6 +98,8 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
         unknowns=args.unknowns,
         web=args.web,
         preview=args.preview,
+        mqtt=args.mqtt,
+        metrics=args.metrics,
         progress=not quiet and not args.no_progress,
         report=not quiet,
         log_level=_log_level(),
@@ -168,6 +175,14 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="publish annotated frames and unknown faces on the preview endpoint for `facestream serve`",
     )
+    run.add_argument("--mqtt", metavar="URL",
+                     help="publish events, presence and availability on an MQTT broker: mqtt://host[:port] or "
+                          "mqtts://... (outputs.mqtt; password from $FACESTREAM_MQTT_PASSWORD)")  # fmt: skip
+    run.add_argument("--metrics", metavar="HOST:PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics (metrics.address); with --web "
+                          "they are also on the web view's /metrics")  # fmt: skip
+    run.add_argument("--log-format", choices=("text", "journal"), default="text",
+                     help="journal: no timestamps, a <priority> prefix journald reads (systemd services)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=cmd_run)
 

@@ -111,6 +111,7 @@ class GalleryMatcher:
     def __init__(self, path: Path, section: dict[str, Any]) -> None:
         self.path, self.section = path, section
         self.gallery: Any = None
+        self.people_count = 0
         self._open()
         if self.gallery is None:
             log.warning(
@@ -126,7 +127,8 @@ class GalleryMatcher:
 
             # One faiss thread: the cores belong to the detectors. The index is not saved from here.
             self.gallery = Gallery.from_config(self.section, path=self.path, threads=1, save_index=False)
-            log.info("gallery %s: %d people", self.path, len(self.gallery.people()))
+            self.people_count = len(self.gallery.people())
+            log.info("gallery %s: %d people", self.path, self.people_count)
 
     def identify(self, descriptors: np.ndarray) -> Any:
         if self.gallery is None:
@@ -137,7 +139,10 @@ class GalleryMatcher:
         if self.gallery is None:
             self._open()
             return self.gallery is not None
-        return bool(self.gallery.refresh())
+        changed = bool(self.gallery.refresh())
+        if changed:
+            self.people_count = len(self.gallery.people())
+        return changed
 
     def close(self) -> None:
         if self.gallery is not None:
@@ -1075,5 +1080,6 @@ class SinkStage(StageProcess):
             "streams": streams,
             "summaries": self.core.summaries,
             "events": self.core.outputs.event_count,
+            "gallery_people": getattr(self.core.matcher, "people_count", None),  # Prometheus (integrations/metrics.py)
             "quit": self.quit,
         }

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import zmq
@@ -212,6 +212,10 @@ def empty_faces(stream_id: str, frame_index: int, timestamp: float, width: int, 
 # statistics
 
 
+# Latency histogram buckets (upper bounds, ms; a value equal to a bound falls in that bucket).
+HISTOGRAM_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+
+
 class StageStats:
     """Counters and recent latencies of one process, sent to the supervisor as JSON.
 
@@ -222,12 +226,18 @@ class StageStats:
         self.counters: dict[str, int] = {}
         self.latencies: dict[str, deque[float]] = {}
         self.window = window
+        # Whole-life histograms (Prometheus, pipeline/integrations/metrics.py): per name, counts per bucket of
+        # HISTOGRAM_BOUNDS_MS (the last one for larger values), and the sum in ms.
+        self.histograms: dict[str, tuple[np.ndarray, list[float]]] = {}
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
 
     def latency(self, name: str, seconds: float) -> None:
         self.latencies.setdefault(name, deque(maxlen=self.window)).append(seconds * 1000.0)
+        counts, total = self.histograms.setdefault(name, (np.zeros(len(HISTOGRAM_BOUNDS_MS) + 1, np.int64), [0.0]))
+        counts[int(np.searchsorted(HISTOGRAM_BOUNDS_MS, seconds * 1000.0))] += 1
+        total[0] += seconds * 1000.0
 
     def snapshot(self) -> dict[str, Any]:
         latency = {}
@@ -242,7 +252,9 @@ class StageStats:
                     "count": int(array.size),
                     "mean_ms": round(float(array.mean()), 2),
                 }
-        return {"counters": dict(self.counters), "latency": latency}
+        histograms = {name: {"counts": counts.tolist(), "sum_ms": round(total[0], 3)}
+                      for name, (counts, total) in self.histograms.items()}  # fmt: skip
+        return {"counters": dict(self.counters), "latency": latency, "histograms": histograms}
 
 
 class RateLimitedLog:
@@ -663,12 +675,36 @@ def stage_class(role: str) -> type[StageProcess]:
     raise PipelineError(f"unknown stage {role!r}; stages: {', '.join(ROLES)}")
 
 
+LOG_FORMAT_ENV = "FACESTREAM_LOG_FORMAT"  # "journal": set by `run --log-format journal`, inherited by the stages
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald: ``<priority>`` (sd-daemon's prefix, read as the syslog level) and no timestamp
+    (the journal adds its own)."""
+
+    PRIORITIES: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                                            logging.ERROR: 3, logging.CRITICAL: 2}  # fmt: skip
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines() or [""])
+
+
+def use_journal_logging(prefix: str = "") -> None:
+    """Every handler of the root logger in the journal format, now and in the stage processes started later."""
+    os.environ[LOG_FORMAT_ENV] = "journal"
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JournalFormatter(f"{prefix}%(name)s: %(message)s"))
+
+
 def configure_logging(level: str, name: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.WARNING),
         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if os.environ.get(LOG_FORMAT_ENV) == "journal":
+        use_journal_logging(f"[{name}] ")
 
 
 def run_stage(role: str, name: str, spec: dict[str, Any], parent_pid: int | None = None) -> int:

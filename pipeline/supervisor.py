@@ -85,6 +85,8 @@ class RunOptions:
     progress: bool = True  # a tqdm bar on stderr when it is a terminal
     report: bool = True  # the periodic stats lines
     log_level: str = "warning"
+    mqtt: str | None = None  # broker URL (outputs.mqtt.url); pipeline/integrations/mqtt.py
+    metrics: str | None = None  # serve Prometheus metrics on HOST:PORT (metrics.address); integrations/metrics.py
 
 
 @dataclass
@@ -208,6 +210,17 @@ def _mean_latency(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, float]
     }
 
 
+def _sum_histograms(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per latency name, the whole-life histogram of every process instance added up (Prometheus)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for snapshot in snapshots:
+        for name, histogram in snapshot.get("histograms", {}).items():
+            total = totals.setdefault(name, {"counts": [0] * len(histogram["counts"]), "sum_ms": 0.0})
+            total["counts"] = [a + int(b) for a, b in zip(total["counts"], histogram["counts"])]
+            total["sum_ms"] = round(total["sum_ms"] + float(histogram["sum_ms"]), 3)
+    return totals
+
+
 def _by_process(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """Counters per process name (a restarted worker's instances added up)."""
     named: dict[str, list[dict[str, Any]]] = {}
@@ -281,6 +294,7 @@ class StatsBoard:
                 "per_second": round(total / elapsed, 3),
                 "recent_per_second": round(recent.get(role, total / elapsed), 3),
                 "latency": _mean_latency(self.of_role(role)),
+                "histograms": _sum_histograms(self.of_role(role)),
                 "counters": counters[role],
                 "by_process": _by_process(self.of_role(role)),
             }
@@ -362,6 +376,9 @@ class Supervisor:
         self.health_board = StatsBoard()  # the same snapshots, its own "recent" rates (health.json, web view)
         self.health_board.snapshots, self.health_board.started = self.board.snapshots, self.board.started
         self.next_health = 0.0
+        self.integrations: Any = None  # integrations.bridge.EventBridge (MQTT, webhooks, identification counts)
+        self.metrics_server: Any = None  # integrations.metrics.MetricsServer with --metrics
+        self.metrics_snapshot: dict[str, Any] | None = None  # what /metrics shows (refreshed every second)
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -466,6 +483,7 @@ class Supervisor:
                 + [Child("source", "source")]
             )
             self._start_web(endpoints)
+            self._start_integrations(endpoints, [s.stream_id for s in specs])
             for child in self.children:
                 self._start(child)
             self._write_processes()
@@ -478,6 +496,8 @@ class Supervisor:
             self._stop("error")
             code = EXIT_USAGE
         finally:
+            if self.integrations is not None:  # after the sink: its last events are delivered
+                self.integrations.stop()
             if self.web is not None:
                 self.web.stop()
             if faces_queue is not None:
@@ -490,6 +510,8 @@ class Supervisor:
             if self.progress is not None:
                 self.progress.close()
         code = self._finish(code)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         if self.created_run_dir and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return code
@@ -549,7 +571,10 @@ class Supervisor:
 
     @property
     def _web_feed(self) -> bool:
-        return self.options.web is not None or self.options.preview
+        """Annotated frames on the preview socket: for the web view, and for MQTT snapshots."""
+        mqtt = self.config["outputs"]["mqtt"]
+        snapshots = bool((self.options.mqtt or mqtt["url"]) and mqtt["snapshots"])
+        return self.options.web is not None or self.options.preview or snapshots
 
     def _start_web(self, endpoints: dict[str, str]) -> None:
         """--web: the web view in threads of this process, fed by the sink's events and preview sockets."""
@@ -561,11 +586,64 @@ class Supervisor:
             self.web = WebServer(self.config, endpoints, address=self.options.web or None, token=self.options.web_token,
                                  gallery=self.options.gallery or self.config["gallery"]["path"],
                                  unknowns=[self.options.unknowns] if self.options.unknowns else None)  # fmt: skip
+            self.web.metrics = lambda: self.metrics_snapshot
             url = self.web.start()
         except WebError as error:
             self.web = None
             raise PipelineError(str(error)) from None
         self._say(f"web view: {url}")
+
+    def _start_integrations(self, endpoints: dict[str, str], streams: list[str]) -> None:
+        """MQTT and webhooks (a thread reading the events PUB socket) and the Prometheus metrics server."""
+        from .integrations.bridge import start_integrations
+        from .integrations.metrics import MetricsServer
+
+        address = self.options.metrics or self.config["metrics"]["address"]
+        outputs = self.config["outputs"]
+        wanted = (self.options.mqtt or outputs["mqtt"]["url"] or outputs["webhooks"] or address
+                  or self.config["metrics"]["textfile"] or self.options.web is not None)  # fmt: skip
+        if not wanted:  # nothing would read the bridge's events or counts
+            return
+        try:
+            self.integrations = start_integrations(self.config, endpoints, streams,
+                                                   self.options.gallery or self.config["gallery"]["path"],
+                                                   mqtt_url=self.options.mqtt)  # fmt: skip
+        except ValueError as error:
+            raise PipelineError(str(error)) from None
+        if address:
+            from .web import WebError, parse_address
+
+            try:
+                host, port = parse_address(address, default_port=9108)
+                self.metrics_server = MetricsServer(host, port, lambda: self.metrics_snapshot)
+                self._say(f"metrics: {self.metrics_server.start()}")
+            except (WebError, OSError) as error:
+                self.metrics_server = None
+                raise PipelineError(f"--metrics {address}: {getattr(error, 'strerror', None) or error}") from None
+
+    def _metrics_extras(self) -> dict[str, Any]:
+        """What /metrics adds to the stats: deliveries, identifications, gallery size."""
+        people = [s.get("gallery_people") for s in self.board.of_role("sink") if s.get("gallery_people") is not None]
+        extras: dict[str, Any] = {"gallery_people": people[-1] if people else None}
+        if self.integrations is not None:
+            extras["integrations"] = self.integrations.stats()
+            extras["identifications"] = self.integrations.identifications.snapshot()
+        return extras
+
+    def _write_metrics_textfile(self) -> None:
+        path = self.config["metrics"]["textfile"]
+        if not path or self.metrics_snapshot is None:
+            return
+        from .integrations.metrics import render
+
+        target = Path(path).expanduser()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.tmp")
+            temporary.write_bytes(render(self.metrics_snapshot))
+            os.replace(temporary, target)  # a collector never reads half a file
+        except OSError as error:
+            log.warning("metrics.textfile %s: %s", target, error.strerror or error)
 
     def _write_health(self) -> None:
         """Every second: every stage's rates, latencies, queues and drops into health.json in the run directory
@@ -584,6 +662,9 @@ class Supervisor:
             log.debug("health.json: %s", error)
         if self.web is not None:
             self.web.set_health(snapshot)
+        self.metrics_snapshot = {**snapshot, "restarts": {c.name: c.restarts for c in self.children},
+                                 **self._metrics_extras()}  # fmt: skip
+        self._write_metrics_textfile()
 
     def _announce_ready(self) -> None:
         """Once every worker and the sink have loaded their models, tell the source (live capture waits
@@ -701,7 +782,10 @@ class Supervisor:
             "processes": {c.name: c.pids for c in self.children},
             "errors": errors + ([self.fatal] if self.fatal else []),
             "summaries": summaries,
+            **self._metrics_extras(),
         }
+        self.metrics_snapshot = report  # the final figures: /metrics and metrics.textfile agree with --stats
+        self._write_metrics_textfile()
         if self.options.stats:
             path = Path(self.options.stats)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -656,8 +656,10 @@ def _summary_health(snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeople, *, token: str = "",
-               hosts: set[str] | None = None, history: int = 200) -> Any:  # fmt: skip
-    """The Starlette app (wrapped in `Guard`)."""
+               hosts: set[str] | None = None, history: int = 200,
+               metrics: Callable[[], dict[str, Any] | None] | None = None) -> Any:  # fmt: skip
+    """The Starlette app (wrapped in `Guard`). ``/metrics``: Prometheus text of `metrics()` (the supervisor's
+    figures), else of the health snapshot (`facestream serve`)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -830,8 +832,14 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         except LookupError as problem:
             return error(404, str(problem))
 
+    async def metrics_text(_: Request) -> Response:
+        from .integrations.metrics import CONTENT_TYPE, render
+
+        return Response(render(metrics() if metrics is not None else state.health), media_type=CONTENT_TYPE)
+
     routes = [
         Route("/", page),
+        Route("/metrics", metrics_text),
         Route("/app.js", script),
         Route("/api/live", live),
         Route("/api/events", recent_events),
@@ -873,6 +881,7 @@ class WebServer:
         self.socket: socket.socket | None = None
         self.server: Any = None
         self.thread: threading.Thread | None = None
+        self.metrics: Callable[[], dict[str, Any] | None] | None = None  # /metrics source (set by the supervisor)
 
     @property
     def url(self) -> str:
@@ -900,7 +909,7 @@ class WebServer:
             names = {self.host, "localhost", "127.0.0.1", "[::1]"}
             hosts = {f"{name}:{self.port}" for name in names}
         app = create_app(self.state, self.gallery, self.unknowns, token=self.token, hosts=hosts,
-                         history=int(self.state.events.maxlen or 200))  # fmt: skip
+                         history=int(self.state.events.maxlen or 200), metrics=self.metrics)  # fmt: skip
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=2)  # fmt: skip
         return uvicorn.Server(config)
