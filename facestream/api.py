@@ -162,9 +162,9 @@ def load_image(
 
     >>> image = load_image("tests/data/fr_examples/obama.jpg")
     >>> image.shape, image.dtype
-    ((800, 800, 3), dtype('uint8'))
+    ((1137, 910, 3), dtype('uint8'))
     >>> load_image(open("tests/data/fr_examples/obama.jpg", "rb"), mode="L").shape
-    (800, 800)
+    (1137, 910)
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")

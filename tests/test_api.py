@@ -158,3 +158,11 @@ def test_gallery_add_and_identify(tmp_path):
         assert len(gallery.add("Largest", DATA / TWO, largest=True)) == 1
     with fs.Gallery(tmp_path / "people.db") as again:
         assert sorted(p.name for p in again.people()) == ["Barack Obama", "Joe Biden", "Largest"]
+
+
+def test_docstring_examples_run(monkeypatch):
+    import doctest
+
+    monkeypatch.chdir(DATA.parent.parent)  # the examples use paths from the repository root
+    result = doctest.testmod(api)
+    assert result.failed == 0 and result.attempted >= 15
