@@ -1,21 +1,30 @@
-"""Detector throughput: facestream (ONNX Runtime) and dlib-bin's CNN detector side by side.
+"""Detector throughput: facestream and dlib-bin side by side, for the CNN and the HOG detector.
 
-    python bench/detector.py [--sizes 480p 720p 1080p] [--upsample 0 1] [--json]
+    python bench/detector.py [--detectors cnn hog] [--sizes 480p 720p 1080p] [--upsample 0 1] [--json]
 
 Both run in this one process on the same frames (the data pack's obama-480p/720p/1080p.jpg),
-the whole detector each: pyramid, network, decoding and NMS. dlib takes tens of seconds per
+the whole detector each: pyramid, network or filters, decoding and NMS.
+
+CNN (MMOD, ONNX Runtime vs dlib's cnn_face_detection_model_v1): dlib takes tens of seconds per
 1080p frame at upsample 1, so it is timed once per case; ours is the best of several runs.
+
+HOG (engines/hog.py in numpy vs dlib.get_frontal_face_detector()): `--hog-runs` runs of each,
+interleaved (ours, dlib, ours, dlib, ...) after one warm-up each, and the median of each side;
+the ratio is dlib's median over ours. `same` says whether both returned identical boxes and scores.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
+from facestream.engines.hog import HogFaceDetector
 from facestream.engines.models import model_path
 from facestream.engines.onnx_export import cached_onnx
 from facestream.pipeline.imageio import read_image
@@ -26,8 +35,51 @@ DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 FRAMES = {size: DATA / "fr_examples" / f"obama-{size}.jpg" for size in ("240p", "480p", "720p", "1080p")}
 
 
+def hog_rows(sizes: list[str], upsamples: list[int], runs: int) -> list[dict]:
+    """Ours vs dlib's HOG detector: interleaved runs, median seconds of each side."""
+    import dlib
+
+    ours, theirs = HogFaceDetector.default(), dlib.get_frontal_face_detector()
+    rows = []
+    for size in sizes:
+        frame = read_image(FRAMES[size])
+        for upsample in upsamples:
+            mine, dlibs = [], []
+            result = ours.detect(frame, upsample)
+            rects, scores, _ = theirs.run(frame, upsample, 0.0)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                ours.detect(frame, upsample)
+                t1 = time.perf_counter()
+                theirs.run(frame, upsample, 0.0)
+                t2 = time.perf_counter()
+                mine.append(t1 - t0)
+                dlibs.append(t2 - t1)
+            boxes = [[r.left(), r.top(), r.right(), r.bottom()] for r in rects]
+            same = result[0].tolist() == boxes and result[1].tolist() == list(scores)
+            ours_s, dlib_s = statistics.median(mine), statistics.median(dlibs)
+            rows.append({"size": size, "width": frame.shape[1], "height": frame.shape[0], "upsample": upsample,
+                         "runs": runs, "ours_median_s": ours_s, "dlib_median_s": dlib_s, "ratio": dlib_s / ours_s,
+                         "faces_ours": len(result[0]), "faces_dlib": len(boxes), "same": same})  # fmt: skip
+    return rows
+
+
+def hog_table(rows: list[dict]) -> list[str]:
+    table = ["detector (HOG frontal face); ratio = dlib median / ours median (> 1: ours faster)",
+             f"{'frame':>6} {'up':>3} {'runs':>5} {'ours s':>8} {'dlib s':>8} "
+             f"{'ratio':>7} {'faces':>6} {'same':>5}"]  # fmt: skip
+    table += [
+        f"{r['size']:>6} {r['upsample']:>3} {r['runs']:>5} {r['ours_median_s']:>8.3f} {r['dlib_median_s']:>8.3f} "
+        f"{r['ratio']:>6.2f}x {r['faces_ours']:>3}/{r['faces_dlib']} {r['same']!s:>5}"
+        for r in rows
+    ]
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detectors", nargs="+", default=["cnn", "hog"], choices=["cnn", "hog"])
+    parser.add_argument("--hog-runs", type=int, default=5, help="timed runs of each HOG detector (median)")
     parser.add_argument("--sizes", nargs="+", default=["480p", "720p", "1080p"], choices=sorted(FRAMES))
     parser.add_argument("--upsample", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
@@ -35,6 +87,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
+    result: dict = {"benchmark": "detector", "machine": machine()}
+    table: list[str] = []
+    if "hog" in args.detectors:
+        result["hog_rows"] = hog_rows(args.sizes, args.upsample, args.hog_runs)
+        table += hog_table(result["hog_rows"])
+    if "cnn" in args.detectors:
+        cnn_result, cnn_table = cnn_rows(args)
+        result.update(cnn_result)
+        table = cnn_table + table
+    emit(result, args.json, table)
+
+
+def cnn_rows(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The MMOD CNN rows: ours (best of several) vs dlib (once per case)."""
     import dlib
 
     ours = FaceDetector.from_file(model_path("detector"), threads=args.threads)
@@ -57,7 +123,7 @@ def main() -> None:
                          "ours_fps": 1 / ours_s, "dlib_fps": 1 / dlib_s, "ratio": dlib_s / ours_s,
                          "gflop_per_frame": flops / 1e9, "ours_gflops": flops / ours_s / 1e9,
                          "faces_ours": faces_ours, "faces_dlib": faces_dlib})  # fmt: skip
-    result = {"benchmark": "detector", "machine": machine(), "peak_gflops_numpy_sgemm": peak, "rows": rows}
+    result = {"peak_gflops_numpy_sgemm": peak, "rows": rows}
     table = [f"detector (MMOD CNN); machine peak (numpy sgemm) {peak:.0f} GFLOP/s",
              f"{'frame':>6} {'up':>3} {'GFLOP':>7} {'ours fps':>9} {'dlib fps':>9} {'ratio':>7} "
              f"{'ours GFLOP/s':>13} {'% peak':>7} {'faces':>6}"]  # fmt: skip
@@ -67,7 +133,7 @@ def main() -> None:
         f"{100 * r['ours_gflops'] / peak:>6.0f}% {r['faces_ours']:>3}/{r['faces_dlib']}"
         for r in rows
     ]
-    emit(result, args.json, table)
+    return result, table
 
 
 if __name__ == "__main__":

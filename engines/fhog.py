@@ -29,6 +29,7 @@ CELL_SIZE = 8
 FILTER_PADDING = 10  # rows and columns, as scan_fhog_pyramid passes them for a 10x10 filter
 NUM_FEATURES = 31
 _F32 = np.float32
+_ROW_BLOCK = 32  # pixel rows per block in the histogram pass
 
 # The nine unit vectors of fhog.h (float constants).
 _UU = np.array([1.0, 0.9397, 0.7660, 0.500, 0.1736, -0.1736, -0.5000, -0.7660, -0.9397], dtype=_F32)
@@ -61,34 +62,34 @@ def fhog_cells(height: int, width: int) -> tuple[int, int]:
     return (height + CELL_SIZE // 2) // CELL_SIZE, (width + CELL_SIZE // 2) // CELL_SIZE
 
 
-def _gradients(image: np.ndarray, vis_nr: int, vis_nc: int, n_simd: int) -> np.ndarray:
-    """LUT key ``(gx+255)*511 + (gy+255)`` of the winning channel at pixels [1,vis_nr) x [1,vis_nc)."""
-    # planar int32 copy: contiguous rows per channel
-    planes = (image[None] if image.ndim == 2 else np.moveaxis(image, 2, 0)).astype(np.int32)
-    gx = planes[:, 1:vis_nr, 2 : vis_nc + 1] - planes[:, 1:vis_nr, 0 : vis_nc - 1]
-    gy = planes[:, 2 : vis_nr + 1, 1:vis_nc] - planes[:, 0 : vis_nr - 1, 1:vis_nc]
-    key = gx * 511 + gy
+def _gradients(image: np.ndarray, y0: int, y1: int, vis_nc: int, n_simd: int) -> np.ndarray:
+    """LUT key ``(gx+255)*511 + (gy+255)`` of the winning channel at pixel rows [y0, y1), columns [1, vis_nc)."""
+    rows = image[y0 - 1 : y1 + 1].astype(np.int32)
+    gx = rows[1:-1, 2 : vis_nc + 1] - rows[1:-1, 0 : vis_nc - 1]
+    gy = rows[2:, 1:vis_nc] - rows[:-2, 1:vis_nc]
+    if image.ndim == 3:
+        length = gx * gx
+        length += gy * gy
+        lr, lg, lb = length[..., 0], length[..., 1], length[..., 2]
+        gxs, gys = (gx[..., 0], gx[..., 1], gx[..., 2]), (gy[..., 0], gy[..., 1], gy[..., 2])
+        out_x, out_y = np.empty(lr.shape, np.int32), np.empty(lr.shape, np.int32)
+        # SIMD blocks: t = lenR > lenG ? R : G, then len_t > lenB ? t : B (ties go to the later channel).
+        s = slice(0, n_simd)
+        r_wins = lr[:, s] > lg[:, s]
+        keep_t = np.where(r_wins, lr[:, s], lg[:, s]) > lb[:, s]
+        for out, g in ((out_x, gxs), (out_y, gys)):
+            out[:, s] = np.where(keep_t, np.where(r_wins, g[0][:, s], g[1][:, s]), g[2][:, s])
+        # Scalar tail: start with R, switch on a strictly larger length (ties stay with the earlier channel).
+        t = slice(n_simd, None)
+        g_wins = lg[:, t] > lr[:, t]
+        b_wins = lb[:, t] > np.where(g_wins, lg[:, t], lr[:, t])
+        for out, g in ((out_x, gxs), (out_y, gys)):
+            out[:, t] = np.where(b_wins, g[2][:, t], np.where(g_wins, g[1][:, t], g[0][:, t]))
+        gx, gy = out_x, out_y
+    key = gx * 511
+    key += gy
     key += 255 * 511 + 255
-    if image.ndim == 2:
-        return key[0]
-    length = gx * gx
-    length += gy * gy
-    out = np.empty(key.shape[1:], dtype=np.int32)
-    # SIMD blocks: t = lenR > lenG ? R : G, then len_t > lenB ? t : B (ties go to the later channel).
-    s = slice(0, n_simd)
-    lr, lg, lb = length[0, :, s], length[1, :, s], length[2, :, s]
-    r_wins = lr > lg
-    t_key = np.where(r_wins, key[0, :, s], key[1, :, s])
-    t_len = np.where(r_wins, lr, lg)
-    out[:, s] = np.where(t_len > lb, t_key, key[2, :, s])
-    # Scalar tail: start with R, switch on a strictly larger length (ties stay with the earlier channel).
-    t = slice(n_simd, None)
-    lr, lg, lb = length[0, :, t], length[1, :, t], length[2, :, t]
-    g_wins = lg > lr
-    s_key = np.where(g_wins, key[1, :, t], key[0, :, t])
-    s_len = np.where(g_wins, lg, lr)
-    out[:, t] = np.where(lb > s_len, key[2, :, t], s_key)
-    return out
+    return key
 
 
 def _vote_fractions(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,23 +113,31 @@ def _histogram(image: np.ndarray, cells_nr: int, cells_nc: int) -> np.ndarray:
     # Columns 1, 9, 17, ... in whole blocks of 8 while x < vis_nc - 7 are the SIMD columns.
     n_simd = 8 * max(0, (vis_nc - 1) // 8)  # counted from x = 1
     bins_lut, mag_lut = _orientation_lut()
-    key = _gradients(image, vis_nr, vis_nc, n_simd)
-    v = mag_lut[key]
     iy, vy0, vy1 = _vote_fractions(vis_nr)
     ix, vx0, vx1 = _vote_fractions(vis_nc)
-    iy, vy0, vy1 = iy[1:, None], vy0[1:, None], vy1[1:, None]
     ix, vx0, vx1 = ix[1:], vx0[1:], vx1[1:]
-    # A pixel's four votes, in dlib's order: cells [iy+1][ix+1], [iy+2][ix+1], [iy+1][ix+2], [iy+2][ix+2].
-    votes = np.empty((*v.shape, 4), dtype=_F32)
+    col_base = (ix + 1) * 18
+    corner = np.array([0, NC * 18, 18, NC * 18 + 18])  # the four cells a pixel votes for, in dlib's order
     s, t = slice(0, n_simd), slice(n_simd, None)
-    for k, (vy, vx) in enumerate(((vy1, vx1), (vy0, vx1), (vy1, vx0), (vy0, vx0))):
-        votes[:, s, k] = vy * (vx[s] * v[:, s])  # SIMD columns: vy*(vx*v)
-        votes[:, t, k] = (vy * vx[t]) * v[:, t]  # tail columns: (vy*vx)*v
-    index = ((iy + 1) * NC + (ix + 1)) * 18 + bins_lut[key]
-    index = index[..., None] + np.array([0, NC * 18, 18, NC * 18 + 18])
-    # Each (cell, bin) must sum its votes in raster order of the pixels: np.add.at applies the
-    # updates one by one in index-array order, and the arrays are in pixel raster order.
-    np.add.at(hist, index.ravel(), votes.ravel())
+    # Row blocks, top to bottom: every (cell, bin) still gets its votes in pixel raster order, and the
+    # temporaries stay in cache.
+    for y0 in range(1, vis_nr, _ROW_BLOCK):
+        y1 = min(y0 + _ROW_BLOCK, vis_nr)
+        key = _gradients(image, y0, y1, vis_nc, n_simd)
+        v = mag_lut[key]
+        ry = slice(y0, y1)
+        # Cells [iy+1][ix+1], [iy+2][ix+1], [iy+1][ix+2], [iy+2][ix+2], with weights vy1·vx1, vy0·vx1, ...
+        votes = np.empty((*v.shape, 4), dtype=_F32)
+        xv1, xv0 = vx1[s] * v[:, s], vx0[s] * v[:, s]
+        for k, (vy, vx, xv) in enumerate(((vy1, vx1, xv1), (vy0, vx1, xv1), (vy1, vx0, xv0), (vy0, vx0, xv0))):
+            w_y = vy[ry, None]
+            np.multiply(w_y, xv, out=votes[:, s, k])  # SIMD columns: vy*(vx*v)
+            votes[:, t, k] = (w_y * vx[t]) * v[:, t]  # tail columns: (vy*vx)*v
+        index = bins_lut[key].astype(np.intp)
+        index += (iy[ry, None] + 1) * (NC * 18)
+        index += col_base
+        # np.add.at applies the updates one by one in index-array order (pixel raster order here).
+        np.add.at(hist, (index[..., None] + corner).ravel(), votes.ravel())
     return hist.reshape(NR, NC, 18)
 
 

@@ -13,20 +13,36 @@ Same rectangles, scores, filter indices and order as dlib-bin 20.0.1's
   dlib's float32 summation order, so scores are bit-identical;
 * threshold ``>= b + adjust``, window -> image mapping, one sort and a greedy NMS over all filters.
 
-Usage::
+API (stable; the flat API and ``facestream.compat.face_recognition`` build on it)::
 
-    det = HogFaceDetector.default()
-    boxes, scores, weight_index = det.detect(rgb, upsample=1)
+    from facestream.engines.hog import HogFaceDetector
+    det = HogFaceDetector.default()            # the shipped detector, parsed once per process
+    boxes, scores, weight_index = det.detect(image, upsample=0, adjust_threshold=0.0)
+    results = det.detect_batch(images, upsample=0)   # list of the above; sizes may differ
+
+* ``image``: ``(H, W, 3)`` uint8 RGB (channel order matters: BGR gives other features) or
+  ``(H, W)`` uint8 grey (used as grey, as dlib does); anything else raises ValueError;
+* ``boxes``: ``(N, 4)`` int64 ``[left, top, right, bottom]``, dlib's inclusive rectangles in input
+  pixels, not clipped to the image (they may extend past it);
+* ``scores``: ``(N,)`` float64, exactly what ``detector.run(img, upsample, adjust_threshold)`` returns
+  as confidences (window score minus the filter's threshold; ``>= adjust_threshold``);
+* ``weight_index``: ``(N,)`` int64, which of the 5 filters (0 front, 1 left looking, 2 right
+  looking, 3 front rotated left, 4 front rotated right);
+* order: dlib's (confidence descending, after NMS). ``dlib.get_frontal_face_detector()(img, U)``
+  is ``detect(img, U)[0]``.
+
+``upsample`` is 0..4 and the upsampled image at most ``MAX_SCAN_PIXELS``; beyond that ValueError.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facestream.engines import pyramid
@@ -38,6 +54,7 @@ __all__ = [
     "DETECTOR_SHA256",
     "HogFaceDetector",
     "HogModel",
+    "load_hog_detector",
     "parse_hog_detector",
     "pyramid_levels",
 ]
@@ -45,10 +62,14 @@ __all__ = [
 DETECTOR_FILE = Path(__file__).parent / "data" / "dlib_frontal_face_detector.svm"
 DETECTOR_SHA256 = "f3f7aa833fb4a14a46fc48689f45b98d85ef72d6dfaf8bdc012b7d3c522a5426"
 MAX_UPSAMPLE = 4  # each step doubles both sides: bounds what a caller can make us allocate
+MAX_SCAN_PIXELS = 200_000_000  # the (upsampled) image scanned; about 1.5 GB of working memory at most
 _F32 = np.float32
 _FILTER = 10  # filter rows = columns (80x80 window, 8-pixel cells)
 _HALF = _FILTER // 2  # interior starts here (dlib: len/2) ...
 _TAIL = (_FILTER - 1) // 2  # ... and ends this many cells before the edge
+_BOUND_STEPS = 1024  # > rounded steps in dlib's sum (~330) plus in the OpenCV estimate (~330)
+_ZERO = cv2.BORDER_CONSTANT
+_REFINE_CHUNK = 256  # candidate cells per exact-scoring block (bounds the temporaries)
 
 
 @dataclass(frozen=True)
@@ -140,20 +161,18 @@ def _simd_split(n_out: int) -> int:
     return 8 * (n_out // 8)  # blocks start at 5, 13, ... while start < last - 7
 
 
-def _taps_sum(prods: list[np.ndarray], n_simd: int) -> np.ndarray:
-    """Sum 10 float32 tap products in dlib's order: SIMD columns ``A + (B + C)`` with A = taps 0,3,6,9,
-    B = 1,4,7, C = 2,5,8; tail columns one accumulator over taps 0..9. Columns are the last axis."""
-    out = np.empty_like(prods[0])
-    s, t = slice(0, n_simd), slice(n_simd, None)
-    a = ((prods[0][..., s] + prods[3][..., s]) + prods[6][..., s]) + prods[9][..., s]
-    b = (prods[1][..., s] + prods[4][..., s]) + prods[7][..., s]
-    c = (prods[2][..., s] + prods[5][..., s]) + prods[8][..., s]
-    out[..., s] = a + (b + c)
-    acc = prods[0][..., t].copy()
-    for p in prods[1:]:
-        acc += p[..., t]
-    out[..., t] = acc
-    return out
+def _ordered_sum_simd(p: np.ndarray) -> np.ndarray:
+    """Sum 10 float32 tap products (last axis) as dlib's SIMD loop: ``A + (B + C)`` with accumulators
+    A = taps 0,3,6,9, B = 1,4,7, C = 2,5,8."""
+    a = ((p[..., 0] + p[..., 3]) + p[..., 6]) + p[..., 9]
+    b = (p[..., 1] + p[..., 4]) + p[..., 7]
+    c = (p[..., 2] + p[..., 5]) + p[..., 8]
+    return a + (b + c)
+
+
+def _ordered_sum_tail(p: np.ndarray) -> np.ndarray:
+    """Sum 10 float32 tap products (last axis) one after another, as dlib's scalar tail loop."""
+    return np.add.accumulate(p, axis=-1)[..., -1]
 
 
 class HogFaceDetector:
@@ -162,11 +181,13 @@ class HogFaceDetector:
     def __init__(self, model: HogModel) -> None:
         self.model = model
         self._terms = [_separable_terms(f) for f in model.filters]
-        # Per plane: (filter index, row taps, col taps) in the filter's own term order.
-        self._by_plane: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(NUM_FEATURES)]
-        for k, terms in enumerate(self._terms):
-            for term in terms:
-                self._by_plane[term.plane].append((k, term.row, term.col))
+        # Per filter, its rank-1 terms in dlib's order (planes 0..30, descending singular value).
+        self._planes = [np.array([t.plane for t in terms]) for terms in self._terms]
+        self._rows = [np.stack([t.row for t in terms]) for terms in self._terms]
+        self._cols = [np.stack([t.col for t in terms]) for terms in self._terms]
+        # sum over terms of sum|col|*|row|: with max(feature), it bounds every partial sum of a score
+        self._abs_mass = np.array([sum(float(np.abs(t.col).sum() * np.abs(t.row).sum()) for t in terms)
+                                   for terms in self._terms])  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str = "<bytes>") -> HogFaceDetector:
@@ -180,30 +201,59 @@ class HogFaceDetector:
 
     # -- scanning -------------------------------------------------------------------------------
 
-    def _saliency(self, feats: np.ndarray) -> np.ndarray:
-        """Per filter, the float32 saliency map over the interior cells: ``(K, P-9, Q-9)``."""
+    def _candidates(self, feats: np.ndarray, thresholds: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per filter, the interior cells whose saliency is ``>= threshold`` and their exact scores.
+
+        Two steps, so that dlib's float32 operation order is only paid where it matters:
+
+        1. every cell's score approximately, with OpenCV's separable filter (same rank-1 terms, its own
+           summation order), and a rigorous bound on how far that and dlib's arithmetic can be from the
+           real value (both are float32 sums of fewer than 1024 rounded steps over terms whose absolute
+           values sum to at most ``max(feature) * sum|col|*|row|``);
+        2. the cells within that bound of the threshold again, exactly as dlib sums them
+           (:meth:`_exact_scores`).
+
+        Returns ``(rows, cols, scores)`` per filter: interior cell indices (cell = index + 5) and
+        float64 scores.
+        """
         _, P, Q = feats.shape
         n_r, n_c = P - _FILTER + 1, Q - _FILTER + 1
         K = len(self._terms)
-        sal = np.zeros((K, n_r, n_c), dtype=_F32)
-        started = np.zeros(K, dtype=bool)
+        approx = np.zeros((K, P, Q), dtype=_F32)
+        for k in range(K):
+            for plane, row, col in zip(self._planes[k], self._rows[k], self._cols[k]):
+                # out[r, c] = sum_m sum_n col[m] row[n] F[r+m, c+n]: the window whose top-left cell is (r, c)
+                approx[k] += cv2.sepFilter2D(feats[plane], cv2.CV_32F, row, col, anchor=(0, 0), borderType=_ZERO)
+        approx = approx[:, :n_r, :n_c]
+        margin = _BOUND_STEPS * 2.0**-24 * float(feats.max(initial=0.0)) * self._abs_mass + 1e-12
         n_simd = _simd_split(n_c)
-        for plane in range(NUM_FEATURES):
-            entries = self._by_plane[plane]
-            if not entries:
-                continue
-            F = feats[plane]
-            rows = np.stack([e[1] for e in entries])  # (T, 10)
-            cols = np.stack([e[2] for e in entries])
-            scratch = _taps_sum([F[None, :, n : n + n_c] * rows[:, n, None, None] for n in range(_FILTER)], n_simd)
-            term = _taps_sum([scratch[:, m : m + n_r, :] * cols[:, m, None, None] for m in range(_FILTER)], n_simd)
-            for i, (k, _, _) in enumerate(entries):
-                if started[k]:
-                    sal[k] += term[i]
-                else:
-                    sal[k] = term[i]
-                    started[k] = True
-        return sal
+        out = []
+        for k in range(K):
+            rr, cc = np.nonzero(approx[k] >= thresholds[k] - margin[k])
+            scores = self._exact_scores(feats, k, rr, cc, n_simd)
+            hit = scores >= thresholds[k]
+            out.append((rr[hit], cc[hit], scores[hit]))
+        return out
+
+    def _exact_scores(self, feats: np.ndarray, k: int, rr: np.ndarray, cc: np.ndarray, n_simd: int) -> np.ndarray:
+        """Filter ``k``'s float32 saliency at interior cells ``(rr, cc)``, summed in dlib's order (spec §6):
+        per rank-1 term a row pass then a column pass of 10 taps (3 accumulators in SIMD columns, one
+        in tail columns), then the terms one after another."""
+        planes, rows, cols = self._planes[k], self._rows[k], self._cols[k]
+        scores = np.empty(len(rr), dtype=np.float64)
+        taps = np.arange(_FILTER)
+        for start in range(0, len(rr), _REFINE_CHUNK):
+            r0, c0 = rr[start : start + _REFINE_CHUNK], cc[start : start + _REFINE_CHUNK]
+            simd = (c0 < n_simd)[:, None, None]
+            # patch[i, t, m, n] = plane(t)[r0+m, c0+n]
+            patch = feats[planes[None, :, None, None], (r0[:, None] + taps)[:, None, :, None],
+                          (c0[:, None] + taps)[:, None, None, :]]  # fmt: skip
+            prods = patch * rows[None, :, None, :]
+            scratch = np.where(simd, _ordered_sum_simd(prods), _ordered_sum_tail(prods))  # (N, T, 10 rows)
+            prods = scratch * cols[None]
+            term = np.where(simd[..., 0], _ordered_sum_simd(prods), _ordered_sum_tail(prods))  # (N, T)
+            scores[start : start + len(r0)] = np.add.accumulate(term, axis=1)[:, -1]  # sequential float32
+        return scores
 
     def detect(
         self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0
@@ -220,6 +270,10 @@ class HogFaceDetector:
         if not 0 <= int(upsample) <= MAX_UPSAMPLE:
             raise ValueError(f"upsample must be 0..{MAX_UPSAMPLE}, got {upsample}")
         upsample = int(upsample)
+        scanned = img.shape[0] * img.shape[1] * 4**upsample
+        if scanned > MAX_SCAN_PIXELS:
+            raise ValueError(f"image of {img.shape[1]}x{img.shape[0]} upsampled {upsample} times is {scanned} pixels, "
+                             f"more than the {MAX_SCAN_PIXELS} this detector scans")  # fmt: skip
         img = _upsample(img, upsample)
         m = self.model
         levels = pyramid_levels(img, m.min_pyramid_layer, m.max_pyramid_levels)
@@ -229,13 +283,11 @@ class HogFaceDetector:
             feats = fhog_features(level_img)
             if feats.shape[1] < _FILTER or feats.shape[2] < _FILTER:
                 continue
-            sal = self._saliency(feats)
-            for k in range(len(thresholds)):
-                rr, cc = np.nonzero(sal[k].astype(np.float64) >= thresholds[k])
+            for k, (rr, cc, found) in enumerate(self._candidates(feats, thresholds)):
                 if rr.size == 0:
                     continue
                 rects.append(_window_rects(rr + _HALF, cc + _HALF, level))
-                scores.append(sal[k][rr, cc].astype(np.float64))
+                scores.append(found)
                 which.append(np.full(rr.size, k, dtype=np.int64))
         if not rects:
             return np.zeros((0, 4), np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64)
@@ -287,9 +339,12 @@ def _upsample(img: np.ndarray, times: int) -> np.ndarray:
     return img
 
 
-def pyramid_levels(img: np.ndarray, min_layer: tuple[int, int] = (64, 64), max_levels: int = 1000) -> list[np.ndarray]:
-    """The scanned ``pyramid_down<6>`` levels (spec §3.2): the count comes from ``rect_down`` geometry
-    (``lround((p-0.3)·5/6)`` while the rect is at least ``min_layer``), the sizes from ``(5n) div 6``."""
+def pyramid_levels(
+    img: np.ndarray, min_layer: tuple[int, int] = (64, 64), max_levels: int = 1000
+) -> Iterator[np.ndarray]:
+    """The scanned ``pyramid_down<6>`` levels (spec §3.2), made one at a time: the count comes from
+    ``rect_down`` geometry (``lround((p-0.3)·5/6)`` while the rect is at least ``min_layer``), the sizes
+    from ``(5n) div 6``."""
     h, w = img.shape[:2]
     rect = np.array([0.0, 0.0, w - 1.0, h - 1.0])
     count = 0
@@ -299,11 +354,11 @@ def pyramid_levels(img: np.ndarray, min_layer: tuple[int, int] = (64, 64), max_l
         rw, rh = rect[2] - rect[0] + 1, rect[3] - rect[1] + 1
         if not (rw >= min_layer[0] and rh >= min_layer[1] and count < max_levels):
             break
-    levels = [img]
+    level = img
+    yield level
     for _ in range(count - 1):
-        prev = levels[-1]
-        levels.append(_resize(prev, (5 * prev.shape[0]) // 6, (5 * prev.shape[1]) // 6))
-    return levels
+        level = _resize(level, (5 * level.shape[0]) // 6, (5 * level.shape[1]) // 6)
+        yield level
 
 
 def _window_rects(r: np.ndarray, c: np.ndarray, level: int) -> np.ndarray:
@@ -322,10 +377,16 @@ def _window_rects(r: np.ndarray, c: np.ndarray, level: int) -> np.ndarray:
     return pyramid.lround(d)
 
 
+def load_hog_detector(path: str | Path = DETECTOR_FILE, sha256: str | None = DETECTOR_SHA256) -> HogFaceDetector:
+    """A detector from a serialized record file, refused (DlibFormatError) unless its sha256 is ``sha256``
+    (pass None to skip the check, e.g. for a detector trained with dlib's own tools)."""
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise DlibFormatError(str(path), 0, f"a file with sha256 {sha256}", f"sha256 {digest}")
+    return HogFaceDetector.from_bytes(data, str(path))
+
+
 @cache
 def _default_detector() -> HogFaceDetector:
-    data = DETECTOR_FILE.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != DETECTOR_SHA256:
-        raise DlibFormatError(str(DETECTOR_FILE), 0, f"sha256 {DETECTOR_SHA256}", f"sha256 {digest}")
-    return HogFaceDetector.from_bytes(data, str(DETECTOR_FILE))
+    return load_hog_detector()
