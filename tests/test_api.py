@@ -117,6 +117,7 @@ def test_analyze_and_descriptors_without_boxes_follow_detect():
     assert api._cnn_detector() is api._cnn_detector()  # loaded once
 
 
+@pytest.mark.oracle
 def test_jitters_match_dlibs_first_call():
     dlib = pytest.importorskip("dlib")
     import face_recognition_models

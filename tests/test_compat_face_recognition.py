@@ -164,6 +164,7 @@ def _rect(r):
     return [r.left(), r.top(), r.right(), r.bottom()]
 
 
+@pytest.mark.oracle
 def test_face_locations_upsample_0_cnn_equals_dlib():
     dlib = pytest.importorskip("dlib")
     import face_recognition_models as frm
