@@ -37,6 +37,34 @@ FACE_TEMPLATE_5 = np.array(
     dtype=np.float64,
 )
 
+# dlib's ``mean_face_shape_x/y`` entries for the 68-point parts get_face_chip_details pairs with a
+# 68-point shape: parts 27-54 and 60-64 (nose, eyes, upper mouth; no jaw, brows or lower lip).
+FACE_TEMPLATE_68_PARTS = np.r_[27:55, 60:65]
+FACE_TEMPLATE_68 = np.array(
+    [
+        [0.490127, 0.203352], [0.490127, 0.307009], [0.490127, 0.409805], [0.490127, 0.515625],  # 27-30
+        [0.36688, 0.587326], [0.426036, 0.609345], [0.490127, 0.628106], [0.554217, 0.609345],  # 31-34
+        [0.613373, 0.587326], [0.121737, 0.216423], [0.187122, 0.178758], [0.265825, 0.179852],  # 35-38
+        [0.334606, 0.231733], [0.260918, 0.245099], [0.182743, 0.244077], [0.645647, 0.231733],  # 39-42
+        [0.714428, 0.179852], [0.793132, 0.178758], [0.858516, 0.216423], [0.79751, 0.244077],  # 43-46
+        [0.719335, 0.245099], [0.254149, 0.780233], [0.340985, 0.745405], [0.428858, 0.727388],  # 47-50
+        [0.490127, 0.742578], [0.551395, 0.727388], [0.639268, 0.745405], [0.726104, 0.780233],  # 51-54
+        [0.290379, 0.784792], [0.428096, 0.778746], [0.490127, 0.785343], [0.552157, 0.778746],  # 60-63
+        [0.689874, 0.784792],  # 64
+    ],
+    dtype=np.float64,
+)  # fmt: skip
+
+
+def _template_points(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(template, image points) that dlib pairs for (N, 5, 2) or (N, 68, 2) landmarks."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.ndim == 3 and pts.shape[1:] == (5, 2):
+        return FACE_TEMPLATE_5, pts
+    if pts.ndim == 3 and pts.shape[1:] == (68, 2):
+        return FACE_TEMPLATE_68, pts[:, FACE_TEMPLATE_68_PARTS]
+    raise ValueError(f"landmarks must be (N, 5, 2) or (N, 68, 2), got {pts.shape}")
+
 
 # ------------------------------------------------------------------------------------------------
 # small exact helpers
@@ -153,18 +181,17 @@ def _check_size(size: int, padding: float) -> None:
 
 
 def face_chip_details(landmarks: np.ndarray, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """dlib's ``get_face_chip_details`` for 5-point landmarks, batched over faces.
+    """dlib's ``get_face_chip_details`` for 5- or 68-point landmarks, batched over faces.
 
-    ``landmarks``: (N, 5, 2) pixel points (x, y) in dlib's 5-point order. Returns the chip
+    ``landmarks``: (N, 5, 2) pixel points (x, y) in dlib's 5-point order, or (N, 68, 2) in the
+    iBUG 300-W order (dlib then fits its mean face to parts 27-54 and 60-64). Returns the chip
     rectangles (N, 4) float64 ``[left, top, right, bottom]`` (dlib drectangle, before rotation)
     and the angles (N,) float64 in radians. Chips are ``size × size``.
     """
     _check_size(size, padding)
-    pts = np.asarray(landmarks, dtype=np.float64)
-    if pts.ndim != 3 or pts.shape[1:] != (5, 2):
-        raise ValueError(f"landmarks must be (N, 5, 2), got {pts.shape}")
+    template, pts = _template_points(landmarks)
     n = pts.shape[0]
-    chip_pts = (padding + FACE_TEMPLATE_5) / (2 * padding + 1) * float(size)
+    chip_pts = (padding + template) / (2 * padding + 1) * float(size)
     M, t = similarity_transform(np.broadcast_to(chip_pts, pts.shape), pts)
     m00, m10 = M[:, 0, 0], M[:, 1, 0]
     # std::atan2 per face through libm, as dlib (numpy's SIMD transcendentals may differ in the last bit)
@@ -255,7 +282,7 @@ def extract_face_chips(image: np.ndarray, landmarks: np.ndarray, size: int = 150
     """Aligned face chips exactly as dlib's single-face ``get_face_chip(img, shape, size, padding)``.
 
     ``image``: (H, W, 3) uint8 RGB, or (H, W) uint8 grey (treated as R = G = B).
-    ``landmarks``: (N, 5, 2) pixel points in dlib's 5-point order.
+    ``landmarks``: (N, 5, 2) pixel points in dlib's 5-point order, or (N, 68, 2) 68-point shapes.
     Returns (N, size, size, 3) uint8. Each face is extracted independently (its own crop and
     pyramid), which is what ``dlib.get_face_chip`` and face_recognition's one-face-per-call
     descriptors see; dlib's multi-face ``get_face_chips`` shares one pyramid and can differ.
@@ -270,8 +297,7 @@ def extract_face_chips(image: np.ndarray, landmarks: np.ndarray, size: int = 150
     elif img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3) RGB or (H, W) grey, got {img.shape}")
     pts = np.asarray(landmarks)
-    if pts.ndim != 3 or pts.shape[1:] != (5, 2):
-        raise ValueError(f"landmarks must be (N, 5, 2), got {pts.shape}")
+    _template_points(pts)  # raises on a shape dlib has no template for
     if pts.shape[0] == 0:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     rects, angles = face_chip_details(pts, size, padding)

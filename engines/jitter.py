@@ -115,16 +115,17 @@ def jitter_chips(chip: np.ndarray, num_jitters: int, rng: DlibRand | None = None
 
 
 def jittered_descriptors(
-    embed_chips: Callable[[np.ndarray], np.ndarray], chips: np.ndarray, num_jitters: int
+    embed_chips: Callable[[np.ndarray], np.ndarray], chips: np.ndarray, num_jitters: int, rng: DlibRand | None = None
 ) -> np.ndarray:
     """Descriptors as dlib's ``compute_face_descriptor(..., num_jitters)``: (N,128) float32.
 
     ``num_jitters`` <= 1: the chips' own descriptors (dlib does not jitter then either). Otherwise each
-    face's descriptor is the mean over ``num_jitters`` jittered copies, each face with a fresh generator.
+    face's descriptor is the mean over ``num_jitters`` jittered copies, each face with a fresh generator,
+    or, when ``rng`` is given, all faces drawing from it in turn (as one dlib model does across calls).
     """
     chips = np.asarray(chips)
     if num_jitters <= 1 or len(chips) == 0:
         return embed_chips(chips)
-    crops = np.concatenate([jitter_chips(chip, num_jitters) for chip in chips])
+    crops = np.concatenate([jitter_chips(chip, num_jitters, rng) for chip in chips])
     descriptors = embed_chips(crops).reshape(len(chips), int(num_jitters), -1)
     return descriptors.mean(axis=1, dtype=np.float32)

