@@ -140,7 +140,7 @@ def test_addresses_tokens_and_the_refusal_to_serve_beyond_localhost_without_a_to
     config = load_config(None)
     monkeypatch.delenv("FACESTREAM_WEB_TOKEN", raising=False)
     assert resolve_token(config) == ""
-    config["web"]["token"] = "from-config-0123456"
+    config.web.token = "from-config-0123456"
     assert resolve_token(config) == "from-config-0123456"
     monkeypatch.setenv("FACESTREAM_WEB_TOKEN", "from-env-0123456789")
     assert resolve_token(config) == "from-env-0123456789"
@@ -457,7 +457,7 @@ def test_the_token_the_host_header_and_the_change_header_are_enforced(
     sockets: PipelineSockets, gallery_path: Path
 ) -> None:
     config = load_config(None)
-    config["web"]["token"] = "0123456789abcdef0123"
+    config.web.token = "0123456789abcdef0123"
     server = start_server(config, sockets, gallery_path)
     try:
         assert http(server.url + "api/people")[0] == 401
