@@ -88,17 +88,16 @@ class Profile:
 
 
 def profile_for(kind: str, engine: EngineConfig | None, embedder_max_batch: int | None = None) -> Profile:
-    """The optimisation profile of "detector" or "embedder" from the ``engine:`` config section (None: defaults)."""
-    if engine is None:
-        from ..pipeline.config import EngineConfig
-
-        engine = EngineConfig()
+    """The optimisation profile of "detector" or "embedder" from the ``engine:`` config section (the embedder's
+    needs only its max batch, 32 unless given; the detector's needs the section)."""
     if kind == "embedder":
         top = int(embedder_max_batch or 32)
         if top < 1:
             raise ValueError(f"embedder max batch must be >= 1, got {top}")
         return Profile("chips", (1, *EMBEDDER_CHIP), (max(1, top // 2), *EMBEDDER_CHIP), (top, *EMBEDDER_CHIP))
     if kind == "detector":
+        if engine is None:
+            raise ValueError("the detector's TensorRT profile needs the engine section (detector_min_hw ...)")
         low, opt, high = (tuple(int(v) for v in hw)
                           for hw in (engine.detector_min_hw, engine.detector_opt_hw, engine.detector_max_hw))
         if any(len(hw) != 2 for hw in (low, opt, high)):

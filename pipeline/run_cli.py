@@ -76,6 +76,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if problem:
             log.error("%s", problem)
             return 2
+    if args.workers is not None:
+        config.set("pipeline.detect_workers", args.workers, "--workers")
     if args.detect_every is not None:
         config.set("pipeline.detect_every", args.detect_every, "--detect-every")
     if args.max_frames is not None:

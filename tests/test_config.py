@@ -141,3 +141,11 @@ def test_enroll_threshold_out_of_range_is_refused(tmp_path: Path) -> None:
         assert result.returncode == 2, result.stderr
         assert f"threshold {value!r} is not allowed: a distance > 0 and <= 1.2" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_command_line_values_are_checked_like_the_file_s(tmp_path: Path) -> None:
+    """`--workers -1` used to become 1 without a word; like `detect_workers: -1` in a file it is refused."""
+    for option, names in (("--workers", "pipeline.detect_workers"), ("--max-frames", "sources.max_frames")):
+        result = _cli(["run", "--source", str(CLIP), option, "-1"], tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"{option}: {names}: -1 is out of range" in result.stderr and "Traceback" not in result.stderr

@@ -118,6 +118,26 @@ def test_no_import_circles() -> None:
     assert find_cycles(graph) == []
 
 
+# Which packages may import which at run time: models know nothing of galleries or processes, galleries
+# nothing of processes; facestream.errors imports nothing of ours.
+LAYERS = {"engines": {"engines"}, "enroll": {"engines", "enroll"}, "errors": set()}
+
+
+def test_dependencies_point_one_way() -> None:
+    modules = package_modules()
+    wrong = []
+    for name, path in modules.items():
+        layer = name.split(".")[1] if "." in name else "root"
+        allowed = LAYERS.get(layer)
+        if allowed is None:
+            continue
+        for target in imports_of(name, path, modules):
+            target_layer = target.split(".")[1] if "." in target else "root"
+            if target_layer not in allowed | {"errors"} and target not in PACKAGES:
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+
+
 def test_every_exception_class_derives_from_facestream_error() -> None:
     offenders, seen = [], 0
     for name in package_modules():

@@ -501,9 +501,13 @@ def test_facestream_serve_attaches_to_a_run_directory(
             "--run-dir", str(sockets.dir), "--gallery", str(gallery_path)]  # fmt: skip
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
-        line = process.stderr.readline()
-        match = re.search(r"web view: (http://127\.0\.0\.1:\d+/)", line)
-        assert match, line + process.stderr.read()
+        lines = []
+        for _ in range(20):  # the address is logged after a few start-up lines (which configuration, ...)
+            lines.append(process.stderr.readline())
+            match = re.search(r"web view: (http://127\.0\.0\.1:\d+/)", lines[-1])
+            if match or not lines[-1]:
+                break
+        assert match, "".join(lines)
         url = match.group(1)
         health = wait_until(lambda: http_json(url + "api/health")[1]["health"], "health from health.json")
         assert health["stages"]["detect"]["per_second"] == 1.0
