@@ -53,7 +53,7 @@ def main() -> None:
     from facestream.engines.onnx_export import cached_onnx
     from facestream.engines.runtime import OnnxRuntimeSession
     from facestream.engines.tensorrt_backend import TensorRTSession, profile_for
-    from facestream.pipeline.config import DEFAULTS
+    from facestream.pipeline.config import EngineConfig
     from facestream.pipeline.tracker import box_iou
 
     cache = Path(tempfile.gettempdir()) / "facestream-bench-gpu"
@@ -61,7 +61,7 @@ def main() -> None:
     chips = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((DATA / "golden" / "chips").glob("*.png"))])
     cpu = OnnxRuntimeSession(embedder_onnx)
     top = max(args.batches)
-    sessions = {p: TensorRTSession(embedder_onnx, "embedder", profile_for("embedder", {}, top), precision=p,
+    sessions = {p: TensorRTSession(embedder_onnx, "embedder", profile_for("embedder", None, top), precision=p,
                                    cache_dir=cache, probe=found) for p in args.precisions}  # fmt: skip
     rows, table = [], [f"GPU: {found.reason}", "embedder (faces/s):",
                        f"{'batch':>6} {'onnxruntime cpu':>16} " + " ".join(f"{p:>10} {'ratio':>7} {'max diff':>9}"
@@ -90,7 +90,7 @@ def main() -> None:
         item = {"image": name, "shape": list(image.shape), "onnxruntime_frames_per_s": cpu_rate}
         line = f"  {name} ({image.shape[1]}x{image.shape[0]}): onnxruntime {cpu_rate:.2f}"
         for precision in args.precisions:
-            engine = {**DEFAULTS["engine"], "backend": "tensorrt", "precision": precision}
+            engine = EngineConfig(backend="tensorrt", precision=precision)
             gpu_detector = FaceDetector.from_file(model_path("detector", ""), cache, upsample=0, engine=engine)
             boxes, _ = gpu_detector.detect(image)
             same = len(boxes) == len(cpu_boxes) and (

@@ -3,38 +3,27 @@
 `engine.backend` in config.yaml: ``onnxruntime`` (CPU, always available), ``tensorrt`` (NVIDIA GPU;
 an error when it cannot run) or ``auto`` (TensorRT when tensorrt and pycuda import and a CUDA device
 is present, else ONNX Runtime; the choice and the reason are logged). Everything here but the
-TensorRT session itself runs without a GPU and is tested in CI.
+TensorRT session itself runs without a GPU and is tested without one.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ..errors import BackendError
+from .gpu_probe import GpuProbe, probe_gpu
 from .runtime import InferenceSession, OnnxRuntimeSession
+
+if TYPE_CHECKING:
+    from ..pipeline.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
-
-
-class BackendError(RuntimeError):
-    """A backend that was asked for cannot run here; the message says why."""
-
-
-@dataclass(frozen=True)
-class GpuProbe:
-    """What this machine offers TensorRT: `available` and, when not, why."""
-
-    available: bool
-    reason: str
-    device_name: str = ""
-    compute_capability: tuple[int, int] = (0, 0)
-    tensorrt_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,30 +31,6 @@ class BackendChoice:
     name: str  # "tensorrt" | "onnxruntime"
     reason: str
     probe: GpuProbe | None = None
-
-
-def probe_gpu(importer: Callable[[str], Any] = importlib.import_module) -> GpuProbe:
-    """Can TensorRT run here? Imports tensorrt and pycuda and asks the CUDA driver for device 0."""
-    try:
-        trt = importer("tensorrt")
-    except Exception as error:  # ImportError, or a broken install raising anything at import
-        return GpuProbe(False, f"tensorrt is not installed ({type(error).__name__}: {error})")
-    try:
-        cuda = importer("pycuda.driver")
-    except Exception as error:
-        return GpuProbe(False, f"pycuda is not installed ({type(error).__name__}: {error})")
-    try:
-        cuda.init()
-        count = cuda.Device.count()
-    except Exception as error:  # no driver, no device node, ...
-        return GpuProbe(False, f"the CUDA driver cannot be used ({type(error).__name__}: {error})")
-    if count < 1:
-        return GpuProbe(False, "no CUDA device is present")
-    device = cuda.Device(0)
-    major, minor = device.compute_capability()
-    version = str(getattr(trt, "__version__", "unknown"))
-    return GpuProbe(True, f"CUDA device 0: {device.name()} (sm_{major}{minor}), TensorRT {version}",
-                    device.name(), (int(major), int(minor)), version)  # fmt: skip
 
 
 def choose_backend(requested: str, probe: Callable[[], GpuProbe] = probe_gpu) -> BackendChoice:
@@ -86,12 +51,13 @@ _announced: set[tuple[str, str]] = set()
 
 
 def make_session(
-    onnx_path: str | Path, kind: str, engine: dict[str, Any] | None, cache_dir: str | Path | None, threads: int = 0,
+    onnx_path: str | Path, kind: str, engine: EngineConfig | None, cache_dir: str | Path | None, threads: int = 0,
     max_batch: int | None = None, probe: Callable[[], GpuProbe] = probe_gpu,
 ) -> InferenceSession:  # fmt: skip
     """An inference session for one of the two networks ("detector" | "embedder") on the configured backend."""
-    engine = engine or {}
-    choice = choose_backend(str(engine.get("backend", "onnxruntime")), probe)
+    if engine is None:
+        return OnnxRuntimeSession(onnx_path, threads=threads)
+    choice = choose_backend(engine.backend, probe)
     if (kind, choice.reason) not in _announced:  # once per process and network: workers log it at start
         _announced.add((kind, choice.reason))
         log.info("%s: %s (%s)", kind, choice.name, choice.reason)
@@ -104,8 +70,8 @@ def make_session(
         onnx_path,
         kind,
         profile_for(kind, engine, max_batch),
-        precision=str(engine.get("precision", "fp16")),
+        precision=engine.precision,
         cache_dir=cache_dir,
-        workspace_mb=int(engine.get("workspace_mb", 1024)),
+        workspace_mb=engine.workspace_mb,
         probe=choice.probe,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from .backend import make_session
 from .dlib_format import InputImagePyramid, LossMMOD, read_mmod_detector
 from .onnx_export import cached_onnx
 from .runtime import InferenceSession
+
+if TYPE_CHECKING:
+    from ..pipeline.config import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,8 @@ class FaceDetector:
         self.threshold = float(threshold)
 
     @classmethod
-    def from_file(cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0,
-                  upsample: int = 1, threshold: float = 0.0, engine: dict | None = None) -> FaceDetector:  # fmt: skip
+    def from_file(cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0, upsample: int = 1,
+                  threshold: float = 0.0, engine: EngineConfig | None = None) -> FaceDetector:  # fmt: skip
         """`engine`: the config's ``engine:`` section (backend, precision, ...); None = ONNX Runtime."""
         params = DetectorParams.from_model(model_path)
         session = make_session(cached_onnx(model_path, "detector", cache_dir), "detector", engine, cache_dir, threads)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelError
 
-class DlibFormatError(ValueError):
+
+class DlibFormatError(ModelError, ValueError):
     """A model file is not what it claims to be: names the file, the offset and the expectation."""
 
     def __init__(self, path: str, offset: int, expected: str, found: str = "") -> None:

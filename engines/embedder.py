@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .backend import make_session
 from .onnx_export import cached_onnx
 from .runtime import InferenceSession
+
+if TYPE_CHECKING:
+    from ..pipeline.config import EngineConfig
 
 # The means stored in the model file (float32), shared by both of dlib's networks.
 RGB_MEANS = np.array([122.782, 117.001, 104.298], dtype=np.float32)
@@ -33,7 +37,7 @@ class FaceEmbedder:
     @classmethod
     def from_file(
         cls, model_path: str | Path, cache_dir: str | Path | None = None, threads: int = 0, max_batch: int = 32,
-        engine: dict | None = None,
+        engine: EngineConfig | None = None,
     ) -> FaceEmbedder:  # fmt: skip
         """`engine`: the config's ``engine:`` section (backend, precision, ...); None = ONNX Runtime."""
         onnx_path = cached_onnx(model_path, "embedder", cache_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from .embedder import FaceEmbedder
 from .landmarks import ShapePredictor
 from .models import model_path
 from .onnx_export import default_cache_dir
+
+if TYPE_CHECKING:
+    from ..pipeline.config import Config
 
 
 @dataclass
@@ -50,20 +54,21 @@ class FaceAnalyzer:
         self.detector, self.predictor, self.embedder = detector, predictor, embedder
 
     @classmethod
-    def from_config(cls, config: dict) -> FaceAnalyzer:
-        models, engine = config["models"], config["engine"]
-        cache = Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
-        threads = int(engine["threads"])
+    def from_config(cls, config: Config) -> FaceAnalyzer:
+        """Models, cache, engine, detector and embedder settings from the typed configuration."""
+        models, engine = config.models, config.engine
+        cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+        threads = int(engine.threads)
         detector = FaceDetector.from_file(
-            model_path("detector", models["detector"]), cache, threads,
-            upsample=config["detector"]["upsample"], threshold=config["detector"]["threshold"], engine=engine,
+            model_path("detector", models.detector), cache, threads,
+            upsample=config.detector.upsample, threshold=config.detector.threshold, engine=engine,
         )  # fmt: skip
-        predictor = ShapePredictor.from_file(model_path("landmarks", models["landmarks"]), cache)
+        predictor = ShapePredictor.from_file(model_path("landmarks", models.landmarks), cache)
         embedder = FaceEmbedder.from_file(
-            model_path("embedder", models["embedder"]),
+            model_path("embedder", models.embedder),
             cache,
             threads,
-            max_batch=config["embedder"]["max_batch"],
+            max_batch=config.embedder.max_batch,
             engine=engine,
         )
         return cls(detector, predictor, embedder)

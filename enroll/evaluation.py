@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 UNKNOWN = "unknown"
 
 # ------------------------------------------------------------------------------------------------
 # the pairs file
 
 
-class PairsFormatError(ValueError):
+class PairsFormatError(InputError, ValueError):
     """A pairs file that does not follow the LFW format; the message names the file and the line."""
 
 
@@ -254,7 +256,7 @@ def tar_at_far(distances: np.ndarray, same: np.ndarray, target_far: float) -> Op
 # identification in video: the truth file
 
 
-class TruthFormatError(ValueError):
+class TruthFormatError(InputError, ValueError):
     """A truth file that cannot be used; the message names the file and the segment."""
 
 

@@ -20,12 +20,13 @@ go the same way, so the index is always exactly the store's state at some revisi
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +76,6 @@ DEFAULT_DISTANCE_THRESHOLD = 0.6  # dlib's same-person rule
 # false accept), so genuine faces of that person often lie 0.5-0.6 from it.
 DEFAULT_NEGATIVE_THRESHOLD = 0.5
 DEFAULT_SEARCH_K = 16  # samples fetched per query before widening (x4) to find a second person
-
-CONFIG_DEFAULTS: dict[str, Any] = {
-    "path": "gallery.db",
-    "distance_threshold": DEFAULT_DISTANCE_THRESHOLD,
-    "margin": 0.0,
-    "negative_threshold": DEFAULT_NEGATIVE_THRESHOLD,
-    "approximate_above": DEFAULT_APPROXIMATE_ABOVE,
-    "hnsw_m": DEFAULT_HNSW_M,
-    "hnsw_ef_search": DEFAULT_HNSW_EF_SEARCH,
-    "gpu": "auto",
-}
 
 
 class Gallery:
@@ -145,13 +135,10 @@ class Gallery:
                 raise
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> Gallery:
-        """From the `gallery` section of config.yaml (or that section itself); keys as in CONFIG_DEFAULTS."""
-        section = config["gallery"] if isinstance(config.get("gallery"), Mapping) else config
-        unknown = set(section) - set(CONFIG_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown gallery settings: {', '.join(sorted(unknown))}")
-        settings = {**CONFIG_DEFAULTS, **section, **overrides}
+    def from_config(cls, section: Any, **overrides: Any) -> Gallery:
+        """From the typed `gallery` section of the configuration (pipeline/config.py GalleryConfig, validated
+        there); `overrides` replace its values (e.g. ``path=``) or add constructor options (``threads=``)."""
+        settings = {**dataclasses.asdict(section), **overrides}
         return cls(settings.pop("path"), **settings)
 
     def __enter__(self) -> Gallery:

@@ -30,6 +30,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..errors import GalleryError
+
 DIM = 128
 FLAT = "flat"
 HNSW = "hnsw"
@@ -48,7 +50,7 @@ FORMAT_VERSION = 1
 _RERANK_ELEMENTS = 1 << 15  # hits re-ranked per chunk: bounds the (n,k,128) float64 temporary to 32 MB
 
 
-class IndexFileError(Exception):
+class IndexFileError(GalleryError):
     """A saved index cannot be used (missing, corrupt, foreign); the caller rebuilds it from the store."""
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GalleryError, InputError
+
 DIM = 128
 DESCRIPTOR_DTYPE = np.dtype("<f4")  # little-endian float32 on every platform
 DESCRIPTOR_BYTES = DIM * DESCRIPTOR_DTYPE.itemsize
@@ -44,10 +46,6 @@ POSITIVE = "positive"
 NEGATIVE = "negative"
 KINDS = (POSITIVE, NEGATIVE)
 UNKNOWN = "unknown"  # the identity of an unmatched face; reserved, no person may have this name
-
-
-class GalleryError(Exception):
-    """A gallery file or its data cannot be used as asked; the message names the file and the problem."""
 
 
 class GalleryBusyError(GalleryError):
@@ -192,12 +190,25 @@ def check_name(name: str) -> str:
     return name
 
 
+# The largest distance threshold accepted: the data pack's faces of different people are at most 1.06
+# apart (dlib's descriptors), so a threshold above 1.2 would name almost anyone as anyone.
+MAX_THRESHOLD = 1.2
+
+
+class ThresholdError(InputError, ValueError):
+    """A distance threshold that is not a number in (0, MAX_THRESHOLD]."""
+
+
 def check_threshold(threshold: float | None) -> float | None:
+    """The threshold as a float (None stays None), or ThresholdError saying what is allowed."""
     if threshold is None:
         return None
-    value = float(threshold)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"a threshold must be a positive number, got {threshold!r}")
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= MAX_THRESHOLD:
+        raise ThresholdError(f"threshold {threshold!r} is not allowed: a distance > 0 and <= {MAX_THRESHOLD:g}")
     return value
 
 
@@ -249,8 +260,8 @@ class Store:
         except sqlite3.Error as error:
             raise GalleryError(f"{self.path}: cannot open: {error}") from None
         # Several processes opening a new gallery at once race to switch it to WAL and create the schema;
-        # there SQLite answers "locked" at once instead of waiting (seen: 41 of 900 opens, 3 processes at a
-        # time), so opening is retried until the busy timeout is used up.
+        # there SQLite answers "locked" at once instead of waiting (its busy handler does not cover that
+        # step), so opening is retried until the busy timeout is used up.
         deadline = time.monotonic() + self.busy_timeout
         try:
             while True:

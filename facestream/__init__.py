@@ -11,6 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import (
+    BackendError,
+    ConfigError,
+    FacestreamError,
+    GalleryError,
+    InputError,
+    ModelError,
+    PipelineError,
+)
+
 __version__ = "0.1.0"
 
 _API = (
@@ -18,8 +28,9 @@ _API = (
     "distance", "landmarks", "load_image",
 )  # fmt: skip
 __all__ = [
-    "FaceBatch", "Gallery", "ImageError", "Matches", "__version__", "analyze", "chips", "compare", "descriptors",
-    "detect", "distance", "landmarks", "load_image",
+    "BackendError", "ConfigError", "FaceBatch", "FacestreamError", "Gallery", "GalleryError", "ImageError",
+    "InputError", "Matches", "ModelError", "PipelineError", "__version__", "analyze", "chips", "compare",
+    "descriptors", "detect", "distance", "landmarks", "load_image",
 ]  # fmt: skip
 
 if TYPE_CHECKING:

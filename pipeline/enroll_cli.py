@@ -11,24 +11,25 @@ from typing import Any
 
 from ..engines.faces import FaceAnalyzer
 from ..enroll.gallery import Gallery
-from ..enroll.store import GalleryError
+from ..enroll.store import GalleryError, check_threshold
+from .config import Config
 from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, summarise
 from .imageio import ImageError, read_image
 
 log = logging.getLogger("facestream")
 
 
-def open_gallery(args: argparse.Namespace, config: dict) -> Gallery:
-    path = args.gallery or config["gallery"]["path"]
-    return Gallery.from_config(config["gallery"], path=path, threads=config["engine"]["threads"])
+def open_gallery(args: argparse.Namespace, config: Config) -> Gallery:
+    path = args.gallery or config.gallery.path
+    return Gallery.from_config(config.gallery, path=path, threads=config.engine.threads)
 
 
-def _policy(args: argparse.Namespace, config: dict) -> EnrolmentPolicy:
-    section = config["enrolment"]
+def _policy(args: argparse.Namespace, config: Config) -> EnrolmentPolicy:
+    section = config.enrolment
     return EnrolmentPolicy(
-        largest=bool(getattr(args, "largest", False) or section["largest"]),
-        min_face_width=int(section["min_face_width"]), min_sharpness=float(section["min_sharpness"]),
-        max_image_pixels=int(config["detector"]["max_image_pixels"]),
+        largest=bool(getattr(args, "largest", False) or section.largest),
+        min_face_width=int(section.min_face_width), min_sharpness=float(section.min_sharpness),
+        max_image_pixels=int(config.detector.max_image_pixels),
     )  # fmt: skip
 
 
@@ -60,7 +61,7 @@ def _with_progress(paths: list[Path], as_json: bool) -> Any:
     return tqdm(paths, unit="image", file=sys.stderr, leave=False)
 
 
-def cmd_add(args: argparse.Namespace, config: dict, negative: bool = False) -> int:
+def cmd_add(args: argparse.Namespace, config: Config, negative: bool = False) -> int:
     analyzer = FaceAnalyzer.from_config(config)
     with open_gallery(args, config) as gallery:
         paths = [Path(p) for p in args.images]
@@ -69,11 +70,11 @@ def cmd_add(args: argparse.Namespace, config: dict, negative: bool = False) -> i
     return _finish(reports, args.json)
 
 
-def cmd_reject(args: argparse.Namespace, config: dict) -> int:
+def cmd_reject(args: argparse.Namespace, config: Config) -> int:
     return cmd_add(args, config, negative=True)
 
 
-def cmd_import(args: argparse.Namespace, config: dict) -> int:
+def cmd_import(args: argparse.Namespace, config: Config) -> int:
     try:
         people = folder_people(Path(args.folder))
     except ValueError as error:
@@ -88,7 +89,7 @@ def cmd_import(args: argparse.Namespace, config: dict) -> int:
     return _finish(reports, args.json)
 
 
-def cmd_list(args: argparse.Namespace, config: dict) -> int:
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
     with open_gallery(args, config) as gallery:
         people = gallery.people()
         if args.json:
@@ -106,43 +107,43 @@ def cmd_list(args: argparse.Namespace, config: dict) -> int:
     return 0
 
 
-def cmd_remove(args: argparse.Namespace, config: dict) -> int:
+def cmd_remove(args: argparse.Namespace, config: Config) -> int:
     with open_gallery(args, config) as gallery:
         removed = gallery.remove_person(args.name)
     print(f"removed {args.name} ({removed} samples)")
     return 0
 
 
-def cmd_rename(args: argparse.Namespace, config: dict) -> int:
+def cmd_rename(args: argparse.Namespace, config: Config) -> int:
     with open_gallery(args, config) as gallery:
         gallery.rename_person(args.old, args.new)
     print(f"renamed {args.old} to {args.new}")
     return 0
 
 
-def cmd_threshold(args: argparse.Namespace, config: dict) -> int:
-    value = None if args.value.lower() in ("none", "default") else float(args.value)
+def cmd_threshold(args: argparse.Namespace, config: Config) -> int:
+    value = None if args.value.lower() in ("none", "default") else check_threshold(args.value)
     with open_gallery(args, config) as gallery:
         gallery.set_threshold(args.name, value)
     print(f"{args.name}: threshold {value if value is not None else 'default'}")
     return 0
 
 
-def cmd_export(args: argparse.Namespace, config: dict) -> int:
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
     with open_gallery(args, config) as gallery:
         counts = gallery.export(args.file)
     print(json.dumps({"exported": str(args.file), **counts}))
     return 0
 
 
-def cmd_import_file(args: argparse.Namespace, config: dict) -> int:
+def cmd_import_file(args: argparse.Namespace, config: Config) -> int:
     with open_gallery(args, config) as gallery:
         counts = gallery.import_file(args.file)
     print(json.dumps({"imported": str(args.file), **counts}))
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace, config: dict) -> int:
+def cmd_calibrate(args: argparse.Namespace, config: Config) -> int:
     outsiders = None
     if args.not_enrolled:
         import numpy as np
@@ -172,15 +173,15 @@ def cmd_calibrate(args: argparse.Namespace, config: dict) -> int:
     return 0
 
 
-def cmd_identify(args: argparse.Namespace, config: dict) -> int:
+def cmd_identify(args: argparse.Namespace, config: Config) -> int:
     if args.upsample is not None:
-        config["detector"]["upsample"] = args.upsample
+        config.set("detector.upsample", args.upsample, "--upsample")
     analyzer = FaceAnalyzer.from_config(config)
     failures = 0
     with open_gallery(args, config) as gallery:
         for path in args.images:
             try:
-                image = read_image(path, config["detector"]["max_image_pixels"])
+                image = read_image(path, config.detector.max_image_pixels)
             except ImageError as error:
                 failures += 1
                 print(json.dumps({"image": str(path), "error": str(error)}) if args.json else f"{error}", flush=True)

@@ -38,6 +38,7 @@ from ..enroll.evaluation import (
     score_identification,
     tar_at_far,
 )
+from .config import Config
 
 log = logging.getLogger("facestream")
 
@@ -159,14 +160,15 @@ def centred_box(height: int, width: int) -> np.ndarray:
 class PairFaces:
     """One descriptor per image: the detection nearest the centre, with the documented fallbacks."""
 
-    def __init__(self, config: dict, options: FaceOptions, use_cache: bool) -> None:
+    def __init__(self, config: Config, options: FaceOptions, use_cache: bool) -> None:
         from ..engines.models import model_path
         from ..engines.onnx_export import default_cache_dir, sha256_file
 
         self.config, self.options = config, options
-        models = config["models"]
-        self.model_shas = [sha256_file(model_path(k, models[k])) for k in ("detector", "landmarks", "embedder")]
-        cache_dir = Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
+        models = config.models
+        kinds = ("detector", "landmarks", "embedder")
+        self.model_shas = [sha256_file(model_path(k, getattr(models, k))) for k in kinds]
+        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
         self.cache = DescriptorCache(cache_dir / "eval-descriptors.sqlite") if use_cache else None
         self._analyzer: Any = None
         self.computed = self.cached = 0
@@ -196,7 +198,7 @@ class PairFaces:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.cached += 1
             return hit
-        image = decode_image(data, str(path), self.config["detector"]["max_image_pixels"])
+        image = decode_image(data, str(path), self.config.detector.max_image_pixels)
         height, width = image.shape[:2]
         analyzer = self.analyzer
         opts = self.options
@@ -312,7 +314,7 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
 
-def cmd_pairs(args: argparse.Namespace, config: dict) -> int:
+def cmd_pairs(args: argparse.Namespace, config: Config) -> int:
     from .imageio import ImageError
 
     try:
@@ -330,10 +332,10 @@ def cmd_pairs(args: argparse.Namespace, config: dict) -> int:
         log.error("%d of %d images are missing under %s, e.g. %s", len(missing), len(images), root,
                   ", ".join(missing[:3]))  # fmt: skip
         return 2
-    threshold = float(config["gallery"]["distance_threshold"] if args.threshold is None else args.threshold)
+    threshold = float(config.gallery.distance_threshold if args.threshold is None else args.threshold)
     options = FaceOptions(
-        upsample=int(config["detector"]["upsample"] if args.upsample is None else args.upsample),
-        threshold=float(config["detector"]["threshold"]),
+        upsample=int(config.detector.upsample if args.upsample is None else args.upsample),
+        threshold=float(config.detector.threshold),
         fallback_threshold=float(args.fallback_threshold),
         jitters=int(args.jitters),
     )
@@ -494,9 +496,9 @@ def _pick_stream(records: list[dict[str, Any]], stream: str | None, path: str) -
     return records
 
 
-def _gallery_db(args: argparse.Namespace, config: dict, workdir: Path) -> str:
+def _gallery_db(args: argparse.Namespace, config: Config, workdir: Path) -> str:
     """A gallery database path: --gallery itself, or a temporary one enrolled from a DIR/<person>/ folder."""
-    source = Path(args.gallery or config["gallery"]["path"])
+    source = Path(args.gallery or config.gallery.path)
     if not source.is_dir():
         if not source.is_file():
             raise ValueError(f"--gallery {source}: no such gallery database or folder")
@@ -507,13 +509,13 @@ def _gallery_db(args: argparse.Namespace, config: dict, workdir: Path) -> str:
 
     people = folder_people(source)
     path = workdir / "gallery.db"
-    section = config["enrolment"]
-    policy = EnrolmentPolicy(largest=bool(section["largest"]), min_face_width=int(section["min_face_width"]),
-                             min_sharpness=float(section["min_sharpness"]),
-                             max_image_pixels=int(config["detector"]["max_image_pixels"]))  # fmt: skip
+    section = config.enrolment
+    policy = EnrolmentPolicy(largest=bool(section.largest), min_face_width=int(section.min_face_width),
+                             min_sharpness=float(section.min_sharpness),
+                             max_image_pixels=int(config.detector.max_image_pixels))  # fmt: skip
     analyzer = FaceAnalyzer.from_config(config)
     reports = []
-    with Gallery.from_config(config["gallery"], path=str(path), threads=config["engine"]["threads"]) as gallery:
+    with Gallery.from_config(config.gallery, path=str(path), threads=config.engine.threads) as gallery:
         for name, paths in people.items():
             reports += enrol_images(gallery, analyzer, name, paths, policy)
     for report in reports:
@@ -525,7 +527,7 @@ def _gallery_db(args: argparse.Namespace, config: dict, workdir: Path) -> str:
     return str(path)
 
 
-def cmd_video(args: argparse.Namespace, config: dict) -> int:
+def cmd_video(args: argparse.Namespace, config: Config) -> int:
     try:
         truth = parse_truth(json.loads(Path(args.truth).read_text(encoding="utf-8")), args.truth)
     except (OSError, UnicodeDecodeError) as error:
@@ -578,17 +580,17 @@ def cmd_video(args: argparse.Namespace, config: dict) -> int:
     return 0
 
 
-def _run_pipeline(args: argparse.Namespace, config: dict, work: Path) -> tuple[int, dict[str, Any]]:
+def _run_pipeline(args: argparse.Namespace, config: Config, work: Path) -> tuple[int, dict[str, Any]]:
     from .supervisor import RunOptions, run_pipeline
 
     if not Path(args.video).exists():
         raise ValueError(f"{args.video}: no such video file or folder")
     if args.detect_every is not None:
-        config["pipeline"]["detect_every"] = args.detect_every
+        config.set("pipeline.detect_every", args.detect_every, "--detect-every")
     if args.upsample is not None:
-        config["detector"]["upsample"] = args.upsample
+        config.set("detector.upsample", args.upsample, "--upsample")
     if args.threshold is not None:
-        config["gallery"]["distance_threshold"] = args.threshold
+        config.set("gallery.distance_threshold", args.threshold, "--threshold")
     gallery = _gallery_db(args, config, work)
     detections = args.save_detections or str(work / "detections.jsonl")
     quiet = bool(getattr(args, "quiet", False))
@@ -599,8 +601,8 @@ def _run_pipeline(args: argparse.Namespace, config: dict, work: Path) -> tuple[i
     with contextlib.redirect_stdout(sys.stderr):  # the run's on-screen summary must not mix with our output
         code = run_pipeline(config, options)
     seconds = time.perf_counter() - started
-    settings = {"detect_every": config["pipeline"]["detect_every"], "upsample": config["detector"]["upsample"],
-                "distance_threshold": config["gallery"]["distance_threshold"], "seconds": round(seconds, 1),
+    settings = {"detect_every": config.pipeline.detect_every, "upsample": config.detector.upsample,
+                "distance_threshold": config.gallery.distance_threshold, "seconds": round(seconds, 1),
                 "detections": detections}  # fmt: skip
     return code, settings
 

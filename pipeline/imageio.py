@@ -12,10 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import InputError
+
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
-class ImageError(ValueError):
+class ImageError(InputError, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 

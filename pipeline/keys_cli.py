@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 
+from .config import Config
+
 log = logging.getLogger("facestream")
 
 EPILOG = """\
@@ -25,7 +27,7 @@ Secret key files never leave their machine.
 """
 
 
-def cmd_keys(args: argparse.Namespace, config: dict) -> int:
+def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     from .security import SecurityError, create_key_pair, load_key_file
 
     try:

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import KioskConfig
 
 __all__ = [
     "DENIED",
@@ -75,15 +77,15 @@ class KioskPolicy:
             raise ValueError(f"kiosk.max_conflicts must be >= 0, got {self.max_conflicts}")
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> KioskPolicy:
-        """From config["kiosk"] (the `enabled` key is the caller's business)."""
+    def from_config(cls, section: KioskConfig) -> KioskPolicy:
+        """From the typed `kiosk` section (the `enabled` key is the caller's business)."""
         return cls(
-            k=int(section["k"]),
-            n=int(section["n"]),
-            margin=float(section["margin"]),
-            timeout_s=float(section["timeout_s"]),
-            threshold=float(section["threshold"]),
-            max_conflicts=int(section["max_conflicts"]),
+            k=int(section.k),
+            n=int(section.n),
+            margin=float(section.margin),
+            timeout_s=float(section.timeout_s),
+            threshold=float(section.threshold),
+            max_conflicts=int(section.max_conflicts),
         )
 
     def to_record(self) -> dict[str, Any]:

@@ -52,6 +52,8 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from ..errors import InputError
+
 __all__ = [
     "CHIP_SIZE",
     "DESCRIPTOR_SIZE",
@@ -95,11 +97,13 @@ DTYPE_CODES: dict[int, np.dtype] = {
 _CODE_OF_DTYPE = {dtype: code for code, dtype in DTYPE_CODES.items()}
 
 
-class MessageError(ValueError):
+class MessageError(InputError, ValueError):
     """A message that cannot be encoded or decoded; the text says why. Stages drop and count these."""
 
 
 class MessageType(enum.IntEnum):
+    """The kind of a message, first field of its wire header."""
+
     FRAME = 1
     FACES = 2
     DESCRIPTORS = 3

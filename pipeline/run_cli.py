@@ -15,6 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
+from .config import Config
+
 log = logging.getLogger("facestream")
 
 RUN_EPILOG = """\
@@ -64,7 +66,7 @@ def _log_level() -> str:
     return logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
 
 
-def cmd_run(args: argparse.Namespace, config: dict) -> int:
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from .supervisor import RunOptions, run_pipeline
 
     if not args.source:
@@ -75,16 +77,14 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
         if problem:
             log.error("%s", problem)
             return 2
+    if args.workers is not None:
+        config.set("pipeline.detect_workers", args.workers, "--workers")
     if args.detect_every is not None:
-        config["pipeline"]["detect_every"] = args.detect_every
+        config.set("pipeline.detect_every", args.detect_every, "--detect-every")
     if args.max_frames is not None:
-        config["sources"]["max_frames"] = args.max_frames
+        config.set("sources.max_frames", args.max_frames, "--max-frames")
     if args.kiosk:
-        config["kiosk"]["enabled"] = True
-    if args.log_format == "journal":
-        from .stages import use_journal_logging
-
-        use_journal_logging()
+        config.set("kiosk.enabled", True, "--kiosk")
     quiet = bool(getattr(args, "quiet", False))
     options = RunOptions(
         sources=args.source,
@@ -107,16 +107,17 @@ def cmd_run(args: argparse.Namespace, config: dict) -> int:
     return run_pipeline(config, options)
 
 
-def cmd_stage(args: argparse.Namespace, config: dict) -> int:
-    from .stages import PipelineError, resolve_endpoints, run_stage
+def cmd_stage(args: argparse.Namespace, config: Config) -> int:
+    from .stage_main import run_stage
+    from .stages import PipelineError, resolve_endpoints
 
     if args.threads is not None:
-        config["pipeline"]["worker_threads"] = args.threads
+        config.set("pipeline.worker_threads", args.threads, "--threads")
     if args.server_key:
-        config["security"]["server_public_key"] = args.server_key
+        config.set("security.server_public_key", args.server_key, "--server-key")
     if args.client_key:
-        config["security"]["client_secret_key"] = args.client_key
-    run_dir = config["pipeline"]["run_dir"]
+        config.set("security.client_secret_key", args.client_key, "--client-key")
+    run_dir = config.pipeline.run_dir
     try:
         if run_dir and not Path(run_dir).expanduser().is_dir():
             raise PipelineError(f"pipeline.run_dir {run_dir}: no such directory (is the pipeline running?)")
@@ -125,7 +126,7 @@ def cmd_stage(args: argparse.Namespace, config: dict) -> int:
         log.error("%s", error)
         return 2
     name = args.name or f"{args.stage}@{socket.gethostname()}:{os.getpid()}"
-    spec = {"config": config, "endpoints": endpoints, "sources": [], "outputs": {}, "stream_fps": {}}
+    spec = {"config": config.to_dict(), "endpoints": endpoints, "sources": [], "outputs": {}, "stream_fps": {}}
     needs = ("frames", "faces_in") if args.stage == "detect" else ("faces_out", "descriptors")
     log.info("%s: connecting to %s and stats %s", name, ", ".join(endpoints[n] for n in needs), endpoints["stats"])
     return run_stage(args.stage, name, spec)
@@ -209,7 +210,7 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The same commands without the rest of the CLI (global options as `facestream`'s)."""
-    from .cli import standalone_main
+    from .cli_runner import standalone_main
 
     return standalone_main(add_run_commands, argv)
 

@@ -24,11 +24,13 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+
+from ..errors import ConfigError
+from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ KEY_LENGTH = 40  # Z85 of 32 bytes
 ZAP_DOMAIN = "facestream"
 
 
-class SecurityError(RuntimeError):
+class SecurityError(ConfigError, RuntimeError):
     """A key file or security setting problem with a clear message."""
 
 
@@ -143,9 +145,9 @@ class Security:
     allowed_dir: Path | None = None
 
 
-def curve_wanted(config: dict[str, Any], endpoints: dict[str, str]) -> bool:
+def curve_wanted(config: Config, endpoints: dict[str, str]) -> bool:
     """`security.curve`: "auto" (on when any endpoint is tcp://), "required", or "disabled"."""
-    mode = str(config.get("security", {}).get("curve", "auto")).lower()
+    mode = config.security.curve
     uses_tcp = any(str(value).startswith("tcp://") for value in endpoints.values())
     if mode in ("disabled", "off", "false", "no"):
         if uses_tcp:
@@ -158,7 +160,7 @@ def curve_wanted(config: dict[str, Any], endpoints: dict[str, str]) -> bool:
     return uses_tcp
 
 
-def load_security(config: dict[str, Any], endpoints: dict[str, str], *, binds: bool) -> Security:
+def load_security(config: Config, endpoints: dict[str, str], *, binds: bool) -> Security:
     """The process's Security from the config; `binds`: it binds sockets (the machine running `facestream run`)."""
     if not curve_wanted(config, endpoints):
         return Security()
@@ -166,11 +168,11 @@ def load_security(config: dict[str, Any], endpoints: dict[str, str], *, binds: b
         raise SecurityError(
             "tcp:// endpoints need CURVE, but this libzmq has no CURVE support; or set security.curve: disabled"
         )
-    section = config.get("security", {})
-    server_secret_path = str(section.get("server_secret_key") or "")
-    server_public_path = str(section.get("server_public_key") or "")
-    client_secret_path = str(section.get("client_secret_key") or "")
-    allowed_dir = str(section.get("allowed_clients_dir") or "")
+    section = config.security
+    server_secret_path = section.server_secret_key
+    server_public_path = section.server_public_key
+    client_secret_path = section.client_secret_key
+    allowed_dir = section.allowed_clients_dir
     result = Security(curve=True)
     if binds:
         if not server_secret_path:

@@ -59,6 +59,7 @@ import numpy as np
 import zmq
 
 from . import messages
+from .config import Config, GalleryConfig, PipelineConfig, TrackerConfig
 from .kiosk import KioskDecider, evidence_from_matches
 from .messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
 from .sources import LIVE_KINDS
@@ -83,6 +84,8 @@ log = logging.getLogger(__name__)
 
 
 class Matcher(Protocol):
+    """What the sink needs of the gallery: `identify` descriptors, `refresh` to pick up enrolments, `close`."""
+
     def identify(self, descriptors: np.ndarray) -> Any: ...  # .identities (list[str]), .distances (N,)
 
     def refresh(self) -> bool: ...
@@ -94,21 +97,24 @@ class NullMatcher:
     """No gallery: every face is unknown (distance NaN)."""
 
     def identify(self, descriptors: np.ndarray) -> Any:
+        """Every face unknown."""
         from ..enroll.matching import Matches
 
         return Matches.empty(len(descriptors))
 
     def refresh(self) -> bool:
+        """Nothing to pick up."""
         return False
 
     def close(self) -> None:
+        """Nothing to close."""
         pass
 
 
 class GalleryMatcher:
     """`enroll.gallery.Gallery`, opened read-only in spirit (the sink never writes it), once the file exists."""
 
-    def __init__(self, path: Path, section: dict[str, Any]) -> None:
+    def __init__(self, path: Path, section: GalleryConfig) -> None:
         self.path, self.section = path, section
         self.gallery: Any = None
         self.people_count = 0
@@ -131,11 +137,13 @@ class GalleryMatcher:
             log.info("gallery %s: %d people", self.path, self.people_count)
 
     def identify(self, descriptors: np.ndarray) -> Any:
+        """Each descriptor's match (identity or unknown, distance, runner-up); unknown until the gallery exists."""
         if self.gallery is None:
             return NullMatcher().identify(descriptors)
         return self.gallery.identify(descriptors)
 
     def refresh(self) -> bool:
+        """Open the gallery once its file exists, then pick up changes; True when something changed."""
         if self.gallery is None:
             self._open()
             return self.gallery is not None
@@ -145,16 +153,14 @@ class GalleryMatcher:
         return changed
 
     def close(self) -> None:
+        """Close the gallery, if open."""
         if self.gallery is not None:
             self.gallery.close()
 
 
-def open_matcher(config: dict, path: str | None) -> Matcher:
+def open_matcher(config: Config, path: str | None) -> Matcher:
     """The matcher for `--gallery PATH` (else `gallery.path` of the config); GalleryError if it is unusable."""
-    section = dict(config.get("gallery") or {})
-    chosen = path or section.get("path") or "gallery.db"
-    section.pop("path", None)
-    return GalleryMatcher(Path(chosen).expanduser(), section)
+    return GalleryMatcher(Path(path or config.gallery.path or "gallery.db").expanduser(), config.gallery)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,6 +169,8 @@ def open_matcher(config: dict, path: str | None) -> Matcher:
 
 @dataclass
 class FaceResult:
+    """One face of a processed frame: box, score, track and its identity, the face's own per-frame match."""
+
     box: list[int]
     track_id: int
     identity: str  # the track's decided identity, "unknown" while undecided
@@ -174,6 +182,8 @@ class FaceResult:
 
 @dataclass
 class FrameResult:
+    """One processed frame of one stream: its faces, as written to --detections."""
+
     stream_id: str
     frame_index: int
     timestamp: float
@@ -188,6 +198,7 @@ def _number(value: float | None, digits: int = 6) -> float | None:
 
 
 def event_record(event: TrackEvent) -> dict[str, Any]:
+    """A tracker event as its JSON record (--events and the PUB socket)."""
     record: dict[str, Any] = {"event": event.kind}
     for name, value in vars(event).items():
         if name == "box":
@@ -199,6 +210,7 @@ def event_record(event: TrackEvent) -> dict[str, Any]:
 
 
 def detection_record(result: FrameResult) -> dict[str, Any]:
+    """A frame's JSON record for --detections."""
     faces = []
     for face in result.faces:
         match = None
@@ -275,6 +287,7 @@ def describe_summary(record: dict[str, Any]) -> list[str]:
 
 
 def json_line(record: dict[str, Any]) -> bytes:
+    """One record as a compact JSON line (NaN refused: records must stay valid JSON)."""
     return (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()
 
 
@@ -314,6 +327,7 @@ class JsonLines:
         return line
 
     def close(self) -> None:
+        """Close the file."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -359,6 +373,7 @@ class VideoOutput:
         self.frames = 0
 
     def write(self, bgr: np.ndarray) -> None:
+        """Append an annotated frame, opening the writer at the first one; stops on a full disk."""
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (bgr.shape[1], bgr.shape[0])
@@ -377,6 +392,7 @@ class VideoOutput:
         self.frames += 1
 
     def close(self) -> None:
+        """Finish the video file."""
         if self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -398,6 +414,7 @@ class LiveWindow:
         self.opened: set[str] = set()
 
     def show(self, stream_id: str, bgr: np.ndarray) -> None:
+        """Show a stream's annotated frame in its window (--show)."""
         if stream_id not in self.opened:
             cv2.namedWindow(stream_id, cv2.WINDOW_NORMAL)
             self.opened.add(stream_id)
@@ -406,6 +423,7 @@ class LiveWindow:
             self.quit = True
 
     def close(self) -> None:
+        """Close every window."""
         if self.opened:
             cv2.destroyAllWindows()
 
@@ -461,6 +479,7 @@ class WebFeed:
         return math.isfinite(self.interval) and now >= self.next_frame.get(stream_id, 0.0)
 
     def frame(self, stream_id: str, bgr: np.ndarray, now: float | None = None) -> None:
+        """Publish a stream's annotated frame (scaled to `web.preview_max_width`, JPEG) to the web view."""
         now = time.monotonic() if now is None else now
         self.next_frame[stream_id] = now + self.interval
         if bgr.shape[1] > self.max_width > 0:
@@ -501,6 +520,7 @@ class WebFeed:
             self.faces_sent += 1
 
     def end(self, stream_id: str, track_id: int) -> None:
+        """Forget a finished track's best faces."""
         self.best.pop((stream_id, track_id), None)
 
 
@@ -534,15 +554,18 @@ class SinkOutputs:
 
     @property
     def wants_images(self) -> bool:
+        """Whether any output needs the annotated image (video, window, web view)."""
         return bool(self.videos) or self.window is not None or self.web is not None
 
     def event(self, record: dict[str, Any]) -> None:
+        """Write an event to --events and publish it on the events socket."""
         line = self.events.write(record) if self.events else json_line(record)
         self.event_count += 1
         if self.publish is not None:
             self.publish(str(record["event"]), line.rstrip(b"\n"))
 
     def frame(self, result: FrameResult, image: np.ndarray | None) -> None:
+        """Write a frame's record to --detections and its annotated image to the image outputs."""
         if self.detections is not None:
             self.detections.write(detection_record(result))
         if image is None:
@@ -560,11 +583,13 @@ class SinkOutputs:
             window.show(result.stream_id, canvas)
 
     def end_stream(self, stream_id: str) -> None:
+        """Finish a stream's outputs (its video file)."""
         video = self.videos.get(stream_id)
         if video is not None:
             video.close()
 
     def close(self) -> None:
+        """Close every output."""
         for part in (self.events, self.detections, *self.videos.values(), self.window):
             if part is not None:
                 part.close()
@@ -597,6 +622,7 @@ class StreamSink:
         self.last_descriptor: dict[int, np.ndarray] = {}  # per track, its latest embedded face
 
     def seen(self, frame_index: int) -> bool:
+        """Whether this frame was already processed or is waiting (a duplicate after a re-send)."""
         return frame_index < self.next_index or frame_index in self.pending
 
     def ready(self, now: float, flush: bool) -> Iterator[tuple[int, _Pending, np.ndarray | None]]:
@@ -629,18 +655,19 @@ class StreamSink:
 
     @property
     def complete(self) -> bool:
+        """Whether every frame of a file stream has been processed (live streams end with the source)."""
         if self.frame_count is None:
             return False
         return self.live or self.next_index >= self.frame_count
 
 
-def live_reorder_s(pipeline: dict, endpoints: dict[str, str]) -> float:
+def live_reorder_s(pipeline: PipelineConfig, endpoints: dict[str, str]) -> float:
     """How long a live result may wait for an earlier one. Results can only come out of order when several
     detect or embed workers run, or more workers may join (`facestream stage` over tcp://, or over ipc://
     in a fixed pipeline.run_dir): else nothing is worth waiting for, and holding would only add latency."""
-    parallel = int(pipeline["detect_workers"]) > 1 or int(pipeline["embed_workers"]) > 1
-    joinable = bool(pipeline.get("run_dir")) or any(str(e).startswith("tcp://") for e in endpoints.values())
-    return float(pipeline["live_reorder_ms"]) / 1000 if parallel or joinable else 0.0
+    parallel = int(pipeline.detect_workers) > 1 or int(pipeline.embed_workers) > 1
+    joinable = bool(pipeline.run_dir) or any(str(e).startswith("tcp://") for e in endpoints.values())
+    return float(pipeline.live_reorder_ms) / 1000 if parallel or joinable else 0.0
 
 
 class SinkCore:
@@ -651,7 +678,7 @@ class SinkCore:
         streams: dict[str, bool],
         matcher: Matcher,
         outputs: SinkOutputs,
-        tracker_config: dict,
+        tracker_config: TrackerConfig,
         *,
         detect_every: int = 1,
         live_hold_s: float = 0.2,
@@ -665,19 +692,19 @@ class SinkCore:
         self.event_descriptors = event_descriptors  # descriptors are biometric data: off unless configured
         self.stats = stats or StageStats()
         gate = QualityGate(
-            float(tracker_config["min_face_size"]),
-            float(tracker_config["min_sharpness"]),
-            float(tracker_config["min_score"]),
+            float(tracker_config.min_face_size),
+            float(tracker_config.min_sharpness),
+            float(tracker_config.min_score),
         )
         options = {
-            "iou_threshold": float(tracker_config["iou_threshold"]),
-            "max_age": max(int(tracker_config["max_age"]), int(detect_every)),  # boxes carried over skipped frames
-            "min_votes": int(tracker_config["min_votes"]),
-            "decision": str(tracker_config["decision"]),
-            "best_faces": int(tracker_config["best_faces"]),
-            "switch_votes": int(tracker_config["switch_votes"]),
-            "switch_ratio": float(tracker_config["switch_ratio"]),
-            "vote_decay": float(tracker_config["vote_decay"]),
+            "iou_threshold": float(tracker_config.iou_threshold),
+            "max_age": max(int(tracker_config.max_age), int(detect_every)),  # boxes carried over skipped frames
+            "min_votes": int(tracker_config.min_votes),
+            "decision": str(tracker_config.decision),
+            "best_faces": int(tracker_config.best_faces),
+            "switch_votes": int(tracker_config.switch_votes),
+            "switch_ratio": float(tracker_config.switch_ratio),
+            "vote_decay": float(tracker_config.vote_decay),
         }
         # Frame images: for the annotated outputs, and for the chips of the unknown tracks' kept faces.
         need_images = outputs.wants_images or (unknowns is not None and unknowns.chip_dir is not None)
@@ -685,7 +712,7 @@ class SinkCore:
             sid: StreamSink(sid, live, FaceTracker(sid, gate=gate, **options), need_images, live_hold_s)
             for sid, live in streams.items()
         }
-        self.cut_distance = float(tracker_config["scene_cut_distance"])
+        self.cut_distance = float(tracker_config.scene_cut_distance)
         self.summaries: dict[str, dict[str, Any]] = {}
         self.acks: dict[str, list[int]] = {}
 
@@ -738,6 +765,7 @@ class SinkCore:
         stream.pending[index] = _Pending(message, detected, now)
 
     def take_acks(self) -> dict[str, list[int]]:
+        """The frame indices processed since the last call, per stream (sent to the source as acks)."""
         acks, self.acks = self.acks, {}
         return acks
 
@@ -932,6 +960,7 @@ class SinkCore:
 
     @property
     def done(self) -> bool:
+        """Whether every stream has finished."""
         return all(stream.finished for stream in self.streams.values())
 
     def close(self) -> None:
@@ -950,22 +979,25 @@ class SinkCore:
 
 
 class SinkStage(StageProcess):
+    """The sink process: descriptors in, gallery match, tracking, events and the other outputs out, in order."""
+
     role = "sink"
     quit = False  # the user closed the live window: the whole run stops
 
     def run(self) -> int:
-        pipeline, outputs_spec = self.config["pipeline"], self.spec["outputs"]
-        hwm = int(pipeline["faces_hwm"])
+        """Receive until every stream has finished or the run stops, then flush the outputs."""
+        pipeline, outputs_spec = self.config.pipeline, self.spec["outputs"]
+        hwm = int(pipeline.faces_hwm)
         self.descriptors = open_socket(self.context, zmq.PULL, self.endpoints["descriptors"], bind=True, hwm=hwm)
         self.sink_in = open_socket(
-            self.context, zmq.PULL, self.endpoints["sink_in"], bind=True, hwm=4 * int(pipeline["inflight_frames"]) + 64
+            self.context, zmq.PULL, self.endpoints["sink_in"], bind=True, hwm=4 * int(pipeline.inflight_frames) + 64
         )
         self.acks = open_socket(self.context, zmq.PUB, self.endpoints["acks"], bind=True, hwm=100_000)
         self.events = open_socket(self.context, zmq.PUB, self.endpoints["events"], bind=True, hwm=100_000)
         control = self.subscribe_control()
         streams = {item["stream_id"]: item["kind"] in LIVE_KINDS for item in self.spec["sources"]}
         fps = {
-            sid: float(self.spec["stream_fps"].get(sid) or self.config["outputs"]["live_video_fps"]) for sid in streams
+            sid: float(self.spec["stream_fps"].get(sid) or self.config.outputs.live_video_fps) for sid in streams
         }
         matcher = open_matcher(self.config, outputs_spec.get("gallery"))
         outputs = SinkOutputs(
@@ -973,7 +1005,7 @@ class SinkStage(StageProcess):
             detections=outputs_spec.get("detections"),
             video=outputs_spec.get("video"),
             stream_fps=fps,
-            codec=str(self.config["outputs"]["video_codec"]),
+            codec=str(self.config.outputs.video_codec),
             show=bool(outputs_spec.get("show")),
             publish=lambda topic, line: self.events.send_multipart([topic.encode(), line], zmq.NOBLOCK),
             web=self._web_feed(outputs_spec),
@@ -984,24 +1016,24 @@ class SinkStage(StageProcess):
             unknowns = UnknownTracks(outputs_spec["unknowns"], sources=sources,
                                      chip_dir=chips_dir(outputs_spec["unknowns"]))  # fmt: skip
         kiosk = None
-        if self.config["kiosk"]["enabled"]:
+        if self.config.kiosk.enabled:
             from .kiosk import KioskPolicy
 
-            kiosk = KioskDecider(KioskPolicy.from_config(self.config["kiosk"]))
+            kiosk = KioskDecider(KioskPolicy.from_config(self.config.kiosk))
         self.core = SinkCore(
             streams,
             matcher,
             outputs,
-            self.config["tracker"],
-            detect_every=int(pipeline["detect_every"]),
+            self.config.tracker,
+            detect_every=int(pipeline.detect_every),
             live_hold_s=live_reorder_s(pipeline, self.endpoints),
             stats=self.stats,
             unknowns=unknowns,
             kiosk=kiosk,
-            event_descriptors=bool(self.config["outputs"]["event_descriptors"]),
+            event_descriptors=bool(self.config.outputs.event_descriptors),
         )
         self.extra_stats = self._extra_stats
-        refresh_every = float(pipeline["gallery_refresh_s"])
+        refresh_every = float(pipeline.gallery_refresh_s)
         next_refresh = time.monotonic() + refresh_every
         poller = zmq.Poller()
         for socket in (self.descriptors, self.sink_in, control):
@@ -1038,7 +1070,7 @@ class SinkStage(StageProcess):
         """The ``preview`` PUB socket and what goes on it, when the run serves a web view (spec outputs "web")."""
         if not outputs_spec.get("web"):
             return None
-        web = self.config["web"]
+        web = self.config.web
         self.preview = open_socket(self.context, zmq.PUB, self.endpoints["preview"], bind=True, hwm=64)
 
         def publish(topic: bytes, payload: bytes) -> None:
@@ -1047,8 +1079,8 @@ class SinkStage(StageProcess):
             except zmq.Again:
                 self.stats.count("preview_dropped")
 
-        return WebFeed(publish, fps=float(web["preview_fps"]), max_width=int(web["preview_max_width"]),
-                       jpeg_quality=int(web["jpeg_quality"]))  # fmt: skip
+        return WebFeed(publish, fps=float(web.preview_fps), max_width=int(web.preview_max_width),
+                       jpeg_quality=int(web.jpeg_quality))  # fmt: skip
 
     def _drain(self, socket: zmq.Socket, channel: str, limit: int = 256) -> None:
         for _ in range(limit):

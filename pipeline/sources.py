@@ -48,7 +48,9 @@ import cv2
 import numpy as np
 import zmq
 
+from ..errors import InputError
 from . import messages
+from .config import Config
 from .imageio import ImageError, read_image, to_rgb8
 from .messages import EndOfStream, FacesMessage, FrameMessage, MessageError
 from .stages import StageProcess, decode_json, empty_faces, open_socket
@@ -63,7 +65,7 @@ REPLAY_PREFIXES = {"replay:": "replay", "loop:": "loop"}
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class SourceError(RuntimeError):
+class SourceError(InputError, RuntimeError):
     """A source that cannot be opened or read; the message names it and says why."""
 
 
@@ -73,19 +75,24 @@ class SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class SourceSpec:
+    """One `--source`: its stream id, where it reads from (path, camera index or URL) and its kind."""
+
     stream_id: str
     uri: str
     kind: str  # video, images, image (file sources); camera, url (live)
 
     @property
     def live(self) -> bool:
+        """Cameras, URLs and replay:/loop: files: newest frames win (else lossless and in order)."""
         return self.kind in LIVE_KINDS
 
     def to_json(self) -> dict[str, str]:
+        """The spec as JSON (spec.json)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SourceSpec:
+        """The spec from `to_json`'s dict."""
         return cls(str(data["stream_id"]), str(data["uri"]), str(data["kind"]))
 
 
@@ -112,6 +119,7 @@ def classify(uri: str) -> str:
 
 
 def default_stream_id(uri: str, kind: str) -> str:
+    """The stream id when `--source` gives none: the file's name, `camera0`, or the URL's host."""
     if kind == "camera":
         return f"camera{uri}"
     if kind == "url":
@@ -172,6 +180,7 @@ def natural_key(name: str) -> list[Any]:
 
 
 def list_images(folder: Path) -> list[Path]:
+    """The image files of a folder, in natural order (frame2 before frame10)."""
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     return sorted((p for p in files if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
 
@@ -184,20 +193,20 @@ class ProbeInfo:
     fps: float | None
 
 
-def probe_source(spec: SourceSpec, config: dict) -> ProbeInfo:
+def probe_source(spec: SourceSpec, config: Config) -> ProbeInfo:
     """Frame count and frame rate of a file source (best effort, nothing read beyond the header)."""
-    max_frames = int(config["sources"]["max_frames"])
+    max_frames = int(config.sources.max_frames)
 
     def capped(count: int | None) -> int | None:
         return min(count, max_frames) if count is not None and max_frames > 0 else count
 
     if spec.kind == "images":
         try:
-            return ProbeInfo(capped(len(list_images(Path(spec.uri)))), float(config["sources"]["image_fps"]))
+            return ProbeInfo(capped(len(list_images(Path(spec.uri)))), float(config.sources.image_fps))
         except OSError:
             return ProbeInfo(None, None)
     if spec.kind == "image":
-        return ProbeInfo(1, float(config["sources"]["image_fps"]))
+        return ProbeInfo(1, float(config.sources.image_fps))
     if spec.kind in ("video", "replay", "loop"):
         capture = cv2.VideoCapture(replay_path(spec.uri))
         try:
@@ -218,6 +227,8 @@ def probe_source(spec: SourceSpec, config: dict) -> ProbeInfo:
 
 
 class CaptureLike(Protocol):
+    """What the sources need of cv2.VideoCapture (tests pass stand-ins with the same methods)."""
+
     def isOpened(self) -> bool: ...  # noqa: N802 (OpenCV's names)
 
     def read(self) -> tuple[bool, np.ndarray | None]: ...
@@ -228,11 +239,15 @@ class CaptureLike(Protocol):
 
 
 class FrameReader(Protocol):
+    """A lossless file source: `read` gives (RGB frame, timestamp) or None at the end."""
+
     fps: float
 
-    def read(self) -> tuple[np.ndarray, float] | None: ...
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """The next (RGB frame, timestamp in seconds), or None when the source is exhausted."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the file."""
 
 
 class VideoFileReader:
@@ -256,6 +271,7 @@ class VideoFileReader:
         self.index = 0
 
     def read(self) -> tuple[np.ndarray, float] | None:
+        """The next decoded frame (RGB) and its timestamp, None at the end or at `max_frames`."""
         if self.max_frames and self.index >= self.max_frames:
             return None
         ok, frame = self.capture.read()
@@ -278,6 +294,7 @@ class VideoFileReader:
         return to_rgb8(frame), timestamp
 
     def close(self) -> None:
+        """Release the decoder."""
         self.capture.release()
 
 
@@ -294,9 +311,10 @@ class ImageFolderReader:
         self.name = name
 
     @classmethod
-    def open(cls, spec: SourceSpec, config: dict) -> ImageFolderReader:
-        fps, max_pixels = float(config["sources"]["image_fps"]), int(config["detector"]["max_image_pixels"])
-        max_frames = int(config["sources"]["max_frames"])
+    def open(cls, spec: SourceSpec, config: Config) -> ImageFolderReader:
+        """The reader of an image folder, or of a single image, with `sources.image_fps` timestamps."""
+        fps, max_pixels = float(config.sources.image_fps), int(config.detector.max_image_pixels)
+        max_frames = int(config.sources.max_frames)
         path = Path(spec.uri.removeprefix("file://"))
         if spec.kind == "image":
             if not path.is_file():
@@ -311,6 +329,7 @@ class ImageFolderReader:
         return cls(paths, fps, max_pixels, max_frames, str(path))
 
     def read(self) -> tuple[np.ndarray, float] | None:
+        """The next image that decodes (an unreadable one is logged and skipped), None at the end."""
         while self.position < len(self.paths):
             path = self.paths[self.position]
             self.position += 1
@@ -328,12 +347,14 @@ class ImageFolderReader:
         return None
 
     def close(self) -> None:
+        """Nothing to release: each image is read whole."""
         pass
 
 
-def open_file_reader(spec: SourceSpec, config: dict) -> FrameReader:
+def open_file_reader(spec: SourceSpec, config: Config) -> FrameReader:
+    """The FrameReader for a file source (video file, image folder or single image)."""
     if spec.kind == "video":
-        return VideoFileReader(spec.uri.removeprefix("file://"), int(config["sources"]["max_frames"]))
+        return VideoFileReader(spec.uri.removeprefix("file://"), int(config.sources.max_frames))
     return ImageFolderReader.open(spec, config)
 
 
@@ -455,6 +476,7 @@ class LiveCapture:
         log.warning("%s: %s; trying again in %.1f s", self.name, what, delay)
 
     def close(self) -> None:
+        """Release the capture, if open."""
         if self.capture is not None:
             self.capture.release()
             self.capture = None
@@ -481,9 +503,11 @@ class PacedVideoCapture:
         self.finished = False
 
     def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        """Whether the file opened (cv2.VideoCapture's name)."""
         return self.capture.isOpened()
 
     def read(self) -> tuple[bool, np.ndarray | None]:
+        """The next frame, no earlier than its time in the file; `loop:` starts over at the end."""
         if self.finished:
             return False, None
         ok, frame = self.capture.read()
@@ -504,9 +528,11 @@ class PacedVideoCapture:
         return True, frame
 
     def get(self, prop: int) -> float:
+        """A property of the underlying capture."""
         return float(self.capture.get(prop))
 
     def release(self) -> None:
+        """Release the underlying capture."""
         self.capture.release()
 
 
@@ -531,6 +557,8 @@ def live_capture_factory(spec: SourceSpec, timeout_s: float = 10.0) -> Callable[
 
 @dataclass
 class LiveFrame:
+    """A frame from a live source: its capture index, pixels and wall-clock capture time."""
+
     index: int
     timestamp: float  # wall clock at capture (seconds since the epoch)
     image: np.ndarray  # RGB
@@ -556,6 +584,7 @@ class LatestFrames:
             return dropped
 
     def get(self) -> LiveFrame | None:
+        """The oldest frame still held, or None when empty (non-blocking)."""
         with self.lock:
             return self.frames.popleft() if self.frames else None
 
@@ -585,10 +614,12 @@ class LiveReader:
         self.thread = threading.Thread(target=self._run, name=f"capture {capture.name}", daemon=True)
 
     def start(self) -> LiveReader:
+        """Start the capture thread; returns self."""
         self.thread.start()
         return self
 
     def stop(self) -> None:
+        """Ask the capture thread to stop (`done` is set when it has)."""
         self._stop.set()
 
     def _run(self) -> None:
@@ -618,6 +649,8 @@ class LiveReader:
 
 @dataclass
 class Inflight:
+    """A file frame sent to the detectors and not yet acknowledged by the sink (re-sent after a timeout)."""
+
     message: FrameMessage
     read_at: float
     sent_at: float | None = None  # None: waiting to be (re-)sent
@@ -627,6 +660,8 @@ class Inflight:
 
 @dataclass
 class StreamState:
+    """The source stage's state of one stream: reader, frames in flight, counters."""
+
     spec: SourceSpec
     reader: FrameReader | None = None
     live: LiveReader | None = None
@@ -648,10 +683,12 @@ class StreamState:
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, amount: int = 1) -> None:
+        """Add `amount` to the stream's counter `name`."""
         self.counters[name] = self.counters.get(name, 0) + amount
 
     @property
     def lowest_open(self) -> int:
+        """The lowest frame index not yet acknowledged (the in-flight window starts there)."""
         return next(iter(self.inflight)) if self.inflight else self.next_index
 
 
@@ -661,16 +698,17 @@ class SourceStage(StageProcess):
     role = "source"
 
     def run(self) -> int:
-        pipeline = self.config["pipeline"]
-        self.window = max(1, int(pipeline["inflight_frames"]))
-        self.detect_every = max(1, int(pipeline["detect_every"]))
-        self.resend_timeout = float(pipeline["resend_timeout_s"])
+        """Open every source, send frames until they are exhausted or the run stops; re-send lost file frames."""
+        pipeline = self.config.pipeline
+        self.window = max(1, int(pipeline.inflight_frames))
+        self.detect_every = max(1, int(pipeline.detect_every))
+        self.resend_timeout = float(pipeline.resend_timeout_s)
         self.send_images = bool(self.spec["outputs"].get("images"))
-        self.live_inflight = int(pipeline["live_inflight"]) or max(1, int(pipeline["detect_workers"]))
-        self.cut_threshold = float(pipeline["scene_cut_threshold"])
+        self.live_inflight = int(pipeline.live_inflight) or max(1, int(pipeline.detect_workers))
+        self.cut_threshold = float(pipeline.scene_cut_threshold)
         self.ack_latency_ewma = 0.0
         self.frames = open_socket(
-            self.context, zmq.PUSH, self.endpoints["frames"], bind=True, hwm=int(pipeline["frame_hwm"])
+            self.context, zmq.PUSH, self.endpoints["frames"], bind=True, hwm=int(pipeline.frame_hwm)
         )
         self.to_sink = open_socket(
             self.context, zmq.PUSH, self.endpoints["sink_in"], bind=False, hwm=4 * self.window + 64
@@ -687,7 +725,7 @@ class SourceStage(StageProcess):
         # Live capture waits for the supervisor's Control("workers_ready") (its detect, embed and sink
         # processes have loaded their models), at most pipeline.live_start_timeout_s.
         any_live = any(stream.live is not None for stream in self.streams)
-        live_start_by = time.monotonic() + float(pipeline["live_start_timeout_s"]) if any_live else 0.0
+        live_start_by = time.monotonic() + float(pipeline.live_start_timeout_s) if any_live else 0.0
         while not self.stopping:
             for command in self.handle_control():
                 if command.command == "resend":
@@ -696,7 +734,7 @@ class SourceStage(StageProcess):
                     live_start_by = self._start_live(live_start_by)
             if live_start_by and time.monotonic() >= live_start_by:
                 log.warning(
-                    "workers not ready after %.0f s: starting live capture anyway", pipeline["live_start_timeout_s"]
+                    "workers not ready after %.0f s: starting live capture anyway", pipeline.live_start_timeout_s
                 )
                 live_start_by = self._start_live(live_start_by)
             self._drain_acks()
@@ -742,7 +780,7 @@ class SourceStage(StageProcess):
 
     def _open(self, spec: SourceSpec) -> StreamState:
         stream = StreamState(spec)
-        sources = self.config["sources"]
+        sources = self.config.sources
         try:
             if spec.live:
                 where = {"camera": f"camera {spec.uri}", "url": _redact(spec.uri)}.get(spec.kind, spec.uri)
@@ -750,14 +788,14 @@ class SourceStage(StageProcess):
                 capture = LiveCapture(
                     name,
                     live_capture_factory(spec),
-                    initial=float(sources["reconnect_initial_s"]),
-                    maximum=float(sources["reconnect_max_s"]),
-                    open_attempts=int(sources["open_attempts"]),
-                    max_reconnects=int(sources["max_reconnects"]),
+                    initial=float(sources.reconnect_initial_s),
+                    maximum=float(sources.reconnect_max_s),
+                    open_attempts=int(sources.open_attempts),
+                    max_reconnects=int(sources.max_reconnects),
                 )
                 # Capture starts once the workers are ready (see run): frames taken while models load
                 # would only be stale by the time a detector sees them.
-                stream.live = LiveReader(capture, LatestFrames(int(sources["live_queue"])), int(sources["max_frames"]))
+                stream.live = LiveReader(capture, LatestFrames(int(sources.live_queue)), int(sources.max_frames))
             else:
                 stream.reader = open_file_reader(spec, self.config)
                 log.info("%s: opened %s", spec.stream_id, spec.uri)

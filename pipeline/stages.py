@@ -28,7 +28,6 @@ milliseconds of SIGTERM or Control("stop").
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import json
 import logging
@@ -39,12 +38,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import zmq
 
+from ..errors import PipelineError
 from . import messages, security
+from .config import Config
 from .messages import Control, DescriptorsMessage, FacesMessage, FrameMessage, MessageError
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,6 @@ MAX_IPC_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 JSON_MAGIC = b"FSJ1"  # control-plane JSON, version 1
 MAX_JSON_BYTES = 1 << 20
 EMPTY_QUALITY_COLUMNS = 3
-
-
-class PipelineError(RuntimeError):
-    """A pipeline set-up problem with a clear message (bad endpoint, run directory, ...)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,12 +101,12 @@ def make_run_dir(path: str | Path | None) -> tuple[Path, bool]:
     return run_dir, created
 
 
-def resolve_endpoints(config: dict, run_dir: Path | None) -> dict[str, str]:
+def resolve_endpoints(config: Config, run_dir: Path | None) -> dict[str, str]:
     """Every endpoint: `pipeline.endpoints.NAME` when set (tcp://host:port or ipc://path), else ipc in run_dir."""
-    configured = config["pipeline"]["endpoints"]
+    configured = config.pipeline.endpoints
     endpoints = {}
     for name in ENDPOINTS:
-        value = str(configured.get(name) or "")
+        value = str(getattr(configured, name) or "")
         if not value:
             if run_dir is None:
                 raise PipelineError(
@@ -231,15 +228,18 @@ class StageStats:
         self.histograms: dict[str, tuple[np.ndarray, list[float]]] = {}
 
     def count(self, name: str, amount: int = 1) -> None:
+        """Add `amount` to the counter `name`."""
         self.counters[name] = self.counters.get(name, 0) + amount
 
     def latency(self, name: str, seconds: float) -> None:
+        """Record one latency of `name` (kept in milliseconds, the last `window` values)."""
         self.latencies.setdefault(name, deque(maxlen=self.window)).append(seconds * 1000.0)
         counts, total = self.histograms.setdefault(name, (np.zeros(len(HISTOGRAM_BOUNDS_MS) + 1, np.int64), [0.0]))
         counts[int(np.searchsorted(HISTOGRAM_BOUNDS_MS, seconds * 1000.0))] += 1
         total[0] += seconds * 1000.0
 
     def snapshot(self) -> dict[str, Any]:
+        """Counters and latency percentiles (p50/p95/p99/max/mean in ms) as a JSON-able dict."""
         latency = {}
         for name, values in self.latencies.items():
             if values:
@@ -264,6 +264,7 @@ class RateLimitedLog:
         self.logger, self.first, self.every, self.seen = logger, first, every, 0
 
     def warning(self, text: str, *args: Any) -> None:
+        """Log `text % args` with the running count, when this occurrence is one to log."""
         self.seen += 1
         if self.seen <= self.first or self.seen % self.every == 0:
             self.logger.warning(text + " (%d so far)", *args, self.seen)
@@ -295,7 +296,7 @@ class StageProcess:
     def __init__(self, name: str, spec: dict[str, Any], *, parent_pid: int | None = None) -> None:
         self.name = name
         self.spec = spec
-        self.config: dict[str, Any] = spec["config"]
+        self.config = Config.from_dict(spec["config"], "spec.json")
         self.endpoints: dict[str, str] = spec["endpoints"]
         self.parent_pid = parent_pid
         self.instance = f"{name}:{os.getpid()}:{time.time():.3f}"
@@ -311,18 +312,20 @@ class StageProcess:
         self._stats_socket = open_socket(self.context, zmq.PUSH, self.endpoints["stats"], bind=False, hwm=1000)
         self._control: zmq.Socket | None = None
         self._last_stats = 0.0
-        self._stats_interval = float(self.config["pipeline"]["stats_interval_s"])
+        self._stats_interval = float(self.config.pipeline.stats_interval_s)
         self._ready = False
         self.extra_stats: Callable[[], dict[str, Any]] = dict
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
+        """Ask the stage to stop at its next check (the first reason is kept for the log)."""
         if not self.stopping:
             log.info("%s: stopping (%s)", self.name, reason)
         self.stopping, self.stop_reason = True, self.stop_reason or reason
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a stop instead of killing the process mid-message."""
         def handler(signum: int, _frame: Any) -> None:
             self.request_stop(signal.Signals(signum).name)
 
@@ -330,6 +333,7 @@ class StageProcess:
         signal.signal(signal.SIGINT, handler)
 
     def subscribe_control(self) -> zmq.Socket:
+        """Subscribe to the supervisor's control messages (stop, resend, workers_ready)."""
         self._control = open_socket(self.context, zmq.SUB, self.endpoints["control"], bind=False, subscribe=b"")
         return self._control
 
@@ -353,19 +357,24 @@ class StageProcess:
         return commands
 
     def orphaned(self) -> bool:
+        """True when the supervisor that started this process is gone."""
         return bool(self.parent_pid) and os.getppid() != self.parent_pid
 
     def malformed(self, reason: str) -> None:
+        """Count a dropped malformed message and log it (rate-limited); never fatal."""
         self.stats.count("malformed")
         self.malformed_log.warning("%s: dropped a malformed message: %s", self.name, reason)
 
     # -- stats ---------------------------------------------------------------------------------
 
     def ready(self) -> None:
+        """Tell the supervisor this stage has loaded its models and opened its sockets."""
         self._ready = True
         self.send_stats(force=True)
 
     def send_stats(self, force: bool = False, final: bool = False, **extra: Any) -> None:
+        """Send counters and latencies to the supervisor, at most every `pipeline.stats_interval_s` unless
+        `force` or `final`; also notices an orphaned process. Best effort: never blocks."""
         now = time.monotonic()
         if not force and not final and now - self._last_stats < self._stats_interval:
             return
@@ -393,6 +402,7 @@ class StageProcess:
             log.error("%s: cannot encode stats: %s", self.name, error)
 
     def close(self) -> None:
+        """Close every socket (the stats socket lingers up to 1 s so the final stats arrive) and the context."""
         # The final stats should reach the supervisor: give them a moment, never more.
         for socket in list(self._sockets()):
             socket.close(linger=1000 if socket is self._stats_socket else 0)
@@ -421,25 +431,26 @@ class StageProcess:
         return False
 
     def run(self) -> int:
+        """The stage's main loop until it is done or stopped; the process exit code."""
         raise NotImplementedError
 
 
-def worker_threads(config: dict, role: str) -> int:
+def worker_threads(config: Config, role: str) -> int:
     """ONNX Runtime threads for one worker: `pipeline.worker_threads`, else cores shared by the detect workers."""
-    configured = int(config["pipeline"]["worker_threads"])
+    configured = int(config.pipeline.worker_threads)
     if configured > 0:
         return configured
     from ..engines.runtime import default_threads
 
     if role == "embed":
         return 1  # ~3 ms a face: one thread keeps up with several detect workers and leaves them the cores
-    return max(1, default_threads() // max(1, int(config["pipeline"]["detect_workers"])))
+    return max(1, default_threads() // max(1, int(config.pipeline.detect_workers)))
 
 
-def _cache_dir(config: dict) -> Path:
+def _cache_dir(config: Config) -> Path:
     from ..engines.onnx_export import default_cache_dir
 
-    return Path(config["cache_dir"]).expanduser() if config["cache_dir"] else default_cache_dir()
+    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,6 +481,7 @@ class DetectWorker(StageProcess):
     role = "detect"
 
     def run(self) -> int:
+        """Frames in, faces (boxes, landmarks, 150x150 chips, quality) out, until stopped."""
         from ..engines.detector import FaceDetector
         from ..engines.landmarks import ShapePredictor
         from ..engines.models import model_path
@@ -477,18 +489,18 @@ class DetectWorker(StageProcess):
         config, threads = self.config, worker_threads(self.config, "detect")
         cache = _cache_dir(config)
         detector = FaceDetector.from_file(
-            model_path("detector", config["models"]["detector"]),
+            model_path("detector", config.models.detector),
             cache,
             threads,
-            upsample=config["detector"]["upsample"],
-            threshold=config["detector"]["threshold"],
-            engine=config["engine"],
+            upsample=config.detector.upsample,
+            threshold=config.detector.threshold,
+            engine=config.engine,
         )
-        predictor = ShapePredictor.from_file(model_path("landmarks", config["models"]["landmarks"]), cache)
-        hwm = int(config["pipeline"]["frame_hwm"])
+        predictor = ShapePredictor.from_file(model_path("landmarks", config.models.landmarks), cache)
+        hwm = int(config.pipeline.frame_hwm)
         self.frames = open_socket(self.context, zmq.PULL, self.endpoints["frames"], bind=False, hwm=hwm)
         self.faces = open_socket(
-            self.context, zmq.PUSH, self.endpoints["faces_in"], bind=False, hwm=int(config["pipeline"]["faces_hwm"])
+            self.context, zmq.PUSH, self.endpoints["faces_in"], bind=False, hwm=int(config.pipeline.faces_hwm)
         )
         control = self.subscribe_control() if self.spec.get("local") else None
         poller = zmq.Poller()
@@ -568,17 +580,18 @@ class EmbedWorker(StageProcess):
     role = "embed"
 
     def run(self) -> int:
+        """Faces in, batched across frames and streams, descriptors out, until stopped."""
         from ..engines.embedder import FaceEmbedder
         from ..engines.models import model_path
 
         config, threads = self.config, worker_threads(self.config, "embed")
-        self.max_batch = max(1, int(config["embedder"]["max_batch"]))
-        self.max_wait = float(config["pipeline"]["embed_max_wait_ms"]) / 1000.0
+        self.max_batch = max(1, int(config.embedder.max_batch))
+        self.max_wait = float(config.pipeline.embed_max_wait_ms) / 1000.0
         embedder = FaceEmbedder.from_file(
-            model_path("embedder", config["models"]["embedder"]), _cache_dir(config), threads,
-            max_batch=self.max_batch, engine=config["engine"],
+            model_path("embedder", config.models.embedder), _cache_dir(config), threads,
+            max_batch=self.max_batch, engine=config.engine,
         )  # fmt: skip
-        hwm = int(config["pipeline"]["faces_hwm"])
+        hwm = int(config.pipeline.faces_hwm)
         self.faces = open_socket(self.context, zmq.PULL, self.endpoints["faces_out"], bind=False, hwm=hwm)
         self.descriptors = open_socket(self.context, zmq.PUSH, self.endpoints["descriptors"], bind=False, hwm=hwm)
         control = self.subscribe_control() if self.spec.get("local") else None
@@ -653,110 +666,3 @@ class EmbedWorker(StageProcess):
             if not self.send_until_stopped(self.descriptors, message):
                 return
             self.stats.count("sent")
-
-
-# ------------------------------------------------------------------------------------------------
-# process entry point
-
-
-def stage_class(role: str) -> type[StageProcess]:
-    if role == "detect":
-        return DetectWorker
-    if role == "embed":
-        return EmbedWorker
-    if role == "source":
-        from .sources import SourceStage
-
-        return SourceStage
-    if role == "sink":
-        from .sinks import SinkStage
-
-        return SinkStage
-    raise PipelineError(f"unknown stage {role!r}; stages: {', '.join(ROLES)}")
-
-
-LOG_FORMAT_ENV = "FACESTREAM_LOG_FORMAT"  # "journal": set by `run --log-format journal`, inherited by the stages
-
-
-class JournalFormatter(logging.Formatter):
-    """Lines for journald: ``<priority>`` (sd-daemon's prefix, read as the syslog level) and no timestamp
-    (the journal adds its own)."""
-
-    PRIORITIES: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
-                                            logging.ERROR: 3, logging.CRITICAL: 2}  # fmt: skip
-
-    def format(self, record: logging.LogRecord) -> str:
-        priority = self.PRIORITIES.get(record.levelno, 6)
-        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines() or [""])
-
-
-def use_journal_logging(prefix: str = "") -> None:
-    """Every handler of the root logger in the journal format, now and in the stage processes started later."""
-    os.environ[LOG_FORMAT_ENV] = "journal"
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(JournalFormatter(f"{prefix}%(name)s: %(message)s"))
-
-
-def configure_logging(level: str, name: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.WARNING),
-        format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if os.environ.get(LOG_FORMAT_ENV) == "journal":
-        use_journal_logging(f"[{name}] ")
-
-
-def run_stage(role: str, name: str, spec: dict[str, Any], parent_pid: int | None = None) -> int:
-    """Run one stage process until it finishes or is stopped; the exit code."""
-    try:
-        stage = stage_class(role)(name, spec, parent_pid=parent_pid)
-    except PipelineError as error:  # e.g. a missing or unreadable CURVE key file
-        log.error("%s: %s", name, error)
-        return 2
-    stage.install_signal_handlers()
-    if _EARLY_STOP:
-        stage.request_stop("SIGTERM during start-up")
-    try:
-        code = stage.run()
-    except PipelineError as error:
-        log.error("%s: %s", name, error)
-        code = 2
-    except Exception as error:
-        from ..engines.dlib_format import DlibFormatError
-        from ..engines.models import ModelNotFoundError
-
-        if not isinstance(error, DlibFormatError | ModelNotFoundError):
-            raise
-        log.error("%s: %s", name, error)
-        code = 2
-    finally:
-        stage.send_stats(final=True)
-        stage.close()
-    return code
-
-
-_EARLY_STOP: list[int] = []  # signals that arrived before the stage installed its own handlers
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m facestream.pipeline.stages ROLE --spec FILE --name NAME`: how the supervisor starts a stage."""
-    # A handler before anything slow: a SIGTERM during start-up must not leave a traceback or half-written files.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: _EARLY_STOP.append(signum))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    parser = argparse.ArgumentParser(prog="facestream-stage")
-    parser.add_argument("role", choices=ROLES)
-    parser.add_argument("--spec", required=True, help="the run's spec.json")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--parent", type=int, default=0, help="supervisor pid: exit when it dies")
-    parser.add_argument("--log-level", default="warning")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.name)
-    die_with_parent(args.parent)
-    spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
-    spec["local"] = True
-    return run_stage(args.role, args.name, spec, parent_pid=args.parent or None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

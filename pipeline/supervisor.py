@@ -9,7 +9,7 @@ The supervisor is the process the user started. It
   and runs the faces queue — a ZeroMQ streamer between ``faces_in`` and ``faces_out`` in a thread — so
   any number of detect and embed workers, local or remote, only ever connect;
 * starts the sink, the embed workers, the detect workers and the source, each as
-  ``python -m facestream.pipeline.stages ROLE`` in its own process group (a Ctrl-C at the terminal
+  ``facestream.pipeline.stage_main ROLE`` (STAGE_COMMAND) in its own process group (a Ctrl-C at the terminal
   reaches only the supervisor, which then stops the others in order);
 * restarts a detect or embed worker that dies (up to ``pipeline.max_restarts`` per worker slot) and
   tells the source to re-send every frame still in flight, since it cannot know which ones the dead
@@ -48,6 +48,7 @@ from typing import Any
 import zmq
 
 from . import messages, security
+from .config import Config, PipelineConfig
 from .messages import Control
 from .sources import SourceError, SourceSpec, parse_sources, probe_source
 from .stages import (
@@ -103,6 +104,7 @@ class Child:
 
     @property
     def alive(self) -> bool:
+        """Whether its process is running."""
         return self.process is not None and self.process.poll() is None
 
 
@@ -117,6 +119,7 @@ class FacesQueue:
         self.thread = threading.Thread(target=self._run, name="faces queue", daemon=True)
 
     def start(self) -> FacesQueue:
+        """Start the streamer thread; returns self."""
         self.thread.start()
         self._bound.wait(10)
         if self.error:
@@ -175,6 +178,7 @@ class FacesQueue:
                     pass
 
     def stop(self) -> None:
+        """Stop the streamer thread and close its sockets."""
         if not self.thread.is_alive():
             return
         control = self.context.socket(zmq.PAIR)
@@ -238,14 +242,17 @@ class StatsBoard:
         self._previous: tuple[float, dict[str, dict[str, int]]] | None = None
 
     def update(self, payload: dict[str, Any]) -> None:
+        """Take one process's stats message (the latest per process instance is kept)."""
         instance = payload.get("instance")
         if isinstance(instance, str):
             self.snapshots[instance] = payload
 
     def of_role(self, role: str) -> list[dict[str, Any]]:
+        """The latest stats of every process of a role."""
         return [s for s in self.snapshots.values() if s.get("role") == role]
 
     def stream_stats(self) -> dict[str, dict[str, Any]]:
+        """Per stream: the source's and the sink's counters, merged."""
         streams: dict[str, dict[str, Any]] = {}
         for role in ("source", "sink"):
             for snapshot in self.of_role(role):
@@ -254,15 +261,18 @@ class StatsBoard:
         return streams
 
     def summaries(self) -> dict[str, Any]:
+        """The sink's per-stream summaries (each identity's on-screen intervals)."""
         found: dict[str, Any] = {}
         for snapshot in self.of_role("sink"):
             found.update(snapshot.get("summaries", {}))
         return found
 
     def errors(self) -> list[str]:
+        """The sources' error messages (streams that could not be opened or failed)."""
         return [e for s in self.of_role("source") for e in s.get("errors", [])]
 
     def processed(self) -> int:
+        """Frames processed by the sink, all streams."""
         return sum(info.get("processed", 0) for s in self.of_role("sink") for info in s.get("streams", {}).values())
 
     def stages(self, now: float | None = None) -> dict[str, dict[str, Any]]:
@@ -344,25 +354,38 @@ def format_report(stages: dict[str, dict[str, Any]], elapsed: float, final: bool
 # the supervisor
 
 
-def malloc_environment(pipeline: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+def malloc_environment(pipeline: PipelineConfig, environ: Mapping[str, str]) -> dict[str, str]:
     """MALLOC_MMAP_THRESHOLD_ for a stage process from `pipeline.malloc_mmap_threshold_mb` (unless the
     environment sets it). A fixed threshold stops glibc's dynamic one from growing the heap with fragments
     (the detect worker's RSS crept 8% in a 10-minute soak without it); a large one keeps the detector's
     per-frame arrays (~40 MB: the tiled pyramid and its levels) on the reused heap: at 0.25 MB each one was
     mapped and page-faulted afresh every frame and detection took twice as long (bench/pipeline.py)."""
-    megabytes = float(pipeline.get("malloc_mmap_threshold_mb") or 0)
+    megabytes = float(pipeline.malloc_mmap_threshold_mb)
     if "MALLOC_MMAP_THRESHOLD_" in environ or megabytes <= 0:
         return {}
     return {"MALLOC_MMAP_THRESHOLD_": str(int(megabytes * (1 << 20)))}
 
 
+# How a stage process starts: the installed facestream, whatever the working directory. `python -m` (and
+# `-c`) would put the working directory first on sys.path, and inside a checkout its facestream/ folder
+# (only the top-level __init__.py: the subpackages live elsewhere in the tree) would shadow the installed
+# package. The bootstrap drops that entry before importing anything (works on 3.10, unlike `-P`).
+STAGE_BOOTSTRAP = (
+    "import sys; sys.path[:] = [p for p in sys.path[:1] if p != ''] + sys.path[1:]; "
+    "from facestream.pipeline.stage_main import main; sys.exit(main(sys.argv[1:]))"
+)
+STAGE_COMMAND = (sys.executable, "-c", STAGE_BOOTSTRAP)
+
+
 class Supervisor:
-    def __init__(self, config: dict[str, Any], options: RunOptions) -> None:
+    """Runs one `facestream run`: checks, run directory, spec.json, the processes, restarts, stats, shutdown."""
+
+    def __init__(self, config: Config, options: RunOptions) -> None:
         self.config = config
         self.options = options
-        self.pipeline = config["pipeline"]
+        self.pipeline = config.pipeline
         if options.workers is not None:
-            self.pipeline["detect_workers"] = max(1, int(options.workers))
+            self.pipeline.detect_workers = max(1, int(options.workers))
         self.children: list[Child] = []
         self.signal_received: int | None = None
         self.fatal: str | None = None
@@ -387,15 +410,15 @@ class Supervisor:
 
         specs = parse_sources(self.options.sources)
         for kind in ("detector", "landmarks", "embedder"):  # a missing model file: say so before starting anything
-            model_path(kind, self.config["models"][kind])
+            model_path(kind, getattr(self.config.models, kind))
         for path in (self.options.events, self.options.detections, self.options.output, self.options.stats):
             if path:
                 _check_writable(Path(path))
-        if self.options.gallery is not None or self.config.get("gallery"):
+        if self.options.gallery is not None or self.config.gallery.path:
             from .sinks import open_matcher
 
             open_matcher(self.config, self.options.gallery).close()  # a corrupt gallery fails here, clearly
-        self.run_dir, self.created_run_dir = make_run_dir(self.pipeline["run_dir"])
+        self.run_dir, self.created_run_dir = make_run_dir(self.pipeline.run_dir)
         _check_not_in_use(self.run_dir)
         endpoints = resolve_endpoints(self.config, self.run_dir)
         try:  # keys are checked before anything starts; this process binds stats, control and the faces queue
@@ -413,7 +436,7 @@ class Supervisor:
             "images": bool(self.options.output or self.options.show or self._web_feed or self.options.unknowns),
             "unknowns": _absolute(self.options.unknowns),
         }  # fmt: skip
-        spec = {"config": self.config, "endpoints": endpoints, "sources": [s.to_json() for s in specs],
+        spec = {"config": self.config.to_dict(), "endpoints": endpoints, "sources": [s.to_json() for s in specs],
                 "outputs": outputs, "stream_fps": fps}  # fmt: skip
         return specs, spec
 
@@ -442,7 +465,7 @@ class Supervisor:
             threads = str(worker_threads(self.config, child.role))
         env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
         env.update(malloc_environment(self.pipeline, os.environ))
-        argv = [sys.executable, "-m", "facestream.pipeline.stages", child.role, "--spec", str(self.spec_path),
+        argv = [*STAGE_COMMAND, child.role, "--spec", str(self.spec_path),
                 "--name", child.name, "--parent", str(os.getpid()), "--log-level", self.options.log_level]  # fmt: skip
         child.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          process_group=0)  # fmt: skip
@@ -454,6 +477,7 @@ class Supervisor:
     # -- running ---------------------------------------------------------------------------------
 
     def run(self) -> int:
+        """Prepare, start every process, supervise until the sources are done or a signal; the exit code."""
         try:
             specs, spec = self._prepare()
         except (SourceError, PipelineError, OSError) as error:  # ModelNotFoundError is an OSError
@@ -475,11 +499,11 @@ class Supervisor:
             endpoints = spec["endpoints"]
             self.stats = open_socket(context, zmq.PULL, endpoints["stats"], bind=True, hwm=100_000)
             self.control = open_socket(context, zmq.PUB, endpoints["control"], bind=True)
-            faces_queue = FacesQueue(context, endpoints, int(self.pipeline["faces_hwm"])).start()
+            faces_queue = FacesQueue(context, endpoints, int(self.pipeline.faces_hwm)).start()
             self.children = (
                 [Child("sink", "sink")]
-                + [Child(f"embed-{i + 1}", "embed") for i in range(max(1, int(self.pipeline["embed_workers"])))]
-                + [Child(f"detect-{i + 1}", "detect") for i in range(max(1, int(self.pipeline["detect_workers"])))]
+                + [Child(f"embed-{i + 1}", "embed") for i in range(max(1, int(self.pipeline.embed_workers)))]
+                + [Child(f"detect-{i + 1}", "detect") for i in range(max(1, int(self.pipeline.detect_workers)))]
                 + [Child("source", "source")]
             )
             self._start_web(endpoints)
@@ -547,7 +571,7 @@ class Supervisor:
 
     def _watch(self) -> str:
         """Until the run ends: the reason ("finished", "SIGINT", "SIGTERM", "error", "quit")."""
-        next_report = time.monotonic() + float(self.pipeline["report_interval_s"])
+        next_report = time.monotonic() + float(self.pipeline.report_interval_s)
         while True:
             self._drain_stats(POLL_MS)
             if self.signal_received is not None:
@@ -566,14 +590,14 @@ class Supervisor:
             self._write_health()
             self._update_progress()
             if self.options.report and time.monotonic() >= next_report:
-                next_report = time.monotonic() + float(self.pipeline["report_interval_s"])
+                next_report = time.monotonic() + float(self.pipeline.report_interval_s)
                 self._say(format_report(self.board.stages(), time.monotonic() - self.started))
 
     @property
     def _web_feed(self) -> bool:
         """Annotated frames on the preview socket: for the web view, and for MQTT snapshots."""
-        mqtt = self.config["outputs"]["mqtt"]
-        snapshots = bool((self.options.mqtt or mqtt["url"]) and mqtt["snapshots"])
+        mqtt = self.config.outputs.mqtt
+        snapshots = bool((self.options.mqtt or mqtt.url) and mqtt.snapshots)
         return self.options.web is not None or self.options.preview or snapshots
 
     def _start_web(self, endpoints: dict[str, str]) -> None:
@@ -584,7 +608,7 @@ class Supervisor:
 
         try:
             self.web = WebServer(self.config, endpoints, address=self.options.web or None, token=self.options.web_token,
-                                 gallery=self.options.gallery or self.config["gallery"]["path"],
+                                 gallery=self.options.gallery or self.config.gallery.path,
                                  unknowns=[self.options.unknowns] if self.options.unknowns else None)  # fmt: skip
             self.web.metrics = lambda: self.metrics_snapshot
             url = self.web.start()
@@ -598,15 +622,15 @@ class Supervisor:
         from .integrations.bridge import start_integrations
         from .integrations.metrics import MetricsServer
 
-        address = self.options.metrics or self.config["metrics"]["address"]
-        outputs = self.config["outputs"]
-        wanted = (self.options.mqtt or outputs["mqtt"]["url"] or outputs["webhooks"] or address
-                  or self.config["metrics"]["textfile"] or self.options.web is not None)  # fmt: skip
+        address = self.options.metrics or self.config.metrics.address
+        outputs = self.config.outputs
+        wanted = (self.options.mqtt or outputs.mqtt.url or outputs.webhooks or address
+                  or self.config.metrics.textfile or self.options.web is not None)  # fmt: skip
         if not wanted:  # nothing would read the bridge's events or counts
             return
         try:
             self.integrations = start_integrations(self.config, endpoints, streams,
-                                                   self.options.gallery or self.config["gallery"]["path"],
+                                                   self.options.gallery or self.config.gallery.path,
                                                    mqtt_url=self.options.mqtt)  # fmt: skip
         except ValueError as error:
             raise PipelineError(str(error)) from None
@@ -631,7 +655,7 @@ class Supervisor:
         return extras
 
     def _write_metrics_textfile(self) -> None:
-        path = self.config["metrics"]["textfile"]
+        path = self.config.metrics.textfile
         if not path or self.metrics_snapshot is None:
             return
         from .integrations.metrics import render
@@ -697,12 +721,12 @@ class Supervisor:
         if code == 2:
             self.fatal = f"{child.name} {how}: a configuration or model problem (see its log above)"
             return "error"
-        if child.restarts >= int(self.pipeline["max_restarts"]):
+        if child.restarts >= int(self.pipeline.max_restarts):
             self.fatal = f"{child.name} {how} and was already restarted {child.restarts} times: giving up"
             return "error"
         child.restarts += 1
         log.warning("%s %s: restarting it (restart %d of at most %d) and re-sending its frames", child.name, how,
-                    child.restarts, self.pipeline["max_restarts"])  # fmt: skip
+                    child.restarts, self.pipeline.max_restarts)  # fmt: skip
         self._start(child)
         self._write_processes()
         # Whatever the dead worker held is gone; the source cannot know which frames that was.
@@ -723,12 +747,12 @@ class Supervisor:
                     child.process.send_signal(signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + float(self.pipeline["shutdown_grace_s"])
+        deadline = time.monotonic() + float(self.pipeline.shutdown_grace_s)
         while any(child.alive for child in self.children) and time.monotonic() < deadline:
             self._drain_stats(50)
         for child in self.children:
             if child.alive:
-                log.warning("%s did not stop within %.1f s: killing it", child.name, self.pipeline["shutdown_grace_s"])
+                log.warning("%s did not stop within %.1f s: killing it", child.name, self.pipeline.shutdown_grace_s)
                 child.process.kill()
             if child.process is not None:
                 child.process.wait()
@@ -837,7 +861,7 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().absolute()) if path else None
 
 
-def run_pipeline(config: dict[str, Any], options: RunOptions) -> int:
+def run_pipeline(config: Config, options: RunOptions) -> int:
     """Run the whole pipeline until the sources end, a signal, or a fatal error; the exit code."""
     return Supervisor(config, options).run()
 

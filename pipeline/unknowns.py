@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..enroll.clustering import UnknownFace
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 
-class UnknownsFileError(ValueError):
+class UnknownsFileError(InputError, ValueError):
     """The file cannot be read at all (missing, unreadable, not text)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..enroll.clustering import UnknownCluster, UnknownFace, cluster_unknowns
+from .config import Config
 from .unknowns import ReadReport, UnknownsFileError, read_unknowns
 
 log = logging.getLogger("facestream")
@@ -229,7 +230,7 @@ def _describe(cluster: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _add_images(args: argparse.Namespace, config: dict) -> int:
+def _add_images(args: argparse.Namespace, config: Config) -> int:
     """Analyse photos and append their unknown faces to the file (each face its own track)."""
     from ..engines.faces import FaceAnalyzer
     from .enroll_cli import open_gallery
@@ -238,14 +239,14 @@ def _add_images(args: argparse.Namespace, config: dict) -> int:
 
     analyzer = FaceAnalyzer.from_config(config)
     failures, records = 0, []
-    gallery_path = Path(args.gallery or config["gallery"]["path"])
+    gallery_path = Path(args.gallery or config.gallery.path)
     gallery = open_gallery(args, config) if gallery_path.is_file() else None
     if gallery is None:
         log.info("no gallery at %s: every face counts as unknown", gallery_path)
     try:
         for index, path in enumerate(args.add_images):
             try:
-                image = read_image(path, config["detector"]["max_image_pixels"])
+                image = read_image(path, config.detector.max_image_pixels)
             except ImageError as error:
                 failures += 1
                 log.error("%s", error)
@@ -264,11 +265,11 @@ def _add_images(args: argparse.Namespace, config: dict) -> int:
     return 1 if failures else 0
 
 
-def cmd_unknowns(args: argparse.Namespace, config: dict) -> int:
+def cmd_unknowns(args: argparse.Namespace, config: Config) -> int:
     if args.threshold is not None and not 0 < args.threshold < 4:
         log.error("--threshold must be between 0 and 4 (0.6 is dlib's same-person rule)")
         return 2
-    threshold = args.threshold if args.threshold is not None else float(config["gallery"]["distance_threshold"])
+    threshold = args.threshold if args.threshold is not None else float(config.gallery.distance_threshold)
     status = 0
     if args.add_images:
         status = _add_images(args, config)

@@ -57,6 +57,8 @@ import numpy as np
 
 from ..enroll.store import POSITIVE
 from ..enroll.thumbnails import Thumbnails, thumbnails_dir
+from ..errors import InputError
+from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ UNKNOWN = "unknown"
 POLL_S = 0.1
 
 
-class WebError(ValueError):
+class WebError(InputError, ValueError):
     """A web-view set-up problem with a clear message (bad address, a public address without a token...)."""
 
 
@@ -101,9 +103,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_token(config: dict[str, Any], given: str | None = None) -> str:
+def resolve_token(config: Config, given: str | None = None) -> str:
     """The token: `given` (--token), else $FACESTREAM_WEB_TOKEN, else web.token; "" for none."""
-    return (given or os.environ.get(TOKEN_ENV) or str(config["web"]["token"] or "")).strip()
+    return (given or os.environ.get(TOKEN_ENV) or str(config.web.token or "")).strip()
 
 
 def check_binding(host: str, token: str) -> None:
@@ -332,7 +334,7 @@ class Feed:
 class GalleryService:
     """Gallery reads and changes for the page, all in one worker thread (one SQLite connection, in order)."""
 
-    def __init__(self, config: dict[str, Any], path: str | Path, state: LiveState) -> None:
+    def __init__(self, config: Config, path: str | Path, state: LiveState) -> None:
         self.config, self.path, self.state = config, Path(path).expanduser().absolute(), state
         self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # the gallery's own (enroll/thumbnails.py)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web gallery")
@@ -357,8 +359,7 @@ class GalleryService:
         from ..enroll.gallery import Gallery
 
         if self._gallery is None:
-            section = {k: v for k, v in self.config["gallery"].items() if k != "path"}
-            self._gallery = Gallery.from_config(section, path=self.path, threads=1)
+            self._gallery = Gallery.from_config(self.config.gallery, path=self.path, threads=1)
         else:
             self._gallery.refresh()
         return self._gallery
@@ -395,10 +396,10 @@ class GalleryService:
 
         if self._analyzer is None:
             self._analyzer = FaceAnalyzer.from_config(self.config)
-        section = self.config["enrolment"]
-        policy = EnrolmentPolicy(largest=bool(section["largest"]), min_face_width=int(section["min_face_width"]),
-                                 min_sharpness=float(section["min_sharpness"]),
-                                 max_image_pixels=int(self.config["detector"]["max_image_pixels"]))  # fmt: skip
+        section = self.config.enrolment
+        policy = EnrolmentPolicy(largest=bool(section.largest), min_face_width=int(section.min_face_width),
+                                 min_sharpness=float(section.min_sharpness),
+                                 max_image_pixels=int(self.config.detector.max_image_pixels))  # fmt: skip
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "upload").name)[:80] or "upload"
         gallery = self.gallery()
         with tempfile.TemporaryDirectory(prefix="facestream-upload-") as folder:
@@ -867,16 +868,16 @@ class WebServer:
     """The web view on one address: the feed thread, the gallery thread and uvicorn (in a thread, or in the
     foreground with `serve_forever`)."""
 
-    def __init__(self, config: dict[str, Any], endpoints: dict[str, str], *, address: str | None = None,
+    def __init__(self, config: Config, endpoints: dict[str, str], *, address: str | None = None,
                  token: str | None = None, gallery: str | Path | None = None, unknowns: list[str] | None = None,
                  health_file: Path | None = None) -> None:  # fmt: skip
-        self.host, self.port = parse_address(address or str(config["web"]["address"]))
+        self.host, self.port = parse_address(address or str(config.web.address))
         self.token = resolve_token(config, token)
         check_binding(self.host, self.token)
-        self.state = LiveState(int(config["web"]["history"]))
-        self.gallery = GalleryService(config, gallery or config["gallery"]["path"], self.state)
+        self.state = LiveState(int(config.web.history))
+        self.gallery = GalleryService(config, gallery or config.gallery.path, self.state)
         self.unknowns = UnknownPeople(self.state, self.gallery, [Path(p) for p in unknowns or []],
-                                      float(config["gallery"]["distance_threshold"]))  # fmt: skip
+                                      float(config.gallery.distance_threshold))  # fmt: skip
         self.feed = Feed(self.state, endpoints, health_file)
         self.socket: socket.socket | None = None
         self.server: Any = None

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import Config
+
 log = logging.getLogger("facestream")
 
 EPILOG = """\
@@ -35,14 +37,14 @@ Security: 127.0.0.1 by default. Any other address needs a token ($FACESTREAM_WEB
 """
 
 
-def cmd_serve(args: argparse.Namespace, config: dict) -> int:
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from .stages import PipelineError, resolve_endpoints
     from .web import WebError, WebServer
 
-    run_dir = args.run_dir or config["pipeline"]["run_dir"]
+    run_dir = args.run_dir or config.pipeline.run_dir
     endpoints: dict[str, str] = {}
     health_file = None
-    if run_dir or any(config["pipeline"]["endpoints"].values()):
+    if run_dir or any(value for _, value in config.pipeline.endpoints.items()):
         path = Path(run_dir).expanduser() if run_dir else None
         if path is not None and not path.is_dir():
             log.error("--run-dir %s: no such directory (is the pipeline running?)", path)
@@ -59,7 +61,7 @@ def cmd_serve(args: argparse.Namespace, config: dict) -> int:
     else:
         log.warning("no --run-dir: gallery management only (no live streams, events or health)")
     if args.gallery:
-        config["gallery"]["path"] = args.gallery
+        config.set("gallery.path", args.gallery, "--gallery")
     try:
         server = WebServer(config, endpoints, address=args.address, token=args.token, gallery=args.gallery,
                            unknowns=args.unknowns, health_file=health_file)  # fmt: skip
@@ -91,7 +93,7 @@ def add_web_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The same commands without the rest of the CLI (global options as `facestream`'s)."""
-    from .cli import standalone_main
+    from .cli_runner import standalone_main
 
     return standalone_main(add_web_commands, argv)
 

@@ -14,6 +14,7 @@ import pytest
 
 import facestream as fs
 from facestream import api
+from facestream.engines.models import model_path
 
 from conftest import DATA, GOLDEN, golden_images, load_rgb_as_dlib
 
@@ -120,11 +121,10 @@ def test_analyze_and_descriptors_without_boxes_follow_detect():
 @pytest.mark.oracle
 def test_jitters_match_dlibs_first_call():
     dlib = pytest.importorskip("dlib")
-    import face_recognition_models
 
     image = load_rgb_as_dlib(DATA / TWO)
     face = cnn_golden(TWO)[0]
-    rec = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    rec = dlib.face_recognition_model_v1(str(model_path("embedder")))
     rect = dlib.rectangle(*face["rect"][:4])
     shape = dlib.full_object_detection(rect, [dlib.point(x, y) for x, y in face["landmarks_5"]])
     want = np.array(rec.compute_face_descriptor(image, shape, 3))

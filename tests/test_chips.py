@@ -16,7 +16,7 @@ from facestream.engines.chips import (
     similarity_transform,
 )
 
-from conftest import DATA, GOLDEN, golden_images, golden_video, load_rgb_as_dlib
+from conftest import DATA, GOLDEN, golden_images, golden_video, load_rgb_as_dlib, oracle_missing, require_dlib
 
 SIZE, PADDING = 150, 0.25
 # acceptance bar when not bit-identical: at most 1 grey level off, in at most 0.1 % of the values
@@ -91,7 +91,7 @@ def test_golden_chips_within_bar(rel: str) -> None:
     for i, face in enumerate(faces):
         if sha256(chips[i]) == face["chip_sha256"]:
             continue
-        dlib = pytest.importorskip("dlib")  # regenerate dlib's pixels to measure the difference
+        dlib = require_dlib()  # regenerate dlib's pixels to measure the difference
         ref = dlib_chip(dlib, img, np.array(face["landmarks_5"]))
         assert sha256(ref) == face["chip_sha256"], f"{rel} face {i}: dlib itself no longer matches golden"
         assert_within_bar(chips[i], ref, f"{rel} face {i}")
@@ -141,7 +141,7 @@ def test_golden_video_chips() -> None:
     for k, frame in frames.items():
         rec = records[str(k)]
         if sha256(frame) != rec["frame_rgb_sha256"]:
-            pytest.skip(f"this OpenCV decodes frame {k} differently from the golden run")
+            oracle_missing(f"this OpenCV decodes frame {k} differently from the golden run")
         faces = rec["cnn_faces"]
         assert faces
         lm = np.array([f["landmarks_5"] for f in faces])
@@ -189,7 +189,7 @@ ORACLE_IMAGES = [
 @pytest.mark.oracle
 @pytest.mark.parametrize(("rel", "has_pyramid"), ORACLE_IMAGES)
 def test_oracle_variants(rel: str, has_pyramid: bool) -> None:
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     rng = np.random.default_rng(sum(map(ord, rel)))
     img = rgb(load_rgb_as_dlib(DATA / rel))
     lm0 = np.array([f["landmarks_5"] for f in golden_images()[rel]["cnn_faces"][:6]], dtype=np.int64)
@@ -216,7 +216,7 @@ def test_oracle_variants(rel: str, has_pyramid: bool) -> None:
 @pytest.mark.oracle
 def test_oracle_random_geometry() -> None:
     """Arbitrary rotations (upside down too), scales from 0.2x to 5x, other sizes and paddings."""
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     rel = "fr_examples/two_people.jpg"
     img = rgb(load_rgb_as_dlib(DATA / rel))
     base = np.array(golden_images()[rel]["cnn_faces"][0]["landmarks_5"], dtype=np.float64)
@@ -248,7 +248,7 @@ def test_no_faces() -> None:
 
 
 def test_face_entirely_outside_is_black() -> None:
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     rel = "fr_examples/obama-480p.jpg"
     img = rgb(load_rgb_as_dlib(DATA / rel))
     lm = np.array(golden_images()[rel]["cnn_faces"][0]["landmarks_5"], dtype=np.int64)
@@ -265,7 +265,7 @@ def test_face_entirely_outside_is_black() -> None:
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 2), (5, 7), (8, 9), (9, 9), (12, 20)])
 def test_tiny_images(shape: tuple[int, int]) -> None:
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     rng = np.random.default_rng(shape[0] * 100 + shape[1])
     img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     base = np.array([[40, 20], [31, 21], [9, 20], [18, 21], [25, 38]], np.float64) / 40 * min(shape)

@@ -87,20 +87,11 @@ def test_bad_config_is_a_clear_error(env: dict[str, str], tmp_path: Path) -> Non
     config = tmp_path / "config.yaml"
     config.write_text("detector:\n  upsampel: 2\n")
     result = run(["--config", str(config), "analyze", str(DATA / "fr_examples/obama-240p.jpg")], env)
-    assert result.returncode == 2 and "unknown key 'upsampel'" in result.stderr
-
-
-def test_shipped_config_yaml_equals_the_defaults() -> None:
-    import yaml
-
-    from facestream.pipeline.config import DEFAULTS
-
-    shipped = yaml.safe_load((Path(__file__).parent.parent / "config.yaml").read_text())
-    assert shipped == DEFAULTS
+    assert result.returncode == 2 and "detector.upsampel: unknown key" in result.stderr
 
 
 def test_config_after_the_command(env: dict[str, str], tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("gallery:\n  distance_threshold: high\n")
     result = run(["enroll", "list", "--gallery", str(tmp_path / "g.db"), "--config", str(config)], env)
-    assert result.returncode == 2 and "gallery.distance_threshold: expected a float" in result.stderr
+    assert result.returncode == 2 and "gallery.distance_threshold: 'high' is a str, not a number" in result.stderr

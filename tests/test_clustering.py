@@ -16,9 +16,9 @@ from facestream.enroll.clustering import (
     similarity_edges,
 )
 
-from conftest import golden_images, golden_video
+from conftest import golden_images, golden_video, require_dlib
 
-dlib = pytest.importorskip("dlib")
+dlib = require_dlib()
 
 
 def bald_guys() -> np.ndarray:

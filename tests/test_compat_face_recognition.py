@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import facestream.compat.face_recognition as fr
+from facestream.engines.models import model_path
 
 from conftest import DATA, GOLDEN, golden_images, load_rgb_as_dlib
 
@@ -128,11 +129,10 @@ def test_face_encodings_small_large_and_default():
 def test_face_encodings_default_and_jitters_equal_dlib():
     """dlib-bin called here: HOG + 5-point default path; num_jitters continues one generator per model."""
     dlib = pytest.importorskip("dlib")
-    import face_recognition_models as frm
 
     image = load_rgb_as_dlib(DATA / "fr_examples/two_people.jpg")
-    sp5 = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())  # a fresh generator
+    sp5 = dlib.shape_predictor(str(model_path("landmarks")))
+    rec = dlib.face_recognition_model_v1(str(model_path("embedder")))  # a fresh generator
     rects = dlib.get_frontal_face_detector()(image, 1)
     plain = [np.array(rec.compute_face_descriptor(image, sp5(image, r), 1)) for r in rects]
     assert np.abs(np.array(fr.face_encodings(image)) - plain).max() < 1e-4
@@ -146,11 +146,10 @@ def test_face_encodings_default_and_jitters_equal_dlib():
 @pytest.mark.oracle
 def test_batch_face_locations_equal_dlib():
     dlib = pytest.importorskip("dlib")
-    import face_recognition_models as frm
 
     image = load_rgb_as_dlib(DATA / "fr_examples/obama-240p.jpg")
     images = [image, np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(image[::-1])]
-    cnn = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
+    cnn = dlib.cnn_face_detection_model_v1(str(model_path("detector")))
     want = cnn(images, 1, batch_size=2)
     raw = fr._raw_face_locations_batched(images, batch_size=2)
     for ours, theirs in zip(raw, want, strict=True):
@@ -167,10 +166,9 @@ def _rect(r):
 @pytest.mark.oracle
 def test_face_locations_upsample_0_cnn_equals_dlib():
     dlib = pytest.importorskip("dlib")
-    import face_recognition_models as frm
 
     image = load_rgb_as_dlib(DATA / "fr_examples/obama-480p.jpg")
-    cnn = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
+    cnn = dlib.cnn_face_detection_model_v1(str(model_path("detector")))
     want = [trim(css_of(_rect(d.rect)), image.shape) for d in cnn(image, 0)]
     assert fr.face_locations(image, number_of_times_to_upsample=0, model="cnn") == want
     hog = dlib.get_frontal_face_detector()

@@ -11,14 +11,14 @@ import pytest
 from facestream.engines.detector import FaceDetector
 from facestream.engines.faces import FaceAnalyzer
 from facestream.engines.models import model_path
-from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.config import Config
 
-from conftest import DATA, golden_images, golden_video, load_rgb_as_dlib
+from conftest import DATA, golden_images, golden_video, load_rgb_as_dlib, require_dlib
 
 
 @pytest.fixture(scope="module")
 def analyzer(tmp_path_factory: pytest.TempPathFactory) -> FaceAnalyzer:
-    config = {**DEFAULTS, "cache_dir": str(tmp_path_factory.mktemp("cache"))}
+    config = Config(cache_dir=str(tmp_path_factory.mktemp("cache")))
     return FaceAnalyzer.from_config(config)
 
 
@@ -106,7 +106,7 @@ def test_threshold_is_configurable(analyzer: FaceAnalyzer) -> None:
 @pytest.mark.parametrize("variant", ["flipped", "scaled", "cropped-up0"])
 def test_dlib_oracle_on_unseen_images(analyzer: FaceAnalyzer, variant: str) -> None:
     """dlib-bin's own CNN detector on images it has not seen (small, to keep its seconds down)."""
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     cnn = dlib.cnn_face_detection_model_v1(str(model_path("detector")))
     predictor = dlib.shape_predictor(str(model_path("landmarks")))
     recogniser = dlib.face_recognition_model_v1(str(model_path("embedder")))

@@ -13,7 +13,7 @@ from facestream.engines.embedder import FaceEmbedder, normalize_chips
 from facestream.engines.models import model_path
 from facestream.engines.onnx_export import cached_onnx
 
-from conftest import DATA, golden_images, load_rgb_as_dlib
+from conftest import DATA, golden_images, load_rgb_as_dlib, require_dlib
 
 # Operators TensorRT's ONNX parser supports that these graphs may use.
 ALLOWED_OPS = {"Conv", "Relu", "Add", "Mul", "Pad", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Gemm"}
@@ -94,7 +94,7 @@ def test_onnx_cache_is_reused_and_rebuilt_when_corrupt(tmp_path: Path) -> None:
 @pytest.mark.oracle
 def test_dlib_oracle_on_unseen_faces(embedder: FaceEmbedder) -> None:
     """dlib-bin computes descriptors of faces it has not seen: flipped, rescaled, cropped and grey images."""
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     import cv2
 
     recogniser = dlib.face_recognition_model_v1(str(model_path("embedder")))

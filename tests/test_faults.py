@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ RECORD = {"event": "track_identified", "stream_id": "door", "frame_index": 0, "b
 
 
 def small_disk(size: str) -> Iterator[Path]:
-    """A real tmpfs of `size` (needs root, as on CI here); skipped where mounting is not allowed."""
+    """A real tmpfs of `size` (needs root); skipped where mounting is not allowed."""
     mount_point = Path(tempfile.mkdtemp(prefix="fs-full-"))
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
                             capture_output=True, text=True)  # fmt: skip
@@ -88,9 +89,9 @@ def test_stage_processes_get_a_fixed_mmap_threshold_unless_the_environment_has_o
     from facestream.pipeline.config import load_config
     from facestream.pipeline.supervisor import malloc_environment
 
-    pipeline = load_config(None)["pipeline"]
+    pipeline = load_config(None).pipeline
     assert malloc_environment(pipeline, {}) == {"MALLOC_MMAP_THRESHOLD_": str(512 << 20)}  # config.yaml's default
-    quarter = {**pipeline, "malloc_mmap_threshold_mb": 0.25}
+    quarter = dataclasses.replace(pipeline, malloc_mmap_threshold_mb=0.25)
     assert malloc_environment(quarter, {}) == {"MALLOC_MMAP_THRESHOLD_": "262144"}
-    assert malloc_environment({**pipeline, "malloc_mmap_threshold_mb": 0}, {}) == {}  # glibc's own (dynamic)
+    assert malloc_environment(dataclasses.replace(pipeline, malloc_mmap_threshold_mb=0), {}) == {}  # glibc's own
     assert malloc_environment(pipeline, {"MALLOC_MMAP_THRESHOLD_": "131072"}) == {}  # the user's value is kept

@@ -1,6 +1,6 @@
 """The GPU path: backend choice, TensorRT profiles and engine cache, ONNX graphs TensorRT can parse, faiss-gpu.
 
-No GPU here or in CI: everything that needs no device runs for real. Where TensorRT or pycuda would be
+Without a GPU, everything that needs no device runs for real. Where TensorRT or pycuda would be
 asked a question this machine cannot answer (is there a device? build an engine), a stand-in module or
 builder answers, and the test says so. The tests marked `gpu` compare TensorRT with ONNX Runtime on the
 data pack and are skipped, with the reason, where TensorRT cannot run.
@@ -9,6 +9,7 @@ data pack and are skipped, with the reason, where TensorRT cannot run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -36,7 +37,7 @@ from facestream.engines.tensorrt_backend import (
     profile_for,
 )
 from facestream.enroll.index import FaceIndex, faiss_gpu_status
-from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.config import EmbedderConfig, EngineConfig
 
 GPU = GpuProbe(True, "stand-in", "NVIDIA A10", (8, 6), "10.3.0")
 
@@ -124,7 +125,7 @@ def test_auto_uses_tensorrt_when_the_stack_and_a_device_are_there() -> None:
 def test_sessions_follow_the_config(onnx_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="facestream.engines.backend")
     backend_module._announced.clear()
-    session = make_session(onnx_files["embedder"], "embedder", DEFAULTS["engine"], None, threads=1)
+    session = make_session(onnx_files["embedder"], "embedder", EngineConfig(), None, threads=1)
     assert isinstance(session, OnnxRuntimeSession)
     assert "embedder: onnxruntime (auto: " in caplog.text  # the choice and the reason, logged once
     chips = np.zeros((2, 3, 150, 150), np.float32)
@@ -136,8 +137,8 @@ def test_sessions_follow_the_config(onnx_files: dict[str, Path], caplog: pytest.
 
 
 def test_profiles_from_the_config() -> None:
-    engine = DEFAULTS["engine"]
-    embedder = profile_for("embedder", engine, DEFAULTS["embedder"]["max_batch"])
+    engine = EngineConfig()
+    embedder = profile_for("embedder", engine, EmbedderConfig().max_batch)
     assert (embedder.input_name, embedder.min_shape, embedder.opt_shape, embedder.max_shape) == (
         "chips", (1, 3, 150, 150), (16, 3, 150, 150), (32, 3, 150, 150))  # fmt: skip
     detector = profile_for("detector", engine)
@@ -148,9 +149,9 @@ def test_profiles_from_the_config() -> None:
     assert not detector.accepts((2, 3, 64, 64)) and not embedder.accepts((1, 3, 150))
     assert profile_for("embedder", engine, 1).opt_shape == (1, 3, 150, 150)
     with pytest.raises(ValueError, match="min <= opt <= max"):
-        profile_for("detector", {**engine, "detector_opt_hw": [6000, 1304]})
+        profile_for("detector", dataclasses.replace(engine, detector_opt_hw=[6000, 1304]))
     with pytest.raises(ValueError, match="height, width"):
-        profile_for("detector", {**engine, "detector_max_hw": [5230]})
+        profile_for("detector", dataclasses.replace(engine, detector_max_hw=[5230]))
     with pytest.raises(ValueError, match="unknown network"):
         profile_for("landmarks", engine)
 
@@ -169,7 +170,7 @@ def test_the_profile_covers_the_pyramids_of_the_frames_it_claims_to() -> None:
         rows, cols, _ = pyramid.tiled_pyramid_layout(height, width, padding, outer)
         return rows, cols
 
-    detector = profile_for("detector", DEFAULTS["engine"])
+    detector = profile_for("detector", EngineConfig())
     assert (1, 3, *tensor_hw(360, 640, 1)) == detector.opt_shape
     assert (1, 3, *tensor_hw(720, 1280, 1)) == detector.max_shape
     assert detector.accepts((1, 3, *tensor_hw(1080, 1920, 0)))
@@ -177,7 +178,7 @@ def test_the_profile_covers_the_pyramids_of_the_frames_it_claims_to() -> None:
 
 
 def test_the_cache_key_changes_with_everything_an_engine_depends_on() -> None:
-    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    profile = profile_for("embedder", EngineConfig(), 32)
     base = engine_metadata("ab" * 32, GPU, "fp16", profile)
     variants = [
         engine_metadata("cd" * 32, GPU, "fp16", profile),  # another graph
@@ -185,7 +186,7 @@ def test_the_cache_key_changes_with_everything_an_engine_depends_on() -> None:
         engine_metadata("ab" * 32, GpuProbe(True, "", "NVIDIA T4", (7, 5), "10.3.0"), "fp16", profile),
         engine_metadata("ab" * 32, GpuProbe(True, "", "NVIDIA A10", (8, 9), "10.3.0"), "fp16", profile),
         engine_metadata("ab" * 32, GPU, "fp32", profile),
-        engine_metadata("ab" * 32, GPU, "fp16", profile_for("embedder", DEFAULTS["engine"], 64)),
+        engine_metadata("ab" * 32, GPU, "fp16", profile_for("embedder", EngineConfig(), 64)),
     ]
     keys = {engine_key(m) for m in [base, *variants]}
     assert len(keys) == 1 + len(variants)
@@ -197,7 +198,7 @@ def test_the_cache_key_changes_with_everything_an_engine_depends_on() -> None:
 
 
 def test_a_stale_foreign_or_damaged_engine_file_is_never_loaded() -> None:
-    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    profile = profile_for("embedder", EngineConfig(), 32)
     metadata = engine_metadata("ab" * 32, GPU, "fp16", profile)
     data = encode_engine_file(metadata, b"\x01serialized engine")
     assert decode_engine_file(data, metadata) == (b"\x01serialized engine", "")
@@ -225,7 +226,7 @@ def test_the_engine_cache_loads_what_matches_and_rebuilds_the_rest(
         return f"engine {len(builds)}".encode()
 
     monkeypatch.setattr(trt_backend, "build_engine", fake_build)
-    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    profile = profile_for("embedder", EngineConfig(), 32)
     onnx_path = onnx_files["embedder"]
     engine, path, built = cached_engine(onnx_path, "embedder", profile, "fp16", GPU, tmp_path)
     assert (engine, built, len(builds)) == (b"engine 1", True, 1) and path.exists()
@@ -272,7 +273,7 @@ def test_onnx_graphs_pass_the_checker_and_use_only_operators_tensorrt_parses(
             assert len(kernel.ints) == 2  # TensorRT: 2D or 3D only
     (graph_input,) = model.graph.input
     dims = graph_input.type.tensor_type.shape.dim
-    assert graph_input.name == profile_for(kind, DEFAULTS["engine"], 32).input_name
+    assert graph_input.name == profile_for(kind, EngineConfig(), 32).input_name
     assert dims[0].dim_param  # dynamic batch: the profile's range applies
 
 
@@ -334,7 +335,7 @@ def _tensorrt_or_skip() -> GpuProbe:
 @pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-3), ("fp16", 0.02)])
 def test_tensorrt_descriptors_match_onnxruntime(
     onnx_files: dict[str, Path], tmp_path: Path, precision: str, tolerance: float
-) -> None:  # pragma: no cover - no GPU in CI
+) -> None:  # pragma: no cover - needs a GPU
     from facestream.engines.embedder import normalize_chips
     from facestream.engines.tensorrt_backend import TensorRTSession
 
@@ -346,7 +347,7 @@ def test_tensorrt_descriptors_match_onnxruntime(
     chips = np.stack([cv2.imread(str(path))[..., ::-1] for path in sorted((GOLDEN / "chips").glob("*.png"))])
     batch = normalize_chips(chips)
     cpu = OnnxRuntimeSession(onnx_files["embedder"]).run(batch)
-    gpu = TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 32),
+    gpu = TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", None, 32),
                           precision=precision, cache_dir=tmp_path, probe=probe).run(batch)  # fmt: skip
     assert np.linalg.norm(gpu - cpu, axis=1).max() < tolerance
     # the same identities: every pair on the same side of 0.6
@@ -356,14 +357,14 @@ def test_tensorrt_descriptors_match_onnxruntime(
 
 
 @pytest.mark.gpu
-def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # pragma: no cover - no GPU in CI
+def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
     from facestream.engines.detector import FaceDetector
     from facestream.pipeline.tracker import box_iou
 
     from conftest import DATA, load_rgb_as_dlib
 
     _tensorrt_or_skip()
-    engine = {**DEFAULTS["engine"], "backend": "tensorrt", "precision": "fp16"}
+    engine = EngineConfig(backend="tensorrt", precision="fp16")
     gpu = FaceDetector.from_file(model_path("detector", ""), tmp_path, engine=engine)
     cpu = FaceDetector.from_file(model_path("detector", ""), tmp_path)
     for name in ("fr_examples/obama.jpg", "fr_examples/two_people.jpg", "dlib_faces/bald_guys.jpg"):
@@ -477,7 +478,7 @@ def test_tensorrt_session_slices_large_batches_and_reuses_its_buffers(
     onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = install_fake_gpu_stack(onnx_files["embedder"], monkeypatch)
-    session = trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 8),
+    session = trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", None, 8),
                                           precision="fp32", cache_dir=tmp_path, probe=GPU)  # fmt: skip
     batch = np.random.default_rng(0).normal(size=(20, 3, 150, 150)).astype(np.float32)
     expected = OnnxRuntimeSession(onnx_files["embedder"]).run(batch)
@@ -500,7 +501,7 @@ def test_a_tensorrt_session_that_fails_to_load_releases_the_cuda_context(
     monkeypatch.setattr(trt_backend, "build_engine", lambda *args, **kwargs: (_ for _ in ()).throw(
         trt_backend.EngineError("the builder failed")))  # fmt: skip
     with pytest.raises(trt_backend.EngineError, match="the builder failed"):
-        trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 8),
+        trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", None, 8),
                                     precision="fp32", cache_dir=tmp_path, probe=GPU)  # fmt: skip
     assert calls["context"] == ["push", "pop", "detach"]
 
@@ -509,7 +510,7 @@ def test_a_detector_input_outside_the_profile_runs_on_onnxruntime(
     onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls = install_fake_gpu_stack(onnx_files["detector"], monkeypatch)
-    engine = {"detector_min_hw": [32, 32], "detector_opt_hw": [48, 48], "detector_max_hw": [64, 64]}
+    engine = EngineConfig(detector_min_hw=[32, 32], detector_opt_hw=[48, 48], detector_max_hw=[64, 64])
     session = trt_backend.TensorRTSession(onnx_files["detector"], "detector", profile_for("detector", engine),
                                           precision="fp16", cache_dir=tmp_path, probe=GPU)  # fmt: skip
     reference = OnnxRuntimeSession(onnx_files["detector"])

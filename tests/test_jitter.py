@@ -15,7 +15,7 @@ from facestream.engines.embedder import FaceEmbedder
 from facestream.engines.jitter import DlibRand, jitter_chips, jitter_parameters, jittered_descriptors
 from facestream.engines.models import model_path
 
-from conftest import DATA, GOLDEN, golden_images, load_rgb_as_dlib
+from conftest import DATA, GOLDEN, golden_images, load_rgb_as_dlib, require_dlib
 
 CHIP = GOLDEN / "chips/fr_examples__obama-480p__face0.png"
 
@@ -38,7 +38,7 @@ def _run_dlib(code: str) -> None:
 
 @pytest.mark.oracle
 def test_jittered_chips_are_pixel_identical_to_dlib(tmp_path: Path) -> None:
-    pytest.importorskip("dlib")
+    require_dlib()
     out = tmp_path / "dlib.npy"
     _run_dlib(
         "import cv2, dlib, numpy as np\n"
@@ -58,16 +58,16 @@ def test_jittered_chips_are_pixel_identical_to_dlib(tmp_path: Path) -> None:
 
 @pytest.mark.oracle
 def test_jittered_descriptor_matches_dlibs_first_call(tmp_path: Path) -> None:
-    pytest.importorskip("dlib")
+    require_dlib()
     relpath = "fr_examples/obama-480p.jpg"
     face = golden_images()[relpath]["cnn_faces"][0]
     out = tmp_path / "dlib.npy"
     _run_dlib(
-        "import dlib, numpy as np, face_recognition_models as m\n"
+        "import dlib, numpy as np\n"
         f"img = dlib.load_rgb_image({str(DATA / relpath)!r})\n"
         f"shape = dlib.full_object_detection(dlib.rectangle(*{face['rect'][:4]!r}), "
         f"[dlib.point(*p) for p in {face['landmarks_5']!r}])\n"
-        "model = dlib.face_recognition_model_v1(m.face_recognition_model_location())\n"
+        f"model = dlib.face_recognition_model_v1({str(model_path('embedder'))!r})\n"
         "first = model.compute_face_descriptor(img, shape, 4)\n"
         "second = model.compute_face_descriptor(img, shape, 4)\n"
         f"np.save({str(out)!r}, np.array([first, second]))\n"

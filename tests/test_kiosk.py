@@ -11,7 +11,7 @@ import pytest
 
 from facestream.enroll.gallery import Gallery
 from facestream.enroll.matching import decide
-from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.config import KioskConfig
 from facestream.pipeline.kiosk import (
     DENIED,
     GRANTED,
@@ -244,8 +244,8 @@ def test_only_one_enrolled_person_has_no_runner_up() -> None:
 
 
 def test_policy_from_config_and_validation() -> None:
-    policy = KioskPolicy.from_config(DEFAULTS["kiosk"])
-    assert policy == KioskPolicy() and DEFAULTS["kiosk"]["enabled"] is False
+    policy = KioskPolicy.from_config(KioskConfig())
+    assert policy == KioskPolicy() and KioskConfig().enabled is False
     for bad in ({"k": 6, "n": 5}, {"k": 0}, {"margin": -0.1}, {"timeout_s": 0.0}, {"threshold": -1.0},
                 {"max_conflicts": -1}):  # fmt: skip
         with pytest.raises(ValueError, match="kiosk"):

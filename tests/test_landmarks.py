@@ -20,7 +20,7 @@ from facestream.engines import landmarks
 from facestream.engines.dlib_format import DlibFormatError, ShapePredictorModel
 from facestream.engines.landmarks import ShapePredictor, default_model_path, load_model
 
-from conftest import DATA, GOLDEN, golden_images, golden_video, load_rgb_as_dlib
+from conftest import DATA, GOLDEN, golden_images, golden_video, load_rgb_as_dlib, require_dlib
 
 MODEL = default_model_path()
 DETECTOR = MODEL.parent / "mmod_human_face_detector.dat"
@@ -216,7 +216,7 @@ def random_boxes(rng: np.random.Generator, height: int, width: int, count: int) 
 
 @pytest.mark.oracle
 def test_oracle_unseen_images_and_boxes(predictor):
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     reference = dlib.shape_predictor(str(MODEL))
     rng = np.random.default_rng(20)
     failures, count = [], 0

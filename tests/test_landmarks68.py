@@ -21,6 +21,7 @@ import pytest
 from facestream import api
 from facestream.engines.chips import extract_face_chips, face_chip_details
 from facestream.engines.landmarks import MODEL_FILE_68, default_model_path
+from facestream.engines.models import model_path
 
 from conftest import DATA, GOLDEN, load_rgb_as_dlib
 
@@ -92,10 +93,9 @@ ORACLE_VARIANTS = {
 @pytest.fixture(scope="module")
 def dlib_models():
     dlib = pytest.importorskip("dlib")
-    import face_recognition_models
 
-    sp68 = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
-    rec = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+    sp68 = dlib.shape_predictor(str(model_path("landmarks68")))
+    rec = dlib.face_recognition_model_v1(str(model_path("embedder")))
     return dlib, sp68, rec
 
 

@@ -7,6 +7,7 @@ of the events file arrives on the events topic, and Lin-Manuel Miranda's retaine
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -209,7 +210,7 @@ def test_discovery_appears_and_disappears_with_enroll_add_and_remove(work: Path,
     brokers.append(broker.start())
     gallery = work / "discovery.db"
     config = load_config(None)
-    config["outputs"]["mqtt"].update({"url": broker.url, "discovery": True, "gallery_poll_s": 0.2})
+    config.outputs.mqtt.url, config.outputs.mqtt.discovery, config.outputs.mqtt.gallery_poll_s = broker.url, True, 0.2
     endpoint = f"ipc://{tempfile.mkdtemp(prefix='fs-', dir='/tmp')}/events"
     context = zmq.Context()
     pub = context.socket(zmq.PUB)
@@ -267,7 +268,8 @@ def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest
     brokers.append(broker.start())
     subscriber = Subscriber(broker.port, ["facestream/door/events"], client_id="late-watcher", persistent=True)
     broker.stop()
-    section = {**load_config(None)["outputs"]["mqtt"], "queue": 5, "reconnect_min_s": 1, "reconnect_max_s": 1}
+    section = {**dataclasses.asdict(load_config(None).outputs.mqtt), "queue": 5,
+               "reconnect_min_s": 1, "reconnect_max_s": 1}  # fmt: skip
     output = MqttOutput(section, ["door"], url=broker.url).start()
     try:
         started = time.monotonic()
@@ -313,7 +315,7 @@ def test_mqtts_with_a_password_from_the_environment_never_logged(
                                          f"password_file {passwords}"])  # fmt: skip
     brokers.append(broker.start())
     caplog.set_level(logging.DEBUG)
-    section = {**load_config(None)["outputs"]["mqtt"], "username": "cam", "ca_file": str(cert),
+    section = {**dataclasses.asdict(load_config(None).outputs.mqtt), "username": "cam", "ca_file": str(cert),
                "reconnect_min_s": 1, "reconnect_max_s": 1}  # fmt: skip
     url = f"mqtts://127.0.0.1:{broker.port}"
     try:

@@ -29,12 +29,14 @@ from hypothesis import strategies as st
 
 from facestream.engines import pyramid as pyr
 
+from conftest import require_dlib
+
 DATA = Path(__file__).parent / "data"
 REAL_IMAGES = ["fr_examples/obama-240p.jpg", "dlib_faces/2008_002506.jpg", "dlib_faces/2007_007763.jpg"]
 
 
 def _dlib():
-    return pytest.importorskip("dlib")
+    return require_dlib()
 
 
 def _load(rel: str) -> np.ndarray:

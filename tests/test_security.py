@@ -26,6 +26,8 @@ from facestream.pipeline.config import load_config
 from facestream.pipeline.messages import DescriptorsMessage
 from facestream.pipeline.stages import ENDPOINTS, PipelineError, open_socket
 
+from conftest import wait_until
+
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
 FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli"]
@@ -60,7 +62,8 @@ def restore_security() -> Iterator[None]:
 
 def settings(keys: dict[str, Path], **extra: str) -> dict:
     config = load_config(None)
-    config["security"].update(extra)
+    for key, value in extra.items():
+        config.set(f"security.{key}", value)
     return config
 
 
@@ -106,10 +109,11 @@ def test_curve_is_on_for_tcp_and_needs_keys(keys: dict[str, Path]) -> None:
         security.load_security(config, tcp, binds=True)
     with pytest.raises(security.SecurityError, match="server_public_key"):
         security.load_security(config, tcp, binds=False)
-    config["security"]["curve"] = "disabled"
+    config.security.curve = "disabled"
     assert not security.load_security(config, tcp, binds=True).curve
-    config["security"].update(curve="auto", server_secret_key=str(keys["server_secret"]),
-                              allowed_clients_dir=str(keys["clients"]))  # fmt: skip
+    config.security.curve = "auto"
+    config.security.server_secret_key = str(keys["server_secret"])
+    config.security.allowed_clients_dir = str(keys["clients"])
     server = security.load_security(config, tcp, binds=True)
     assert server.curve and server.allowed == {
         security.load_key_file(keys["server"], secret=False)[0],
@@ -171,38 +175,47 @@ def test_only_allowed_peers_can_push_or_subscribe_and_refusals_are_logged(
         received = []
         poller = zmq.Poller()
         poller.register(inbox, zmq.POLLIN)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            if poller.poll(100):
+
+        def drain_inbox() -> list[bytes]:
+            while poller.poll(50):
                 received.append(inbox.recv())
-        assert received == [b"worker"]
-        deadline = time.monotonic() + 3
+            return received
+
+        wait_until(drain_inbox, "the allowed worker's message")
+        # That nothing else arrives cannot be waited on: the others' handshakes, which fail, are waited on
+        # below (both refusals logged), then the inbox is drained once more.
         got: dict[str, list[bytes]] = {who: [] for who in readers}
-        while time.monotonic() < deadline and not got["worker"]:
+
+        def publish_and_read() -> list[bytes]:
             events.send(b'{"event":"track_identified"}')
             for who, reader in readers.items():
                 while reader.poll(0):
                     got[who].append(reader.recv())
-            time.sleep(0.05)
-        time.sleep(0.3)
+            return got["worker"]
+
+        wait_until(publish_and_read, "the allowed subscriber's event")
         for who, reader in readers.items():
             while reader.poll(0):
                 got[who].append(reader.recv())
         assert got["worker"] and not got["plain"] and not got["intruder"]
         intruder_key = security.load_key_file(keys["intruder"], secret=False)[0].decode()
-        assert any(
-            intruder_key in record.getMessage() and "refused" in record.getMessage() for record in caplog.records
-        )
+        wait_until(lambda: any(intruder_key in r.getMessage() and "refused" in r.getMessage() for r in caplog.records),
+                   "the intruder's key refused and logged")  # fmt: skip
+
+        def handshakes() -> list[str]:
+            found = [r.getMessage() for r in caplog.records if "its handshake failed" in r.getMessage()]
+            both = any(tcp["descriptors"] in m for m in found) and any(tcp["events"] in m for m in found)
+            return found if both else []
+
         # Plain peers (no CURVE) fail the handshake before any key check: logged from the socket's monitor.
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline and "its handshake failed" not in caplog.text:
-            time.sleep(0.05)
-        handshakes = [r.getMessage() for r in caplog.records if "its handshake failed" in r.getMessage()]
-        assert any(tcp["descriptors"] in m for m in handshakes) and any(tcp["events"] in m for m in handshakes)
+        failed = wait_until(handshakes, "the plain peers' failed handshakes logged on both endpoints")
+        wait_until(lambda: security.refused(server_context) >= 4, "four refusals counted")
+        drain_inbox()
+        assert received == [b"worker"]
         # Each names its real reason: the protocol error, or the errno when the plain peer, which sees the
-        # mismatch too, hung up first (a race: CI has seen both reasons first, and EPIPE alone).
-        reasons = [re.search(r"handshake failed \((\w+):", m).group(1) for m in handshakes]
-        assert reasons and set(reasons) <= {"MECHANISM_MISMATCH", "EPIPE", "ECONNRESET"}, handshakes
+        # mismatch too, hung up first (either may come first, or EPIPE alone).
+        reasons = [re.search(r"handshake failed \((\w+):", m).group(1) for m in failed]
+        assert reasons and set(reasons) <= {"MECHANISM_MISMATCH", "EPIPE", "ECONNRESET"}, failed
         assert security.refused(server_context) >= 4  # intruder's PUSH and SUB by key, plain PUSH and SUB
     finally:
         security.stop(server_context)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from facestream.pipeline.stages import JournalFormatter
+from facestream.pipeline.logs import JournalFormatter
 from facestream.pipeline.supervisor import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 
 ROOT = Path(__file__).parent.parent

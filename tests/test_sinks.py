@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import random
 import signal
@@ -18,7 +18,7 @@ import pytest
 
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline import sinks
-from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.config import Config, KioskConfig, PipelineConfig, TrackerConfig
 from facestream.pipeline.kiosk import KioskDecider, KioskPolicy
 from facestream.pipeline.messages import DescriptorsMessage, EndOfStream, FrameMessage, MessageError
 from facestream.pipeline.sinks import (
@@ -35,7 +35,7 @@ from facestream.pipeline.sinks import (
 from facestream.pipeline.stages import empty_faces
 from facestream.pipeline.unknowns import UnknownTracks, read_unknowns
 
-from conftest import golden_images, golden_video
+from conftest import golden_images, golden_video, wait_until
 
 FPS = 10.0
 WIDTH, HEIGHT = 320, 240
@@ -88,10 +88,8 @@ def image_of(index: int) -> np.ndarray:
     return image
 
 
-def tracker_config(**changes: object) -> dict:
-    section = copy.deepcopy(DEFAULTS["tracker"])
-    section.update(changes)
-    return section
+def tracker_config(**changes: object) -> TrackerConfig:
+    return dataclasses.replace(TrackerConfig(), **changes)
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -290,8 +288,7 @@ def test_gallery_changes_reach_a_running_matcher(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     alice, bob = rng.normal(size=(2, 128)).astype(np.float32) * 0.05
     path = tmp_path / "later" / "gallery.db"
-    config = copy.deepcopy(DEFAULTS)
-    matcher = open_matcher(config, str(path))
+    matcher = open_matcher(Config(), str(path))
     assert isinstance(matcher, GalleryMatcher) and matcher.gallery is None and not path.exists()
     assert matcher.identify(alice[None]).identities == ["unknown"]  # nobody yet, and no file created
     assert not matcher.refresh()
@@ -333,7 +330,7 @@ def test_events_file_is_valid_line_by_line_after_an_abrupt_stop(tmp_path: Path) 
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "ready"
-        time.sleep(0.3)
+        wait_until(lambda: path.is_file() and path.read_bytes().count(b"\n") >= 50, "50 lines written before the kill")
     finally:
         writer.send_signal(signal.SIGKILL)
         writer.wait(10)
@@ -345,13 +342,14 @@ def test_events_file_is_valid_line_by_line_after_an_abrupt_stop(tmp_path: Path) 
 
 
 def test_live_results_wait_for_reordering_only_when_they_can_come_out_of_order() -> None:
-    base = {"detect_workers": 1, "embed_workers": 1, "live_reorder_ms": 200.0, "run_dir": ""}
+    base = PipelineConfig(detect_workers=1, embed_workers=1, live_reorder_ms=200.0, run_dir="")
     ipc = {"frames": "ipc:///tmp/run/frames", "descriptors": "ipc:///tmp/run/descriptors"}
     assert live_reorder_s(base, ipc) == 0.0  # one worker per stage: results arrive in order
-    assert live_reorder_s({**base, "detect_workers": 2}, ipc) == 0.2
-    assert live_reorder_s({**base, "embed_workers": 3}, ipc) == 0.2
+    assert live_reorder_s(dataclasses.replace(base, detect_workers=2), ipc) == 0.2
+    assert live_reorder_s(dataclasses.replace(base, embed_workers=3), ipc) == 0.2
     assert live_reorder_s(base, {**ipc, "frames": "tcp://10.0.0.2:5555"}) == 0.2  # remote workers may join
-    assert live_reorder_s({**base, "run_dir": "/srv/facestream"}, ipc) == 0.2  # local `facestream stage` may join
+    local_join = dataclasses.replace(base, run_dir="/srv/facestream")  # local `facestream stage` may join
+    assert live_reorder_s(local_join, ipc) == 0.2
 
 
 def test_summary_times_are_positions_in_files_and_clock_times_live() -> None:
@@ -373,10 +371,10 @@ def test_sink_writes_unknown_tracks_and_kiosk_decisions(tmp_path: Path) -> None:
         gallery.add_samples("Lin_Manuel_Miranda", np.array([golden_images()[LIN_PHOTO]["cnn_faces"][0]["descriptor"]]))
     outputs = sinks.SinkOutputs(events=str(tmp_path / "events.jsonl"))
     core = sinks.SinkCore(
-        {"clip": False}, sinks.open_matcher({"gallery": dict(DEFAULTS["gallery"])}, str(db)), outputs,
-        DEFAULTS["tracker"],
+        {"clip": False}, sinks.open_matcher(Config(), str(db)), outputs,
+        TrackerConfig(),
         unknowns=UnknownTracks(tmp_path / "unknowns.jsonl", sources={"clip": "rtsp://user:pw@cam/clip"}),
-        kiosk=KioskDecider(KioskPolicy.from_config(DEFAULTS["kiosk"])),
+        kiosk=KioskDecider(KioskPolicy.from_config(KioskConfig())),
     )  # fmt: skip
     frames = golden_video()["frames"]
     for k in range(30):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -12,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facestream.pipeline.config import DEFAULTS
+from facestream.pipeline.config import Config
 from facestream.pipeline.sources import (
     ImageFolderReader,
     LatestFrames,
@@ -32,13 +31,16 @@ from facestream.pipeline.sources import (
     scene_changed,
 )
 
+from conftest import wait_until
+
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
 
 
-def config(**sources: object) -> dict:
-    merged = copy.deepcopy(DEFAULTS)
-    merged["sources"].update(sources)
+def config(**sources: object) -> Config:
+    merged = Config()
+    for key, value in sources.items():
+        merged.set(f"sources.{key}", value)
     return merged
 
 
@@ -289,9 +291,9 @@ def test_live_source_with_a_fast_producer_keeps_latency_bounded() -> None:
     reader = LiveReader(capture, LatestFrames(2)).start()
     taken = []
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: 15 frames take ~0.3 s unloaded
         while len(taken) < 15 and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.02)  # the slow consumer being simulated, not a wait
             frame = reader.queue.get()
             if frame is not None:
                 lag = reader.captured - frame.index  # frames captured after this one
@@ -318,7 +320,7 @@ def test_live_reader_reports_a_source_that_never_opens() -> None:
 
 def test_live_reader_stops_promptly() -> None:
     reader = LiveReader(LiveCapture("idle", lambda: FakeCapture([], delay=0.01)), LatestFrames(1)).start()
-    time.sleep(0.05)
+    wait_until(lambda: reader.captured >= 1, "the reader capturing")
     started = time.monotonic()
     reader.stop()
     assert reader.done.wait(2) and time.monotonic() - started < 1

@@ -245,8 +245,8 @@ def _open_at_once(path: str, barrier: Any, failures: Any) -> None:
 
 def test_processes_opening_a_new_gallery_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
     """SQLite answers "locked" at once (without waiting) to some of several connections racing to switch a new
-    file to WAL and create the schema: 41 of 900 such opens failed before the open was retried. 40 rounds of
-    3 processes would all succeed with that bug only ~2% of the time."""
+    file to WAL and create the schema: without the retry about 1 open in 20 failed. 40 rounds of 3 processes
+    would all succeed with that bug only ~2% of the time."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")

@@ -22,7 +22,7 @@ from facestream.pipeline.unknowns import (
 )
 from facestream.pipeline.unknowns_cli import enroll_cluster, list_clusters
 
-from conftest import DATA, golden_images, golden_video
+from conftest import DATA, golden_images, golden_video, require_dlib
 
 LIN = "video/gallery/Lin_Manuel_Miranda/lin-manuel-miranda.png"
 
@@ -73,7 +73,7 @@ def golden_file(path: Path) -> list[np.ndarray]:
 
 
 def dlib_partition(descriptors: list[np.ndarray]) -> list[int]:
-    dlib = pytest.importorskip("dlib")
+    dlib = require_dlib()
     return list(
         dlib.chinese_whispers_clustering([dlib.vector(d.astype(np.float64).tolist()) for d in descriptors], 0.6)
     )

@@ -140,7 +140,7 @@ def test_addresses_tokens_and_the_refusal_to_serve_beyond_localhost_without_a_to
     config = load_config(None)
     monkeypatch.delenv("FACESTREAM_WEB_TOKEN", raising=False)
     assert resolve_token(config) == ""
-    config["web"]["token"] = "from-config-0123456"
+    config.web.token = "from-config-0123456"
     assert resolve_token(config) == "from-config-0123456"
     monkeypatch.setenv("FACESTREAM_WEB_TOKEN", "from-env-0123456789")
     assert resolve_token(config) == "from-env-0123456789"
@@ -457,7 +457,7 @@ def test_the_token_the_host_header_and_the_change_header_are_enforced(
     sockets: PipelineSockets, gallery_path: Path
 ) -> None:
     config = load_config(None)
-    config["web"]["token"] = "0123456789abcdef0123"
+    config.web.token = "0123456789abcdef0123"
     server = start_server(config, sockets, gallery_path)
     try:
         assert http(server.url + "api/people")[0] == 401
@@ -501,9 +501,13 @@ def test_facestream_serve_attaches_to_a_run_directory(
             "--run-dir", str(sockets.dir), "--gallery", str(gallery_path)]  # fmt: skip
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
-        line = process.stderr.readline()
-        match = re.search(r"web view: (http://127\.0\.0\.1:\d+/)", line)
-        assert match, line + process.stderr.read()
+        lines = []
+        for _ in range(20):  # the address is logged after a few start-up lines (which configuration, ...)
+            lines.append(process.stderr.readline())
+            match = re.search(r"web view: (http://127\.0\.0\.1:\d+/)", lines[-1])
+            if match or not lines[-1]:
+                break
+        assert match, "".join(lines)
         url = match.group(1)
         health = wait_until(lambda: http_json(url + "api/health")[1]["health"], "health from health.json")
         assert health["stages"]["detect"]["per_second"] == 1.0

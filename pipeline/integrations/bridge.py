@@ -9,11 +9,15 @@ quiet for a moment), then closes each output, which flushes what it can within i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -165,25 +169,25 @@ class EventBridge:
         return {output.name: output.stats() for output in self.outputs}
 
 
-def start_integrations(config: dict[str, Any], endpoints: dict[str, str], streams: list[str],
+def start_integrations(config: Config, endpoints: dict[str, str], streams: list[str],
                        gallery: str | None, mqtt_url: str | None = None) -> EventBridge:  # fmt: skip
     """The bridge with every output the config (or ``--mqtt URL``) asks for, started. ValueError for a bad
     section (nothing started then)."""
     outputs: list[Any] = []
-    section = config["outputs"]
-    mqtt = dict(section["mqtt"])
-    if mqtt_url or mqtt.get("url"):
+    section = config.outputs
+    mqtt = dataclasses.asdict(section.mqtt)
+    if mqtt_url or mqtt["url"]:
         from .mqtt import MqttOutput
 
         outputs.append(MqttOutput(mqtt, streams, gallery=gallery, url=mqtt_url))
-    if section["webhooks"]:
+    if section.webhooks:
         from .webhooks import WebhookOutput
 
-        outputs.append(WebhookOutput(section["webhooks"], int(section["webhook_queue"])))
+        outputs.append(WebhookOutput(section.webhooks, section.webhook_queue))
     for output in outputs:
         output.start()
         where = getattr(output, "where", None)
         log.info("integrations: %s%s", output.name, f" -> {where}" if where else "")
-    identifications = Identifications(int(config["metrics"]["max_people"]))
+    identifications = Identifications(config.metrics.max_people)
     return EventBridge(endpoints["events"], outputs, identifications, preview=endpoints.get("preview"),
-                       close_timeout_s=float(section["delivery_timeout_s"])).start()
+                       close_timeout_s=section.delivery_timeout_s).start()

@@ -1,0 +1,51 @@
+"""Running a `facestream` command: logging, the configuration, and the one place errors become exit codes.
+
+Used by the full command line (pipeline/cli.py) and by the modules that can run their commands alone
+(``python -m facestream.pipeline.run_cli ...``), so those need not import cli.py (which imports them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from ..errors import FacestreamError, exit_code
+from .config import load_config
+from .logs import use_journal_logging
+
+log = logging.getLogger("facestream")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """-q: errors only; default: info; -v: debug; journald lines when the command asks for them."""
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if getattr(args, "log_format", None) == "journal":  # `run --log-format journal`: from the very first line
+        use_journal_logging()
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Load the configuration and run the command's handler; the one place errors become exit codes."""
+    try:
+        return args.handler(args, load_config(args.config))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except FacestreamError as error:  # one clear line, no traceback; anything else is a bug and shows one
+        log.error("%s", error)
+        return exit_code(error)
+
+
+def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], argv: list[str] | None = None) -> int:
+    """`python -m facestream.pipeline.<x>_cli`: those commands alone, with `facestream`'s global options."""
+    parser = argparse.ArgumentParser(prog="facestream")
+    parser.add_argument("--config", metavar="FILE")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    configure_logging(args)
+    return run_command(args)

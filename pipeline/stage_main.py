@@ -1,0 +1,88 @@
+"""A stage process's entry point: ``python -m facestream.pipeline.stage_main ROLE --spec FILE --name NAME``.
+
+The supervisor (pipeline/supervisor.py) starts each stage this way; `facestream stage` calls `run_stage`
+in its own process. Kept apart from pipeline/stages.py (the stage base class and the detect and embed
+workers) so that the base module does not import the source and sink stages built on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import FacestreamError, PipelineError
+from .logs import configure_stage_logging
+from .sinks import SinkStage
+from .sources import SourceStage
+from .stages import ROLES, DetectWorker, EmbedWorker, StageProcess, die_with_parent
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# process entry point
+
+
+def stage_class(role: str) -> type[StageProcess]:
+    """The StageProcess subclass for a role: detect, embed, source or sink."""
+    if role == "detect":
+        return DetectWorker
+    if role == "embed":
+        return EmbedWorker
+    if role == "source":
+        return SourceStage
+    if role == "sink":
+        return SinkStage
+    raise PipelineError(f"unknown stage {role!r}; stages: {', '.join(ROLES)}")
+
+
+def run_stage(role: str, name: str, spec: dict[str, Any], parent_pid: int | None = None) -> int:
+    """Run one stage process until it finishes or is stopped; the exit code."""
+    try:
+        stage = stage_class(role)(name, spec, parent_pid=parent_pid)
+    except FacestreamError as error:  # e.g. a missing or unreadable CURVE key file, a bad spec.json
+        log.error("%s: %s", name, error)
+        return 2
+    stage.install_signal_handlers()
+    if _EARLY_STOP:
+        stage.request_stop("SIGTERM during start-up")
+    try:
+        code = stage.run()
+    except FacestreamError as error:  # configuration, model, endpoint...: a restart would fail the same way
+        log.error("%s: %s", name, error)
+        code = 2
+    finally:
+        stage.send_stats(final=True)
+        stage.close()
+    return code
+
+
+_EARLY_STOP: list[int] = []  # signals that arrived before the stage installed its own handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m facestream.pipeline.stage_main ROLE --spec FILE --name NAME`: how the supervisor starts a stage."""
+    # A handler before anything slow: a SIGTERM during start-up must not leave a traceback or half-written files.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: _EARLY_STOP.append(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    parser = argparse.ArgumentParser(prog="facestream-stage")
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("--spec", required=True, help="the run's spec.json")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--parent", type=int, default=0, help="supervisor pid: exit when it dies")
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    configure_stage_logging(args.log_level, args.name)
+    die_with_parent(args.parent)
+    spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
+    spec["local"] = True
+    return run_stage(args.role, args.name, spec, parent_pid=args.parent or None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
