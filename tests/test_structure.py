@@ -24,8 +24,13 @@ def package_modules() -> dict[str, Path]:
     """Every module of the package by its import name."""
     modules = {}
     for package, folder in PACKAGES.items():
-        for path in sorted(folder.glob("*.py")):
-            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in sorted(folder.rglob("*.py")):  # subpackages too (pipeline/integrations, facestream/compat)
+            parts = path.relative_to(folder).with_suffix("").parts
+            if package == "facestream" and parts[0] in ("engines", "enroll", "pipeline"):
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join((package, *parts))] = path
     return modules
 
 

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ...errors import ConfigError
 from .homeassistant import (
     Discovery,
     GalleryPeople,
@@ -49,7 +50,7 @@ ENV_USERNAME, ENV_PASSWORD = "FACESTREAM_MQTT_USERNAME", "FACESTREAM_MQTT_PASSWO
 UNKNOWN = "unknown"
 
 
-class MqttConfigError(ValueError):
+class MqttConfigError(ConfigError):
     """A bad ``outputs.mqtt`` section or ``--mqtt`` URL."""
 
 

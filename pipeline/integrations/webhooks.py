@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ...errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Facestream-Signature"
@@ -36,7 +38,7 @@ EVENT_HEADER = "X-Facestream-Event"
 DEFAULT_EVENTS = ("track_identified",)
 
 
-class WebhookConfigError(ValueError):
+class WebhookConfigError(ConfigError):
     """A bad ``outputs.webhooks`` entry."""
 
 
