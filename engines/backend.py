@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from .runtime import InferenceSession, OnnxRuntimeSession
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
+# pycuda ships as source only: without the CUDA toolkit it neither installs nor imports.
+PYCUDA_HINT = (
+    "pycuda builds from source against the CUDA toolkit (nvcc and cuda.h; a wheel-only TensorRT install "
+    "lacks them): install the CUDA toolkit matching the driver, put its bin/ on PATH, then `pip install pycuda`"
+)
 
 
 class BackendError(RuntimeError):
@@ -53,7 +59,7 @@ def probe_gpu(importer: Callable[[str], Any] = importlib.import_module) -> GpuPr
     try:
         cuda = importer("pycuda.driver")
     except Exception as error:
-        return GpuProbe(False, f"pycuda is not installed ({type(error).__name__}: {error})")
+        return GpuProbe(False, f"pycuda is not installed ({type(error).__name__}: {error}); {PYCUDA_HINT}")
     try:
         cuda.init()
         count = cuda.Device.count()
@@ -80,6 +86,21 @@ def choose_backend(requested: str, probe: Callable[[], GpuProbe] = probe_gpu) ->
     if requested == "tensorrt":
         raise BackendError(f"engine.backend is tensorrt but TensorRT cannot run here: {found.reason}")
     return BackendChoice("onnxruntime", f"auto: {found.reason}; using ONNX Runtime on the CPU", found)
+
+
+def close_gpu_sessions() -> int:
+    """Close every TensorRT session this process still holds (CLI commands and stages call it on the way
+    out); how many there were. Nothing to do, and nothing imported, when TensorRT was never used."""
+    module = sys.modules.get(f"{__package__}.tensorrt_backend")
+    return module.close_all_sessions() if module is not None else 0
+
+
+def is_configuration_error(error: BaseException) -> bool:
+    """A backend that cannot run here or an engine that cannot be built: a setup problem, not a crash."""
+    if isinstance(error, BackendError):
+        return True
+    module = sys.modules.get(f"{__package__}.tensorrt_backend")
+    return module is not None and isinstance(error, module.EngineError)
 
 
 _announced: set[tuple[str, str]] = set()

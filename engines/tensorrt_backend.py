@@ -16,19 +16,23 @@ Everything above the `TensorRTSession` class is pure and tested in CI (no GPU th
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backend import GpuProbe
+from .backend import PYCUDA_HINT, BackendError, GpuProbe
 from .onnx_export import sha256_file
 
 log = logging.getLogger(__name__)
@@ -238,6 +242,12 @@ class _DeviceBuffer:
 class TensorRTSession:
     """The `InferenceSession` of one network as a TensorRT engine: float32 NCHW in, the graph's output out.
 
+    CUDA context discipline: the device's primary context is retained once and pushed only around each
+    piece of work (loading, every `run`, `close`), so between calls this thread's pycuda context stack is
+    as the session found it. pycuda aborts the process when that stack is not empty at exit, and a
+    context pushed in one thread cannot be popped in another. `close()` (or the context manager) frees the
+    device buffers and releases the context; an `atexit` backstop closes sessions nobody closed.
+
     Host->device and device->host copies are asynchronous on one CUDA stream from page-locked buffers that
     are kept between calls (grown when a larger input comes). A batch larger than the profile's is run in
     slices; an input the profile does not cover goes to ONNX Runtime (warned once).
@@ -249,22 +259,32 @@ class TensorRTSession:
         self, onnx_path: str | Path, kind: str, profile: Profile, *, precision: str = "fp16",
         cache_dir: str | Path | None = None, workspace_mb: int = 1024, probe: GpuProbe, device: int = 0,
     ) -> None:  # fmt: skip
-        import pycuda.driver as cuda
-        import tensorrt as trt
-
+        cuda, trt = import_gpu_stack()
         self.cuda, self.onnx_path, self.kind, self.profile = cuda, Path(onnx_path), kind, profile
-        cuda.init()
-        self.context_cuda: Any = cuda.Device(device).retain_primary_context()
-        self.context_cuda.push()  # current in this thread until close(): every call runs here
+        self.precision = precision
         self.engine: Any = None
         self.context: Any = None
+        self.stream: Any = None
+        self._fallback: Any = None
         self.inputs, self.outputs = _DeviceBuffer(cuda), _DeviceBuffer(cuda)
+        cuda.init()
+        self.context_cuda: Any = cuda.Device(device).retain_primary_context()  # retained, not pushed
         try:
-            self._load(onnx_path, kind, profile, precision, probe, cache_dir, workspace_mb, trt)
+            with self._current():
+                self._load(onnx_path, kind, profile, precision, probe, cache_dir, workspace_mb, trt)
         except BaseException:
             self.close()
             raise
-        self._fallback: Any = None
+        _track(self)
+
+    @contextmanager
+    def _current(self) -> Iterator[None]:
+        """This session's context current in this thread for the block; the stack as it was afterwards."""
+        self.context_cuda.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
 
     def _load(self, onnx_path: str | Path, kind: str, profile: Profile, precision: str, probe: Any,
               cache_dir: str | Path | None, workspace_mb: int, trt: Any) -> None:  # fmt: skip
@@ -287,6 +307,8 @@ class TensorRTSession:
         self.stream = self.cuda.Stream()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if self.context_cuda is None:
+            raise EngineError(f"{self.kind}: the TensorRT session is closed")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         shape = tuple(batch.shape)
         top = self.profile.max_shape[0]
@@ -294,10 +316,15 @@ class TensorRTSession:
             return np.concatenate([self.run(batch[i : i + top]) for i in range(0, shape[0], top)])
         if not self.profile.accepts(shape):
             return self._run_on_cpu(batch)
+        with self._current():
+            return self._execute(batch, shape)
+
+    def _execute(self, batch: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         self.context.set_input_shape(self.input_name, shape)
         out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+        count = int(np.prod(out_shape))
         self.inputs.ensure(batch.size)
-        self.outputs.ensure(int(np.prod(out_shape)))
+        self.outputs.ensure(count)
         assert self.inputs.host is not None and self.outputs.host is not None
         host_in = self.inputs.host[: batch.size]
         host_in[:] = batch.reshape(-1)
@@ -306,7 +333,6 @@ class TensorRTSession:
         self.context.set_tensor_address(self.output_name, int(self.outputs.device))
         if not self.context.execute_async_v3(stream_handle=self.stream.handle):
             raise EngineError(f"{self.kind}: TensorRT execution failed for input {shape}")
-        count = int(np.prod(out_shape))
         host_out = self.outputs.host[:count]
         self.cuda.memcpy_dtoh_async(host_out, self.outputs.device, self.stream)
         self.stream.synchronize()
@@ -323,15 +349,63 @@ class TensorRTSession:
         return self._fallback.run(batch)
 
     def close(self) -> None:
-        """Free the device buffers and TensorRT objects while the context is current, then pop it and
-        release this session's hold on the device's primary context. Safe to call twice."""
+        """Free the device buffers and TensorRT objects with the context current, pop it, then release this
+        session's hold on the device's primary context. Safe to call twice."""
         if self.context_cuda is None:
             return
-        for buffer in (self.inputs, self.outputs):
-            if buffer.device is not None:
-                buffer.device.free()
-                buffer.device = None
-        self.context = self.engine = None
-        self.context_cuda.pop()
-        self.context_cuda.detach()
-        self.context_cuda = None
+        try:
+            with self._current():
+                for buffer in (self.inputs, self.outputs):
+                    if buffer.device is not None:
+                        buffer.device.free()
+                        buffer.device = None
+                # TensorRT objects and the stream are destroyed here, while the context is current.
+                self.context = self.engine = self.stream = None
+        finally:
+            self.context_cuda.detach()
+            self.context_cuda = None
+            _live.discard(self)
+
+    def __enter__(self) -> TensorRTSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# Sessions nobody closed are closed at exit: pycuda would otherwise abort on a context it still holds.
+_live: weakref.WeakSet[TensorRTSession] = weakref.WeakSet()
+_backstop_registered = False
+
+
+def _track(session: TensorRTSession) -> None:
+    global _backstop_registered
+    _live.add(session)
+    if not _backstop_registered:  # registered after pycuda was imported: atexit runs it before pycuda's own
+        atexit.register(close_all_sessions)
+        _backstop_registered = True
+
+
+def close_all_sessions() -> int:
+    """Close every TensorRT session still open in this process; how many there were."""
+    sessions = list(_live)
+    for session in sessions:
+        try:
+            session.close()
+        except Exception as error:  # exiting anyway: say so, close the others
+            log.warning("closing a %s TensorRT session at exit failed: %s", session.kind, error)
+    return len(sessions)
+
+
+def import_gpu_stack() -> tuple[Any, Any]:
+    """(pycuda.driver, tensorrt), or BackendError saying which is missing and what to do."""
+    try:
+        import tensorrt as trt
+    except Exception as error:
+        raise BackendError(f"tensorrt cannot be imported ({type(error).__name__}: {error}): "
+                           "pip install 'facestream[gpu]' on a machine with an NVIDIA driver") from error  # fmt: skip
+    try:
+        import pycuda.driver as cuda
+    except Exception as error:
+        raise BackendError(f"pycuda cannot be imported ({type(error).__name__}: {error}): {PYCUDA_HINT}") from error
+    return cuda, trt

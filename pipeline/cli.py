@@ -222,15 +222,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as error:  # model-file and other start-up errors: one clear line, no traceback
+    except Exception as error:  # model-file, backend and other start-up errors: one clear line, no traceback
+        from ..engines.backend import is_configuration_error
         from ..engines.dlib_format import DlibFormatError
         from ..engines.models import ModelNotFoundError
         from ..enroll.store import GalleryError
 
-        if isinstance(error, DlibFormatError | ModelNotFoundError | GalleryError):
+        if isinstance(error, DlibFormatError | ModelNotFoundError | GalleryError) or is_configuration_error(error):
             log.error("%s", error)
             return 2
         raise
+    finally:
+        _release_gpu()
+
+
+def _release_gpu() -> None:
+    """Every command leaves with its TensorRT sessions closed (pycuda aborts a process holding a context)."""
+    from ..engines.backend import close_gpu_sessions
+
+    close_gpu_sessions()
 
 
 def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], argv: list[str] | None = None) -> int:
@@ -248,7 +258,10 @@ def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], 
     except ConfigError as error:
         log.error("%s", error)
         return 2
-    return args.handler(args, config)
+    try:
+        return args.handler(args, config)
+    finally:
+        _release_gpu()
 
 
 if __name__ == "__main__":

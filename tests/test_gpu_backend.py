@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import sys
+import threading
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
+import gpu_stand_ins
 import numpy as np
 import onnx
 import pytest
@@ -374,150 +380,162 @@ def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # p
 
 
 # ------------------------------------------------------------------------------------------------
-# TensorRTSession's own logic (slicing, fallback, buffer reuse), with stand-ins for TensorRT and pycuda
+# TensorRTSession with stand-ins that are as strict as pycuda and TensorRT (tests/gpu_stand_ins.py)
 
 
-class _FakeDeviceMemory:
-    def __init__(self, nbytes: int) -> None:
-        self.data = np.zeros(nbytes // 4, np.float32)
-        self.freed = False
-
-    def __int__(self) -> int:
-        return id(self)
-
-    def free(self) -> None:
-        self.freed = True
-
-
-def fake_gpu_stack(onnx_path: Path) -> tuple[types.ModuleType, types.ModuleType, dict]:
-    """`tensorrt` and `pycuda.driver` stand-ins: the "engine" runs the ONNX graph on ONNX Runtime, reading and
-    writing the device memory the session hands it, so what the session copies where is really checked."""
-    calls: dict = {"allocs": [], "executions": 0, "shapes": []}
-    reference = OnnxRuntimeSession(onnx_path)
-    graph = onnx.load(str(onnx_path)).graph
-    input_name, output_name = graph.input[0].name, graph.output[0].name
-    memory: dict[int, _FakeDeviceMemory] = {}
-
-    class Context:
-        def set_input_shape(self, name: str, shape: tuple) -> None:
-            self.shape = tuple(shape)
-            calls["shapes"].append(self.shape)
-
-        def get_tensor_shape(self, name: str) -> tuple:
-            return reference.run(np.zeros(self.shape, np.float32)).shape
-
-        def set_tensor_address(self, name: str, address: int) -> None:
-            setattr(self, "input" if name == input_name else "output", memory[address])
-
-        def execute_async_v3(self, stream_handle: int) -> bool:
-            count = int(np.prod(self.shape))
-            out = reference.run(self.input.data[:count].reshape(self.shape))
-            self.output.data[: out.size] = out.reshape(-1)
-            calls["executions"] += 1
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def get_tensor_name(self, i: int) -> str:
-            return (input_name, output_name)[i]
-
-        def get_tensor_mode(self, name: str) -> str:
-            return "input" if name == input_name else "output"
-
-        def create_execution_context(self) -> Context:
-            return Context()
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0"
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
-    trt.Runtime = type("Runtime", (), {"__init__": lambda self, logger: None,
-                                       "deserialize_cuda_engine": lambda self, data: Engine()})  # fmt: skip
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-
-    def mem_alloc(nbytes: int) -> _FakeDeviceMemory:
-        allocation = _FakeDeviceMemory(nbytes)
-        memory[int(allocation)] = allocation
-        calls["allocs"].append(nbytes)
-        return allocation
-
-    def htod(device: _FakeDeviceMemory, host: np.ndarray, stream: object) -> None:
-        device.data[: host.size] = host
-
-    def dtoh(host: np.ndarray, device: _FakeDeviceMemory, stream: object) -> None:
-        host[:] = device.data[: host.size]
-
-    calls["context"] = []  # what the sessions did to the CUDA context stack, in order
-    context = types.SimpleNamespace(push=lambda: calls["context"].append("push"),
-                                    pop=lambda: calls["context"].append("pop"),
-                                    detach=lambda: calls["context"].append("detach"))  # fmt: skip
-    cuda = types.ModuleType("pycuda.driver")
-    cuda.init = lambda: None
-    cuda.Device = lambda index: types.SimpleNamespace(retain_primary_context=lambda: context)
-    cuda.Stream = lambda: types.SimpleNamespace(handle=1, synchronize=lambda: None)
-    cuda.pagelocked_empty = lambda n, dtype: np.empty(n, dtype)
-    cuda.mem_alloc, cuda.memcpy_htod_async, cuda.memcpy_dtoh_async = mem_alloc, htod, dtoh
-    return trt, cuda, calls
+@pytest.fixture
+def stand_in_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[gpu_stand_ins.State]:
+    """The stand-ins in sys.modules for one test; at its end pycuda's exit check: the test fails when a
+    context is left on a stack, a retained context was never released, or a call broke the libraries' rules."""
+    state = gpu_stand_ins.reset()
+    for name, module in gpu_stand_ins.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    yield state
+    gpu_stand_ins.assert_clean()
 
 
-def install_fake_gpu_stack(onnx_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    import sys
-
-    trt, cuda, calls = fake_gpu_stack(onnx_path)
-    pycuda = types.ModuleType("pycuda")
-    pycuda.driver = cuda
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
-    monkeypatch.setattr(trt_backend, "build_engine", lambda *args, **kwargs: b"stand-in engine")
-    return calls
-
-
-def test_tensorrt_session_slices_large_batches_and_reuses_its_buffers(
-    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_tensorrt_session_slices_large_batches_reuses_its_buffers_and_leaves_the_stack_as_it_found_it(
+    onnx_files: dict[str, Path], tmp_path: Path, stand_in_gpu: gpu_stand_ins.State
 ) -> None:
-    calls = install_fake_gpu_stack(onnx_files["embedder"], monkeypatch)
     session = trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 8),
                                           precision="fp32", cache_dir=tmp_path, probe=GPU)  # fmt: skip
+    assert not stand_in_gpu.unbalanced()  # loaded with the context pushed, popped after
     batch = np.random.default_rng(0).normal(size=(20, 3, 150, 150)).astype(np.float32)
     expected = OnnxRuntimeSession(onnx_files["embedder"]).run(batch)
     np.testing.assert_array_equal(session.run(batch), expected)  # the session's copies in and out are right
-    assert calls["shapes"] == [(8, 3, 150, 150), (8, 3, 150, 150), (4, 3, 150, 150)]  # sliced to the profile
-    allocations = list(calls["allocs"])
+    assert stand_in_gpu.shapes == [(8, 3, 150, 150), (8, 3, 150, 150), (4, 3, 150, 150)]  # sliced to the profile
+    allocations = list(stand_in_gpu.allocations)
     np.testing.assert_array_equal(session.run(batch[:3]), expected[:3])
-    assert calls["allocs"] == allocations and len(allocations) == 2  # smaller batch: the same two buffers
+    assert stand_in_gpu.allocations == allocations and len(allocations) == 2  # smaller batch: the same buffers
     assert session.engine_file.exists() and session.engine_file.parent == tmp_path / "tensorrt"
+    assert not stand_in_gpu.unbalanced()
+    # Another thread (a web request, a worker thread) runs it too: its own stack, balanced as well.
+    results: list[np.ndarray] = []
+    thread = threading.Thread(target=lambda: results.append(session.run(batch[:2])))
+    thread.start()
+    thread.join(60)
+    np.testing.assert_array_equal(results[0], expected[:2])
     session.close()
     session.close()  # twice is harmless
-    assert calls["context"] == ["push", "pop", "detach"]
+    assert stand_in_gpu.events[-3:] == ["push", "pop", "detach"]  # freed with the context current
+    assert stand_in_gpu.events.count("push") == stand_in_gpu.events.count("pop")
     assert session.inputs.device is None and session.outputs.device is None
+    with pytest.raises(trt_backend.EngineError, match="closed"):
+        session.run(batch[:1])
+
+
+def test_the_stand_in_is_as_strict_as_pycuda(stand_in_gpu: gpu_stand_ins.State) -> None:
+    """What the stand-in refuses, the real libraries refuse: pop on an empty stack, allocating with no context;
+    and a context left pushed is what pycuda aborts on at exit."""
+    cuda = sys.modules["pycuda.driver"]
+    with pytest.raises(cuda.LogicError, match="cannot pop"):
+        cuda.Context.pop()
+    with pytest.raises(cuda.LogicError, match="invalid device context"):
+        cuda.mem_alloc(16)
+    context = cuda.Device(0).retain_primary_context()
+    context.push()
+    assert stand_in_gpu.unbalanced()
+    with pytest.raises(AssertionError, match="context stack was not empty"):
+        gpu_stand_ins.assert_clean()
+    cuda.Context.pop()
+    context.detach()
+    stand_in_gpu.violations.clear()  # the two refusals above were on purpose
 
 
 def test_a_tensorrt_session_that_fails_to_load_releases_the_cuda_context(
-    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_gpu: gpu_stand_ins.State
 ) -> None:
-    calls = install_fake_gpu_stack(onnx_files["embedder"], monkeypatch)
     monkeypatch.setattr(trt_backend, "build_engine", lambda *args, **kwargs: (_ for _ in ()).throw(
         trt_backend.EngineError("the builder failed")))  # fmt: skip
     with pytest.raises(trt_backend.EngineError, match="the builder failed"):
         trt_backend.TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 8),
                                     precision="fp32", cache_dir=tmp_path, probe=GPU)  # fmt: skip
-    assert calls["context"] == ["push", "pop", "detach"]
+    assert stand_in_gpu.events == ["push", "pop", "push", "pop", "detach"]
 
 
 def test_a_detector_input_outside_the_profile_runs_on_onnxruntime(
-    onnx_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    onnx_files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture, stand_in_gpu: gpu_stand_ins.State
 ) -> None:
-    calls = install_fake_gpu_stack(onnx_files["detector"], monkeypatch)
     engine = {"detector_min_hw": [32, 32], "detector_opt_hw": [48, 48], "detector_max_hw": [64, 64]}
-    session = trt_backend.TensorRTSession(onnx_files["detector"], "detector", profile_for("detector", engine),
-                                          precision="fp16", cache_dir=tmp_path, probe=GPU)  # fmt: skip
-    reference = OnnxRuntimeSession(onnx_files["detector"])
-    rng = np.random.default_rng(1)
-    inside, outside = (rng.normal(size=(1, 3, n, n)).astype(np.float32) for n in (48, 80))
-    np.testing.assert_array_equal(session.run(inside), reference.run(inside))
-    assert calls["executions"] == 1
-    caplog.set_level("WARNING", logger="facestream.engines.tensorrt_backend")
-    np.testing.assert_array_equal(session.run(outside), reference.run(outside))
-    assert calls["executions"] == 1 and "(1, 3, 80, 80) is outside the TensorRT profile" in caplog.text
-    session.close()
+    with trt_backend.TensorRTSession(onnx_files["detector"], "detector", profile_for("detector", engine),
+                                     precision="fp32", cache_dir=tmp_path, probe=GPU) as session:  # fmt: skip
+        reference = OnnxRuntimeSession(onnx_files["detector"])
+        rng = np.random.default_rng(1)
+        inside, outside = (rng.normal(size=(1, 3, n, n)).astype(np.float32) for n in (48, 80))
+        np.testing.assert_array_equal(session.run(inside), reference.run(inside))
+        assert stand_in_gpu.executions == 1
+        caplog.set_level("WARNING", logger="facestream.engines.tensorrt_backend")
+        np.testing.assert_array_equal(session.run(outside), reference.run(outside))
+        assert stand_in_gpu.executions == 1 and "(1, 3, 80, 80) is outside the TensorRT profile" in caplog.text
+
+
+def test_the_analyzer_on_tensorrt_closes_both_sessions(
+    tmp_path: Path, stand_in_gpu: gpu_stand_ins.State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FaceAnalyzer (detector + embedder) on the stand-in TensorRT gives ONNX Runtime's faces, and `with` closes
+    both sessions: pycuda's exit check (the fixture) passes."""
+    from facestream.engines.faces import FaceAnalyzer
+    from facestream.pipeline.imageio import read_image
+
+    from conftest import DATA
+
+    monkeypatch.setattr(backend_module, "probe_gpu", lambda: GPU)
+    config = copy.deepcopy(DEFAULTS)
+    config["cache_dir"] = str(tmp_path)
+    config["engine"] = {**config["engine"], "backend": "tensorrt", "precision": "fp32"}
+    image = read_image(DATA / "fr_examples" / "obama.jpg")
+    with FaceAnalyzer.from_config(config) as analyzer:
+        assert analyzer.detector.session.backend == analyzer.embedder.session.backend == "tensorrt"
+        faces = analyzer.analyze(image)
+    cpu = copy.deepcopy(config)
+    cpu["engine"]["backend"] = "onnxruntime"
+    with FaceAnalyzer.from_config(cpu) as reference:
+        expected = reference.analyze(image)
+    assert len(faces) == len(expected) == 1
+    np.testing.assert_array_equal(faces.boxes, expected.boxes)
+    np.testing.assert_array_equal(faces.descriptors, expected.descriptors)
+    assert stand_in_gpu.events.count("detach") == 2 and not trt_backend._live
+
+
+def _stand_in_python(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process whose `tensorrt` and `pycuda` are the stand-ins (with pycuda's exit abort)."""
+    site = gpu_stand_ins.write_sitecustomize(tmp_path / "site")
+    config = tmp_path / "gpu.yaml"
+    config.write_text(f"cache_dir: {tmp_path / 'cache'}\nengine:\n  backend: tensorrt\n  precision: fp32\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+            "FACESTREAM_TEST_CONFIG": str(config)}  # fmt: skip
+
+
+def test_cli_commands_on_tensorrt_exit_cleanly_and_a_leaked_context_would_abort(tmp_path: Path) -> None:
+    """Real processes with pycuda's exit check: `facestream analyze` on (stand-in) TensorRT exits 0; a script that
+    never closes its analyzer exits 0 too (the stack is empty between calls; the atexit backstop releases
+    the context, and even without it nothing is left pushed); a context left pushed, as a session that
+    pushed once for its lifetime did, aborts the process as pycuda does (so the check can fail)."""
+    import subprocess
+
+    from conftest import DATA
+
+    env = _stand_in_python(tmp_path)
+    image = str(DATA / "fr_examples" / "obama.jpg")
+    command = [sys.executable, "-m", "facestream.pipeline.cli", "--config", env["FACESTREAM_TEST_CONFIG"]]
+    done = subprocess.run([*command, "analyze", "--json", image], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["faces"][0]["box"] and gpu_stand_ins.UNBALANCED not in done.stderr
+    script = (
+        "import atexit, sys\nfrom facestream.engines.faces import FaceAnalyzer\n"
+        "from facestream.engines import tensorrt_backend\nfrom facestream.pipeline.config import load_config\n"
+        f"analyzer = FaceAnalyzer.from_config(load_config({env['FACESTREAM_TEST_CONFIG']!r}))\n"
+        "if sys.argv[1] != 'backstop':\n    atexit.unregister(tensorrt_backend.close_all_sessions)\n"
+        "if sys.argv[1] == 'pushed':\n    analyzer.embedder.session.context_cuda.push()\n"
+    )  # fmt: skip
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+
+    for mode in ("backstop", "no-backstop"):
+        finished = run(mode)
+        assert finished.returncode == 0 and gpu_stand_ins.UNBALANCED not in finished.stderr, finished.stderr
+    aborted = run("pushed")
+    assert aborted.returncode == -signal.SIGABRT and gpu_stand_ins.UNBALANCED in aborted.stderr
