@@ -372,6 +372,13 @@ class Supervisor:
         specs = parse_sources(self.options.sources)
         for kind in ("detector", "landmarks", "embedder"):  # a missing model file: say so before starting anything
             model_path(kind, self.config["models"][kind])
+        if self.config["engine"]["backend"] == "tensorrt":  # TensorRT asked for but absent: before any worker starts
+            from ..engines.backend import BackendError, choose_backend
+
+            try:
+                choose_backend("tensorrt")
+            except BackendError as error:
+                raise PipelineError(str(error)) from None
         for path in (self.options.events, self.options.detections, self.options.output, self.options.stats):
             if path:
                 _check_writable(Path(path))

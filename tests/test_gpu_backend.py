@@ -12,8 +12,10 @@ import copy
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -511,8 +513,6 @@ def test_cli_commands_on_tensorrt_exit_cleanly_and_a_leaked_context_would_abort(
     never closes its analyzer exits 0 too (the stack is empty between calls; the atexit backstop releases
     the context, and even without it nothing is left pushed); a context left pushed, as a session that
     pushed once for its lifetime did, aborts the process as pycuda does (so the check can fail)."""
-    import subprocess
-
     from conftest import DATA
 
     env = _stand_in_python(tmp_path)
@@ -539,3 +539,47 @@ def test_cli_commands_on_tensorrt_exit_cleanly_and_a_leaked_context_would_abort(
         assert finished.returncode == 0 and gpu_stand_ins.UNBALANCED not in finished.stderr, finished.stderr
     aborted = run("pushed")
     assert aborted.returncode == -signal.SIGABRT and gpu_stand_ins.UNBALANCED in aborted.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration errors: exit 2, one clear line, no restarts
+
+
+def _run_demo(tmp_path: Path, config: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    from conftest import DATA
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "facestream.pipeline.cli", "--config", str(config), "run", "--source",
+         str(DATA / "video" / "short_hamilton_clip.mp4"), "--events", str(tmp_path / "events.jsonl"),
+         "--stats", str(tmp_path / "stats.json")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return done, time.monotonic() - started
+
+
+def test_run_with_tensorrt_absent_exits_2_before_starting_workers(tmp_path: Path) -> None:
+    if probe_gpu().available:  # pragma: no cover
+        pytest.skip("this machine has TensorRT and a GPU")
+    config = tmp_path / "trt.yaml"
+    config.write_text("engine:\n  backend: tensorrt\n")
+    done, seconds = _run_demo(tmp_path, config, dict(os.environ))
+    assert done.returncode == 2, done.stderr
+    assert "engine.backend is tensorrt but TensorRT cannot run here: tensorrt is not installed" in done.stderr
+    assert "Traceback" not in done.stderr and "restarting" not in done.stderr
+    assert seconds < 60  # no worker was started, no engine built
+
+
+def test_an_engine_that_cannot_be_built_stops_the_run_with_exit_2_and_no_restarts(tmp_path: Path) -> None:
+    """Real `facestream run`, every process with the stand-in TensorRT whose ONNX parser refuses the graph:
+    each worker says so in one line and exits 2, the supervisor restarts none and the run exits 2."""
+    env = _stand_in_python(tmp_path)
+    env["STAND_IN_TENSORRT_PARSE_ERROR"] = "1"
+    done, _ = _run_demo(tmp_path, Path(env["FACESTREAM_TEST_CONFIG"]), env)
+    assert done.returncode == 2, done.stderr
+    refusals = [line for line in done.stderr.splitlines() if "TensorRT's ONNX parser refused the graph" in line]
+    assert refusals and all("ERROR [detect-" in line or "ERROR [embed-" in line for line in refusals)
+    assert "Traceback" not in done.stderr and "restarting" not in done.stderr
+    assert "a configuration or model problem" in done.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["exit_code"] == 2 and set(stats["restarts"].values()) == {0}
