@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[cpu,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Enrol the demo gallery, run the whole pipeline on the demo clip, write events + annotated video to out/.

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "approximate_above": 100_000,
         "hnsw_m": 32,
         "hnsw_ef_search": 64,
-        "gpu": "auto",
+        "gpu": False,
     },
     "enrolment": {"largest": False, "min_face_width": 50, "min_sharpness": 15.0},
     "pipeline": {

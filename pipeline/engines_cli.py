@@ -33,7 +33,7 @@ def _cache(config: dict) -> Path:
 def cmd_info(args: argparse.Namespace, config: dict) -> int:
     from ..engines.backend import BackendError, choose_backend
     from ..engines.tensorrt_backend import profile_for
-    from ..enroll.index import faiss_gpu_status
+    from ..enroll.index import faiss_gpu_status, gpu_mode
 
     engine = config["engine"]
     try:
@@ -45,7 +45,7 @@ def cmd_info(args: argparse.Namespace, config: dict) -> int:
     profiles = {kind: profile_for(kind, engine, config["embedder"]["max_batch"]) for kind in ("detector", "embedder")}
     record: dict[str, Any] = {
         "backend": backend, "reason": reason, "configured": engine["backend"], "precision": engine["precision"],
-        "gallery_search": "gpu" if usable and config["gallery"]["gpu"] == "auto" else "cpu", "faiss_gpu": why,
+        "gallery_search": "gpu" if usable and gpu_mode(config["gallery"]["gpu"]) != "off" else "cpu", "faiss_gpu": why,
         "profiles": {k: {"input": p.input_name, "min": p.min_shape, "opt": p.opt_shape, "max": p.max_shape}
                      for k, p in profiles.items()},
         "engine_cache": str(_cache(config) / "tensorrt"),

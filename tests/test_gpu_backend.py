@@ -43,7 +43,7 @@ from facestream.engines.tensorrt_backend import (
     engine_path,
     profile_for,
 )
-from facestream.enroll.index import FaceIndex, faiss_gpu_status
+from facestream.enroll.index import GPU_MAX_SELECTION_K, FaceIndex, faiss_gpu_status, gpu_mode
 from facestream.pipeline.config import DEFAULTS
 
 GPU = GpuProbe(True, "stand-in", "NVIDIA A10", (8, 6), "10.3.0")
@@ -288,20 +288,102 @@ def test_onnx_graphs_pass_the_checker_and_use_only_operators_tensorrt_parses(
 # faiss-gpu
 
 
-def test_the_gallery_index_stays_on_the_cpu_without_faiss_gpu() -> None:
+def test_the_gallery_index_stays_on_the_cpu_without_faiss_gpu(caplog: pytest.LogCaptureFixture) -> None:
     usable, why = faiss_gpu_status()
     if usable:  # pragma: no cover
         pytest.skip("faiss has GPU support and a device here")
     assert why in ("this faiss build has no GPU support (faiss-cpu)", "no CUDA device is present")
-    index = FaceIndex()
-    assert not index.gpu_enabled and index.gpu_reason == why
-    assert FaceIndex(gpu="off").gpu_reason == "gallery.gpu is off"
+    assert FaceIndex().gpu_reason == "gallery.gpu is off"  # off unless asked for
+    assert DEFAULTS["gallery"]["gpu"] is False
+    index = FaceIndex(gpu="auto")
+    assert not index.gpu_enabled and index.gpu_reason == why and "gallery.gpu" not in caplog.text
+    assert not FaceIndex(gpu=True).gpu_enabled and f"gallery.gpu is on but the search stays on the CPU: {why}" in (
+        caplog.text)  # fmt: skip
+    assert [gpu_mode(v) for v in (False, True, "auto", "off", "on", "false", "True")] == [
+        "off", "on", "auto", "off", "on", "off", "on"]  # fmt: skip
     with pytest.raises(ValueError, match="gpu must be one of"):
-        FaceIndex(gpu="yes")
+        FaceIndex(gpu="yes please")
     stand_in = types.SimpleNamespace(StandardGpuResources=object, index_cpu_to_gpu=None, get_num_gpus=lambda: 0)
     assert faiss_gpu_status(stand_in) == (False, "no CUDA device is present")
     stand_in.get_num_gpus = lambda: 2
     assert faiss_gpu_status(stand_in) == (True, "2 GPU(s)")
+
+
+class _FaissGpuStandIn:
+    """The real faiss, plus a "GPU" copy of an index that refuses k >= GPU_MAX_SELECTION_K as faiss-gpu does
+    (validateKSelect: "GPU index only supports min/max-K selection up to 2048 (requested k)")."""
+
+    def __init__(self) -> None:
+        import faiss
+
+        self.real, self.gpu_searches = faiss, []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def get_num_gpus(self) -> int:
+        return 1
+
+    def StandardGpuResources(self) -> object:  # noqa: N802 - faiss's name
+        return object()
+
+    def index_cpu_to_gpu(self, resources: object, device: int, index: object) -> object:
+        stand_in = self
+
+        class GpuIndex:
+            def search(self, queries: np.ndarray, k: int) -> tuple:
+                if not 0 < k < GPU_MAX_SELECTION_K:
+                    raise RuntimeError(f"Error in validateKSelect: GPU index only supports min/max-K selection "
+                                       f"up to {GPU_MAX_SELECTION_K} (requested {k})")  # fmt: skip
+                stand_in.gpu_searches.append(k)
+                return index.search(queries, k)
+
+        return GpuIndex()
+
+
+def test_a_search_deeper_than_faiss_gpus_k_limit_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facestream.enroll import index as index_module
+
+    stand_in = _FaissGpuStandIn()
+    monkeypatch.setattr(index_module, "faiss", stand_in)
+    index = FaceIndex(gpu=True)
+    assert index.gpu_enabled
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(GPU_MAX_SELECTION_K + 100, 128)).astype(np.float32)
+    index.add(np.arange(1, len(vectors) + 1), np.arange(len(vectors)) % 7, vectors)
+    queries = vectors[:2] + np.float32(1e-3)
+    shallow = index.search(queries, 10)
+    assert stand_in.gpu_searches == [10]  # on the "GPU"
+    deep = index.search(queries, GPU_MAX_SELECTION_K + 50)  # would raise on the GPU copy: the CPU answers
+    assert stand_in.gpu_searches == [10] and deep[1].shape == (2, GPU_MAX_SELECTION_K + 50)
+    np.testing.assert_array_equal(deep[1][:, :10], shallow[1])
+    np.testing.assert_array_equal(deep[1][:, 0], [1, 2])
+
+
+def _installs(requirements: list, extras: frozenset[str]) -> set[str]:
+    environment = [{"extra": extra} for extra in extras] or [{"extra": ""}]
+    return {r.name.lower() for r in requirements if r.marker is None or any(r.marker.evaluate(e) for e in environment)}
+
+
+def test_no_documented_install_puts_faiss_cpu_and_faiss_gpu_side_by_side() -> None:
+    """Read from the installed facestream's metadata (what pip resolves), for every `.[extras]` the README and
+    the Makefile use: exactly one faiss package each (both own the `faiss` module)."""
+    import re
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parent.parent
+    requirements = [Requirement(line) for line in metadata.requires("facestream") or []]
+    documented = {frozenset(match.split(",")) for name in ("README.md", "Makefile")
+                  for match in re.findall(r"\.\[([a-z0-9_,]+)\]", (root / name).read_text())}  # fmt: skip
+    assert {frozenset({"cpu", "test"}), frozenset({"gpu"})} <= documented, documented
+    assert not _installs(requirements, frozenset()) & {"faiss-cpu", "faiss-gpu"}  # not a hard dependency
+    for extras in documented:
+        faiss = _installs(requirements, extras) & {"faiss-cpu", "faiss-gpu"}
+        assert len(faiss) == 1, (sorted(extras), faiss)
+    assert "faiss-cpu" in _installs(requirements, frozenset({"cpu", "test"}))  # make install / make test
+    assert {"tensorrt", "pycuda", "faiss-gpu"} <= _installs(requirements, frozenset({"gpu"}))
 
 
 # ------------------------------------------------------------------------------------------------
