@@ -17,6 +17,7 @@ Everything above the `TensorRTSession` class is pure and tested in CI (no GPU th
 from __future__ import annotations
 
 import atexit
+import fcntl
 import hashlib
 import json
 import logging
@@ -205,20 +206,51 @@ def cached_engine(
     cache_dir: str | Path, workspace_mb: int = 1024,
 ) -> tuple[bytes, Path, bool]:  # fmt: skip
     """(serialized engine, its file, whether it was built now): loaded when the cache holds one built for
-    exactly this graph, TensorRT, GPU, precision and profile; else built and saved."""
+    exactly this graph, TensorRT, GPU, precision and profile; else built and saved.
+
+    Several processes starting together (N workers on a first run) build it once: the builder holds an
+    exclusive lock on `<engine>.lock` while the others wait on it, then load what it saved."""
     metadata = engine_metadata(sha256_file(onnx_path), probe, precision, profile)
     path = engine_path(cache_dir, kind, metadata)
-    if path.exists():
-        engine, why = decode_engine_file(path.read_bytes(), metadata)
+    engine = _load_cached(path, metadata)
+    if engine is not None:
+        return engine, path, False
+    with build_lock(path, kind):
+        engine = _load_cached(path, metadata)  # built by the process we waited for
         if engine is not None:
             return engine, path, False
-        log.warning("%s: %s; rebuilding", path, why)
-    started = time.perf_counter()
-    log.info("building the %s TensorRT engine (%s) from %s; this takes a while once", kind, precision, onnx_path)
-    engine = build_engine(onnx_path, profile, precision, workspace_mb)
-    write_atomically(path, encode_engine_file(metadata, engine))
-    log.info("%s engine built in %.0f s: %s", kind, time.perf_counter() - started, path)
+        started = time.perf_counter()
+        log.info("building the %s TensorRT engine (%s) from %s; this takes a while once", kind, precision, onnx_path)
+        engine = build_engine(onnx_path, profile, precision, workspace_mb)
+        write_atomically(path, encode_engine_file(metadata, engine))
+        log.info("%s engine built in %.0f s: %s", kind, time.perf_counter() - started, path)
     return engine, path, True
+
+
+def _load_cached(path: Path, metadata: dict[str, Any]) -> bytes | None:
+    if not path.exists():
+        return None
+    engine, why = decode_engine_file(path.read_bytes(), metadata)
+    if engine is None:
+        log.warning("%s: %s; rebuilding", path, why)
+    return engine
+
+
+@contextmanager
+def build_lock(path: Path, kind: str) -> Iterator[None]:
+    """An exclusive `fcntl.flock` on `<engine>.lock` for the block; waits (and says so) while another process
+    holds it. The kernel drops the lock when its holder dies, so a crashed build never blocks the next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is building the %s engine %s: waiting for it", kind, path.name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _DeviceBuffer:

@@ -253,6 +253,54 @@ def test_the_engine_cache_loads_what_matches_and_rebuilds_the_rest(
     assert cached_engine(onnx_path, "embedder", profile, "fp16", GPU, tmp_path)[2] and len(builds) == 5
 
 
+_BUILDER = """
+import json, os, sys, time
+from pathlib import Path
+from facestream.engines import tensorrt_backend as trt_backend
+from facestream.engines.backend import GpuProbe
+
+onnx_path, cache, log, me, other = sys.argv[1:6]
+
+def slow_build(onnx_path, profile, precision, workspace_mb=1024):  # TensorRT's builder: minutes, here 3 s
+    with open(log, "a") as handle:
+        handle.write(f"{os.getpid()}\\n")
+    time.sleep(3)
+    return f"engine built by {os.getpid()}".encode()
+
+trt_backend.build_engine = slow_build
+Path(me).touch()
+deadline = time.monotonic() + 120
+while not Path(other).exists() and time.monotonic() < deadline:  # both ask for the engine at the same moment
+    time.sleep(0.01)
+profile = trt_backend.profile_for("embedder", {}, 8)
+probe = GpuProbe(True, "stand-in", "NVIDIA A10", (8, 6), "10.3.0")
+engine, path, built = trt_backend.cached_engine(onnx_path, "embedder", profile, "fp16", probe, cache)
+print(json.dumps({"built": built, "engine": engine.decode(), "path": str(path)}))
+"""
+
+
+def test_two_processes_asking_for_one_engine_build_it_once(tmp_path: Path) -> None:
+    """Two real processes, released together, with a slow stand-in for TensorRT's builder: one builds while
+    the other waits on the lock, then loads the same engine (without the lock both build: checked once)."""
+    onnx_path = tmp_path / "graph.onnx"
+    onnx_path.write_bytes(b"a graph")
+    builds = tmp_path / "builds.log"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _BUILDER, str(onnx_path), str(tmp_path / "cache"), str(builds),
+                          str(tmp_path / f"ready-{i}"), str(tmp_path / f"ready-{1 - i}")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        results.append(json.loads(out))
+    assert len(builds.read_text().split()) == 1  # one build
+    assert sorted(r["built"] for r in results) == [False, True]
+    assert results[0]["engine"] == results[1]["engine"] and results[0]["path"] == results[1]["path"]
+
+
 # ------------------------------------------------------------------------------------------------
 # the ONNX graphs TensorRT will parse
 
