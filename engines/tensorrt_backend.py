@@ -25,7 +25,7 @@ import os
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from .onnx_export import sha256_file
 
 log = logging.getLogger(__name__)
 
+FP16_GRAPH_VERSION = 1  # of precision.fp16_graph's rewrite: a change rebuilds the FP16 engines
 ENGINE_MAGIC = b"FSTRT1\n"  # facestream TensorRT engine file, header version 1
 PRECISIONS = ("fp16", "fp32")
 EMBEDDER_CHIP = (3, 150, 150)
@@ -105,11 +106,13 @@ def profile_for(kind: str, engine: dict[str, Any], embedder_max_batch: int | Non
     raise ValueError(f"unknown network {kind!r}: detector or embedder")
 
 
-def engine_metadata(onnx_sha256: str, probe: GpuProbe, precision: str, profile: Profile) -> dict[str, Any]:
+def engine_metadata(onnx_sha256: str, probe: GpuProbe, precision: str, profile: Profile,
+                    keep_fp32: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """Everything an engine depends on; the cache key is its hash and the engine file's header repeats it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return {
+    fp16 = {"fp16_graph": FP16_GRAPH_VERSION, "keep_fp32": sorted(keep_fp32)} if precision == "fp16" else {}
+    return {**fp16,
         "onnx_sha256": onnx_sha256,
         "tensorrt": probe.tensorrt_version,
         "gpu": probe.device_name,
@@ -167,31 +170,60 @@ def write_atomically(path: Path, data: bytes) -> None:
 # needs tensorrt (building) and pycuda + a device (running)
 
 
-def build_engine(onnx_path: str | Path, profile: Profile, precision: str, workspace_mb: int = 1024) -> bytes:
-    """A serialized TensorRT engine for the ONNX file (explicit batch, one optimisation profile)."""
+def tensorrt_major(trt: Any) -> int:
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def network_flags(trt: Any, precision: str) -> tuple[int, bool]:
+    """(create_network flags, whether the network is strongly typed) for this TensorRT and precision.
+
+    EXPLICIT_BATCH: required before TensorRT 10, deprecated and ignored in 10, gone in 11: set before 10 only.
+    FP16: a strongly typed network (STRONGLY_TYPED, TensorRT 9 on) parsed from the FP16-typed graph, where
+    the graph's types decide each layer's precision (FP32 islands included); 11 has only strong typing and
+    dropped BuilderFlag.FP16, so this is the FP16 path that works on 10 and 11. TensorRT 8.6 has no strong
+    typing: it gets the same FP16 graph with the weakly typed BuilderFlag.FP16. FP32: as before."""
+    creation, major = trt.NetworkDefinitionCreationFlag, tensorrt_major(trt)
+    flags = 0
+    if major < 10 and hasattr(creation, "EXPLICIT_BATCH"):
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
+    strongly = precision == "fp16" and (hasattr(creation, "STRONGLY_TYPED") or major >= 11)
+    if strongly and major < 11:  # 11: always strongly typed, the flag deprecated
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    return flags, strongly or major >= 11
+
+
+def build_engine(onnx_path: str | Path, profile: Profile, precision: str, workspace_mb: int = 1024,
+                 keep_fp32: Sequence[str] = ()) -> bytes:  # fmt: skip
+    """A serialized TensorRT engine for the ONNX file (explicit batch, one optimisation profile). FP16 is
+    built from the graph rewritten to float16 (`precision.fp16_graph`, nodes in `keep_fp32` in FP32)."""
+    import onnx
     import tensorrt as trt
+
+    from .precision import fp16_graph
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # required before TensorRT 10, gone after
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags, strongly_typed = network_flags(trt, precision)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    graph = Path(onnx_path).read_bytes()
+    if precision == "fp16":
+        graph = fp16_graph(onnx.load_from_string(graph), keep_fp32).SerializeToString()
+    if not parser.parse(graph):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"{onnx_path}: TensorRT's ONNX parser refused the graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default: FP32 engines would multiply in TF32 (10-bit mantissa)
+        config.clear_flag(trt.BuilderFlag.TF32)
     if precision == "fp16":
-        if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11 removed weakly-typed FP16 (strong typing only)
-            raise EngineError(
-                f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (removed in TensorRT 11): "
-                "use engine.precision: fp32, or TensorRT 8.6-10.x (pip install 'tensorrt>=8.6,<11')"
-            )
         if not getattr(builder, "platform_has_fast_fp16", True):
             log.warning("this GPU has no fast FP16: the FP16 engine may be slower than FP32")
-        config.set_flag(trt.BuilderFlag.FP16)
+        if not strongly_typed:  # TensorRT 8.6: the FP16 graph, weakly typed
+            config.set_flag(trt.BuilderFlag.FP16)
     optimisation = builder.create_optimization_profile()
     optimisation.set_shape(profile.input_name, profile.min_shape, profile.opt_shape, profile.max_shape)
     config.add_optimization_profile(optimisation)
@@ -210,7 +242,10 @@ def cached_engine(
 
     Several processes starting together (N workers on a first run) build it once: the builder holds an
     exclusive lock on `<engine>.lock` while the others wait on it, then load what it saved."""
-    metadata = engine_metadata(sha256_file(onnx_path), probe, precision, profile)
+    from .precision import KEEP_FP32
+
+    keep = KEEP_FP32.get(kind, ())
+    metadata = engine_metadata(sha256_file(onnx_path), probe, precision, profile, keep)
     path = engine_path(cache_dir, kind, metadata)
     engine = _load_cached(path, metadata)
     if engine is not None:
@@ -221,7 +256,7 @@ def cached_engine(
             return engine, path, False
         started = time.perf_counter()
         log.info("building the %s TensorRT engine (%s) from %s; this takes a while once", kind, precision, onnx_path)
-        engine = build_engine(onnx_path, profile, precision, workspace_mb)
+        engine = build_engine(onnx_path, profile, precision, workspace_mb, keep)
         write_atomically(path, encode_engine_file(metadata, engine))
         log.info("%s engine built in %.0f s: %s", kind, time.perf_counter() - started, path)
     return engine, path, True

@@ -228,7 +228,7 @@ def test_the_engine_cache_loads_what_matches_and_rebuilds_the_rest(
     """TensorRT's builder cannot run here: a stand-in records each build. The cache logic around it is real."""
     builds: list[tuple[str, str]] = []
 
-    def fake_build(onnx_path: Path, profile: Profile, precision: str, workspace_mb: int = 1024) -> bytes:
+    def fake_build(onnx_path: Path, profile: Profile, precision: str, workspace_mb: int = 1024, keep=()) -> bytes:
         builds.append((Path(onnx_path).name, precision))
         return f"engine {len(builds)}".encode()
 
@@ -261,7 +261,7 @@ from facestream.engines.backend import GpuProbe
 
 onnx_path, cache, log, me, other = sys.argv[1:6]
 
-def slow_build(onnx_path, profile, precision, workspace_mb=1024):  # TensorRT's builder: minutes, here 3 s
+def slow_build(onnx_path, profile, precision, workspace_mb=1024, keep_fp32=()):  # TensorRT's builder: minutes, here 3 s
     with open(log, "a") as handle:
         handle.write(f"{os.getpid()}\\n")
     time.sleep(3)
@@ -669,6 +669,63 @@ def test_cli_commands_on_tensorrt_exit_cleanly_and_a_leaked_context_would_abort(
         assert finished.returncode == 0 and gpu_stand_ins.UNBALANCED not in finished.stderr, finished.stderr
     aborted = run("pushed")
     assert aborted.returncode == -signal.SIGABRT and gpu_stand_ins.UNBALANCED in aborted.stderr
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "strongly_typed", "flags"),
+    [
+        ("8.6.1", "fp32", False, []),
+        ("8.6.1", "fp16", False, ["FP16"]),  # no strong typing before 9: the FP16 graph, weakly typed
+        ("10.3.0", "fp32", False, []),
+        ("10.3.0", "fp16", True, []),  # STRONGLY_TYPED and no BuilderFlag.FP16 (refused on a typed network)
+        ("11.0.0", "fp32", True, []),  # 11: always strongly typed, no EXPLICIT_BATCH, no BuilderFlag.FP16
+        ("11.0.0", "fp16", True, []),
+    ],
+)
+def test_engine_builds_use_the_flags_each_tensorrt_version_has(
+    onnx_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, version: str, precision: str,
+    strongly_typed: bool, flags: list[str],
+) -> None:  # fmt: skip
+    """The stand-in builder of each version has only that version's flags and refuses what it refuses
+    (an implicit-batch network before 10, BuilderFlag.FP16 on a strongly typed network); TF32 is cleared so
+    FP32 engines multiply in FP32. The graph handed to the parser is the FP16-typed one for FP16, and runs
+    within the bar of FP32."""
+    from facestream.engines.embedder import normalize_chips
+    from facestream.engines.precision import MAX_DESCRIPTOR_DRIFT
+
+    from conftest import GOLDEN
+
+    state = gpu_stand_ins.reset()
+    for name, module in gpu_stand_ins.modules(version).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    data = trt_backend.build_engine(onnx_files["embedder"], profile_for("embedder", {}, 8), precision)
+    (build,) = state.builds
+    assert (build["version"], build["strongly_typed"], build["flags"]) == (version, strongly_typed, flags)
+    assert build["fp16_weights"] == (precision == "fp16") and build["profiles"] == 1
+    gpu_stand_ins.assert_clean()
+    import cv2
+
+    chips = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted((GOLDEN / "chips").glob("*.png"))])
+    batch = normalize_chips(chips)
+    engine = sys.modules["tensorrt"].Runtime(None)  # needs a current context, as TensorRT's does
+    cuda = sys.modules["pycuda.driver"]
+    context = cuda.Device(0).retain_primary_context()
+    context.push()
+    try:
+        built = engine.deserialize_cuda_engine(data).run(batch)
+    finally:
+        cuda.Context.pop()
+        context.detach()
+    drift = np.linalg.norm(built - OnnxRuntimeSession(onnx_files["embedder"]).run(batch), axis=1).max()
+    assert drift < MAX_DESCRIPTOR_DRIFT and (drift > 0) == (precision == "fp16")
+
+
+def test_a_changed_fp32_island_list_rebuilds_the_fp16_engine() -> None:
+    profile = profile_for("embedder", DEFAULTS["engine"], 32)
+    plain = engine_metadata("ab" * 32, GPU, "fp16", profile)
+    island = engine_metadata("ab" * 32, GPU, "fp16", profile, ["conv_3"])
+    assert engine_key(plain) != engine_key(island) and plain["keep_fp32"] == []
+    assert "keep_fp32" not in engine_metadata("ab" * 32, GPU, "fp32", profile)
 
 
 # ------------------------------------------------------------------------------------------------
