@@ -130,3 +130,22 @@ def test_engines_check_refuses_an_unreadable_image(tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     assert main(["engines", "check", "--json", str(broken)]) == 2
+
+
+def test_gpu_check_on_a_machine_without_a_gpu_says_so_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from facestream.engines.backend import probe_gpu
+
+    if probe_gpu().available:  # pragma: no cover
+        pytest.skip("this machine has a GPU: make gpu-check runs everything")
+    out = tmp_path / "gpu-check.json"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("gpu-check: no usable NVIDIA GPU here, nothing checked: tensorrt is not")
+    report = json.loads(out.read_text())
+    assert report["gpu"] is False and report["passed"] is False and "steps" not in report
+    assert report["versions"]["onnxruntime"] == ort.__version__ and "not importable" in report["versions"]["tensorrt"]

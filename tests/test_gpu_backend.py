@@ -484,8 +484,9 @@ def test_tensorrt_descriptors_match_onnxruntime(
     chips = np.stack([cv2.imread(str(path))[..., ::-1] for path in sorted((GOLDEN / "chips").glob("*.png"))])
     batch = normalize_chips(chips)
     cpu = OnnxRuntimeSession(onnx_files["embedder"]).run(batch)
-    gpu = TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 32),
-                          precision=precision, cache_dir=tmp_path, probe=probe).run(batch)  # fmt: skip
+    with TensorRTSession(onnx_files["embedder"], "embedder", profile_for("embedder", {}, 32),
+                         precision=precision, cache_dir=tmp_path, probe=probe) as session:  # fmt: skip
+        gpu = session.run(batch)
     assert np.linalg.norm(gpu - cpu, axis=1).max() < tolerance
     # the same identities: every pair on the same side of 0.6
     same_cpu = np.linalg.norm(cpu[:, None] - cpu[None], axis=2) <= 0.6
@@ -502,13 +503,13 @@ def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # p
 
     _tensorrt_or_skip()
     engine = {**DEFAULTS["engine"], "backend": "tensorrt", "precision": "fp16"}
-    gpu = FaceDetector.from_file(model_path("detector", ""), tmp_path, engine=engine)
     cpu = FaceDetector.from_file(model_path("detector", ""), tmp_path)
-    for name in ("fr_examples/obama.jpg", "fr_examples/two_people.jpg", "dlib_faces/bald_guys.jpg"):
-        image = load_rgb_as_dlib(DATA / name)
-        (gpu_boxes, _), (cpu_boxes, _) = gpu.detect(image), cpu.detect(image)
-        assert len(gpu_boxes) == len(cpu_boxes)
-        assert box_iou(cpu_boxes.astype(float), gpu_boxes.astype(float)).max(axis=1).min() >= 0.99
+    with FaceDetector.from_file(model_path("detector", ""), tmp_path, engine=engine) as gpu:
+        for name in ("fr_examples/obama.jpg", "fr_examples/two_people.jpg", "dlib_faces/bald_guys.jpg"):
+            image = load_rgb_as_dlib(DATA / name)
+            (gpu_boxes, _), (cpu_boxes, _) = gpu.detect(image), cpu.detect(image)
+            assert len(gpu_boxes) == len(cpu_boxes)
+            assert box_iou(cpu_boxes.astype(float), gpu_boxes.astype(float)).max(axis=1).min() >= 0.99
 
 
 # ------------------------------------------------------------------------------------------------
