@@ -122,6 +122,10 @@ class ConfigError(ValueError):
     pass
 
 
+# Keys that are false / true, or "auto" (gallery.gpu: search on the GPU when faiss-gpu can, quietly).
+BOOL_OR_AUTO = frozenset({"gpu"})
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -133,6 +137,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any], where: str) -> dict[s
             merged[key] = _merge(base[key], value, f"{where}.{key}")
         elif value is None:
             merged[key] = base[key]
+        elif key in BOOL_OR_AUTO and value == "auto":
+            merged[key] = value
         elif isinstance(base[key], bool) != isinstance(value, bool) or (
             isinstance(base[key], (int, float)) and not isinstance(value, (int, float))
         ):

@@ -336,6 +336,18 @@ def test_onnx_graphs_pass_the_checker_and_use_only_operators_tensorrt_parses(
 # faiss-gpu
 
 
+def test_gallery_gpu_takes_false_true_and_auto_from_a_config_file(tmp_path: Path) -> None:
+    from facestream.pipeline.config import ConfigError, load_config
+
+    path = tmp_path / "config.yaml"
+    for text, mode in (("false", "off"), ("true", "on"), ("auto", "auto"), ("off", "off")):
+        path.write_text(f"gallery:\n  gpu: {text}\n")
+        assert gpu_mode(load_config(path)["gallery"]["gpu"]) == mode
+    path.write_text("gallery:\n  gpu: sometimes\n")
+    with pytest.raises(ConfigError, match="gpu: expected a bool"):
+        load_config(path)
+
+
 def test_the_gallery_index_stays_on_the_cpu_without_faiss_gpu(caplog: pytest.LogCaptureFixture) -> None:
     usable, why = faiss_gpu_status()
     if usable:  # pragma: no cover
