@@ -118,6 +118,7 @@ def make_session(
         log.info("%s: %s (%s)", kind, choice.name, choice.reason)
     if choice.name == "onnxruntime":
         return OnnxRuntimeSession(onnx_path, threads=threads)
+    from .precision import resolve_precision
     from .tensorrt_backend import TensorRTSession, profile_for
 
     assert choice.probe is not None
@@ -125,7 +126,7 @@ def make_session(
         onnx_path,
         kind,
         profile_for(kind, engine, max_batch),
-        precision=str(engine.get("precision", "fp16")),
+        precision=resolve_precision(kind, str(engine.get("precision", "auto"))),
         cache_dir=cache_dir,
         workspace_mb=int(engine.get("workspace_mb", 1024)),
         probe=choice.probe,

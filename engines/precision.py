@@ -28,6 +28,18 @@ from onnx import TensorProto, helper, numpy_helper
 # Nodes kept in FP32 in each network's FP16 engine, chosen by `facestream engines check` (README, "GPU"):
 # on the bundled data every node in FP16 keeps the bar below, so none is kept.
 KEEP_FP32: dict[str, tuple[str, ...]] = {"detector": (), "embedder": ()}
+# `engine.precision: auto` (the default): each network's precision, chosen by `facestream engines check`.
+DEFAULT_PRECISION: dict[str, str] = {"detector": "fp16", "embedder": "fp16"}
+PRECISION_SETTINGS = ("auto", "fp16", "fp32")
+
+
+def resolve_precision(kind: str, configured: str) -> str:
+    """The precision network `kind` runs at for `engine.precision` (auto: the measured default)."""
+    if configured not in PRECISION_SETTINGS:
+        raise ValueError(f"engine.precision must be one of {', '.join(PRECISION_SETTINGS)}, got {configured!r}")
+    return DEFAULT_PRECISION[kind] if configured == "auto" else configured
+
+
 # What FP16 must keep against FP32 for a network to default to it (engine.precision: fp16).
 MAX_DESCRIPTOR_DRIFT = 0.01
 MATCH_THRESHOLD = 0.6
@@ -203,8 +215,10 @@ def compare(
     cand_detector, cand_embedder = candidate
     threshold = float(ref_detector.threshold)
     detection: dict[str, Any] = {"faces_fp32": 0, "faces_candidate": 0, "matched": 0, "min_iou": 1.0,
-                                 "max_score_drift": 0.0, "near_threshold": [], "disagreements": []}  # fmt: skip
+                                 "max_score_drift": 0.0, "near_threshold": [], "disagreements": [],
+                                 "moved": []}  # fmt: skip
     all_chips = [] if chips is None else [chips]
+    labels = [] if chips is None else [f"chip {i}" for i in range(len(chips))]
     for sample in samples:
         boxes, scores = ref_detector.detect(sample.image, sample.upsample)
         other_boxes, other_scores = cand_detector.detect(sample.image, sample.upsample)
@@ -219,6 +233,11 @@ def compare(
             iou[i, :], iou[:, j] = -1, -1
         detection["matched"] += len(pairs)
         for i, j in pairs:
+            overlap = float(_iou(boxes[i : i + 1], other_boxes[j : j + 1])[0, 0])
+            if overlap < MIN_IOU:
+                detection["moved"].append({"image": sample.name, "iou": round(overlap, 4),
+                                           "fp32": [*boxes[i].tolist(), round(float(scores[i]), 4)],
+                                           "candidate": [*other_boxes[j].tolist(), round(float(other_scores[j]), 4)]})
             drift = abs(float(other_scores[j]) - float(scores[i]))
             detection["max_score_drift"] = max(detection["max_score_drift"], drift)
             if abs(float(scores[i]) - threshold) <= near:
@@ -233,6 +252,7 @@ def compare(
                                                     "score_candidate": None})  # fmt: skip
         if len(boxes):
             all_chips.append(align(sample.image, boxes))
+            labels += [f"{sample.name} face {i}" for i in range(len(boxes))]
     detection["agree"] = (not detection["disagreements"]) and detection["min_iou"] >= MIN_IOU
     detection["max_score_drift"] = round(detection["max_score_drift"], 7)
     detection["min_iou"] = round(detection["min_iou"], 6)
@@ -246,7 +266,10 @@ def compare(
     d16 = np.linalg.norm(theirs[:, None].astype(np.float64) - theirs[None], axis=2)[upper]
     embedding["pairs"] = len(d32)
     embedding["max_pairwise_change"] = float(np.abs(d16 - d32).max()) if len(d32) else 0.0
-    embedding["identities_changed"] = int(np.sum((d32 <= MATCH_THRESHOLD) != (d16 <= MATCH_THRESHOLD)))
+    flips = np.flatnonzero((d32 <= MATCH_THRESHOLD) != (d16 <= MATCH_THRESHOLD))
+    embedding["identities_changed"] = len(flips)
+    embedding["changes"] = [{"a": labels[upper[0][k]], "b": labels[upper[1][k]], "fp32": round(float(d32[k]), 7),
+                             "candidate": round(float(d16[k]), 7)} for k in flips[:20]]  # fmt: skip
     embedding["closest_pair_to_threshold"] = float(np.abs(d32 - MATCH_THRESHOLD).min()) if len(d32) else None
     passed = detection["agree"] and embedding["max_drift"] < MAX_DESCRIPTOR_DRIFT and not embedding[
         "identities_changed"]  # fmt: skip

@@ -14,7 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "engine": {
         "backend": "auto",
         "threads": 0,
-        "precision": "fp16",
+        "precision": "auto",
         "workspace_mb": 1024,
         "detector_min_hw": [32, 32],
         "detector_opt_hw": [2645, 1304],

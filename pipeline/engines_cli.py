@@ -33,6 +33,7 @@ def _cache(config: dict) -> Path:
 
 def cmd_info(args: argparse.Namespace, config: dict) -> int:
     from ..engines.backend import BackendError, choose_backend
+    from ..engines.precision import resolve_precision
     from ..engines.tensorrt_backend import profile_for
     from ..enroll.index import faiss_gpu_status, gpu_mode
 
@@ -46,6 +47,7 @@ def cmd_info(args: argparse.Namespace, config: dict) -> int:
     profiles = {kind: profile_for(kind, engine, config["embedder"]["max_batch"]) for kind in ("detector", "embedder")}
     record: dict[str, Any] = {
         "backend": backend, "reason": reason, "configured": engine["backend"], "precision": engine["precision"],
+        "precisions": {kind: resolve_precision(kind, engine["precision"]) for kind in ("detector", "embedder")},
         "gallery_search": "gpu" if usable and gpu_mode(config["gallery"]["gpu"]) != "off" else "cpu", "faiss_gpu": why,
         "profiles": {k: {"input": p.input_name, "min": p.min_shape, "opt": p.opt_shape, "max": p.max_shape}
                      for k, p in profiles.items()},
@@ -75,12 +77,14 @@ def cmd_build(args: argparse.Namespace, config: dict) -> int:
         log.error("cannot build TensorRT engines here: %s", found.reason)
         return 2
     engine, cache = config["engine"], _cache(config)
-    precisions = ["fp16", "fp32"] if args.precision == "both" else [args.precision or engine["precision"]]
+    from ..engines.precision import resolve_precision
+
+    wanted = args.precision or engine["precision"]
     built: list[dict[str, Any]] = []
     for kind in ("detector", "embedder"):
         onnx_path = cached_onnx(model_path(kind, config["models"][kind]), kind, cache)
         profile = profile_for(kind, engine, config["embedder"]["max_batch"])
-        for precision in precisions:
+        for precision in ["fp16", "fp32"] if wanted == "both" else [resolve_precision(kind, wanted)]:
             started = time.perf_counter()
             try:
                 data, path, fresh = cached_engine(onnx_path, kind, profile, precision, found, cache,
@@ -146,13 +150,14 @@ def cmd_check(args: argparse.Namespace, config: dict) -> int:
     from ..engines.landmarks import ShapePredictor
     from ..engines.models import model_path
     from ..engines.onnx_export import cached_onnx
-    from ..engines.precision import KEEP_FP32, Sample, compare, simulate_fp16
+    from ..engines.precision import KEEP_FP32, Sample, compare, resolve_precision, simulate_fp16
     from ..engines.runtime import OnnxRuntimeSession
     from ..engines.tensorrt_backend import TensorRTSession, profile_for
     from .imageio import ImageError, read_image
 
     engine, cache = config["engine"], _cache(config)
-    precision = args.precision or engine["precision"]
+    setting = args.precision or engine["precision"]
+    networks = {kind: resolve_precision(kind, setting) for kind in ("detector", "embedder")}
     threads = int(engine["threads"])
     onnx_paths = {kind: cached_onnx(model_path(kind, config["models"][kind]), kind, cache)
                   for kind in ("detector", "embedder")}  # fmt: skip
@@ -179,13 +184,13 @@ def cmd_check(args: argparse.Namespace, config: dict) -> int:
         candidates = {}
         for kind, path in onnx_paths.items():
             if found.available:
-                session = TensorRTSession(path, kind, profile_for(kind, engine, max_batch), precision=precision,
+                session = TensorRTSession(path, kind, profile_for(kind, engine, max_batch), precision=networks[kind],
                                           cache_dir=cache, workspace_mb=int(engine["workspace_mb"]), probe=found)
             else:
                 graph = onnx.load(str(path))
-                if precision == "fp16":
+                if networks[kind] == "fp16":
                     graph = simulate_fp16(graph, KEEP_FP32[kind])
-                simulated = Path(folder) / f"{kind}-{precision}.onnx"
+                simulated = Path(folder) / f"{kind}-{networks[kind]}.onnx"
                 onnx.save(graph, str(simulated))
                 session = OnnxRuntimeSession(simulated, threads=threads)
             sessions.append(session)
@@ -205,15 +210,18 @@ def cmd_check(args: argparse.Namespace, config: dict) -> int:
                 session.close()
     mode = (f"tensorrt ({found.reason})" if found.available else
             "simulated: ONNX Runtime on the CPU, the input, every weight and every node's output rounded to float16"
-            if precision == "fp16" else "onnxruntime fp32 (the reference itself: no GPU here)")  # fmt: skip
-    record = {"precision": precision, "mode": mode, "keep_fp32": {k: list(v) for k, v in KEEP_FP32.items()},
-              "images": len(samples), "chips": 0 if chips is None else len(chips), **report}  # fmt: skip
+            if "fp16" in networks.values() else "onnxruntime fp32 (the reference itself: no GPU here)")  # fmt: skip
+    record = {"precision": setting, "networks": networks, "mode": mode,
+              "keep_fp32": {k: list(v) for k, v in KEEP_FP32.items()}, "images": len(samples),
+              "chips": 0 if chips is None else len(chips), **report}  # fmt: skip
     if args.json:
         print(json.dumps(record))
     else:
         detection, embedding = report["detection"], report["embedding"]
-        print(f"{precision} against fp32 ({mode}) on {len(samples)} images")
-        print(f"detector: {detection['faces_fp32']} faces in fp32, {detection['faces_candidate']} in {precision}, "
+        print(f"detector {networks['detector']}, embedder {networks['embedder']} against fp32 ({mode}) "
+              f"on {len(samples)} images")
+        print(f"detector: {detection['faces_fp32']} faces in fp32, {detection['faces_candidate']} in "
+              f"{networks['detector']}, "
               f"{detection['matched']} matched (lowest IoU {detection['min_iou']}), largest score change "
               f"{detection['max_score_drift']:.2e}; {len(detection['near_threshold'])} near the threshold; "
               f"{'agree' if detection['agree'] else 'DISAGREE'}")
@@ -249,7 +257,8 @@ def add_engines_commands(commands: argparse._SubParsersAction) -> None:
         "changed, detections agree), 1 when not.",
     )  # fmt: skip
     check.add_argument("images", nargs="*", type=Path, help="images to compare on (default: the bundled data)")
-    check.add_argument("--precision", choices=("fp16", "fp32"), help="default: engine.precision")
+    check.add_argument("--precision", choices=("auto", "fp16", "fp32"),
+                       help="both networks at fp16 / fp32, or auto: each at its default; default: engine.precision")
     check.add_argument("--every", type=int, default=5, help="bundled data: every Nth demo-clip frame (0: none)")
     check.add_argument("--json", action="store_true", help="one JSON object")
     check.set_defaults(handler=cmd_check)

@@ -614,6 +614,21 @@ def test_a_detector_input_outside_the_profile_runs_on_onnxruntime(
         assert stand_in_gpu.executions == 1 and "(1, 3, 80, 80) is outside the TensorRT profile" in caplog.text
 
 
+def test_engine_precision_auto_gives_each_network_its_measured_default(
+    onnx_files: dict[str, Path], tmp_path: Path, stand_in_gpu: gpu_stand_ins.State
+) -> None:
+    from facestream.engines.precision import DEFAULT_PRECISION, resolve_precision
+
+    assert DEFAULTS["engine"]["precision"] == "auto"
+    for kind in ("detector", "embedder"):
+        engine = {**DEFAULTS["engine"], "backend": "tensorrt", "detector_max_hw": [64, 64], "detector_opt_hw": [48, 48]}
+        with make_session(onnx_files[kind], kind, engine, tmp_path, probe=lambda: GPU) as session:
+            assert session.precision == DEFAULT_PRECISION[kind] == resolve_precision(kind, "auto")
+        assert resolve_precision(kind, "fp32") == "fp32"
+    with pytest.raises(ValueError, match=r"engine\.precision must be one of auto, fp16, fp32"):
+        resolve_precision("embedder", "int8")
+
+
 def test_the_analyzer_on_tensorrt_closes_both_sessions(
     tmp_path: Path, stand_in_gpu: gpu_stand_ins.State, monkeypatch: pytest.MonkeyPatch
 ) -> None:
