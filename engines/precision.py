@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 # Nodes kept in FP32 in each network's FP16 engine, chosen by `facestream engines check` (README, "GPU"):
 # on the bundled data every node in FP16 keeps the bar below, so none is kept.
-KEEP_FP32: dict[str, tuple[str, ...]] = {"detector": (), "embedder": ()}
+KEEP_FP32: dict[str, tuple[str, ...]] = {"detector": ("conv_27",), "embedder": ()}
 # `engine.precision: auto` (the default): each network's precision, chosen by `facestream engines check`.
 DEFAULT_PRECISION: dict[str, str] = {"detector": "fp16", "embedder": "fp16"}
 PRECISION_SETTINGS = ("auto", "fp16", "fp32")
@@ -44,6 +44,7 @@ def resolve_precision(kind: str, configured: str) -> str:
 MAX_DESCRIPTOR_DRIFT = 0.01
 MATCH_THRESHOLD = 0.6
 MIN_IOU = 0.99
+PARITY = 1e-4  # descriptors against dlib's (the project's parity tolerance)
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -268,6 +269,9 @@ def compare(
     embedding["max_pairwise_change"] = float(np.abs(d16 - d32).max()) if len(d32) else 0.0
     flips = np.flatnonzero((d32 <= MATCH_THRESHOLD) != (d16 <= MATCH_THRESHOLD))
     embedding["identities_changed"] = len(flips)
+    # Pairs within the descriptor parity tolerance of the threshold are ties even FP32 does not settle
+    # (it is within 1e-4 of dlib): counted apart, for the reader; the bar counts every change.
+    embedding["identities_changed_beyond_parity"] = int(np.sum(np.abs(d32[flips] - MATCH_THRESHOLD) > PARITY))
     embedding["changes"] = [{"a": labels[upper[0][k]], "b": labels[upper[1][k]], "fp32": round(float(d32[k]), 7),
                              "candidate": round(float(d16[k]), 7)} for k in flips[:20]]  # fmt: skip
     embedding["closest_pair_to_threshold"] = float(np.abs(d32 - MATCH_THRESHOLD).min()) if len(d32) else None

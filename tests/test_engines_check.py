@@ -121,6 +121,7 @@ def test_engines_check_fp16_json_on_a_subset_keeps_the_bar(capsys: pytest.Captur
     assert embedding["faces"] == faces and embedding["pairs"] == faces * (faces - 1) // 2
     assert 0 < embedding["median_drift"] <= embedding["max_drift"] < MAX_DESCRIPTOR_DRIFT  # moved, within the bar
     assert 0 <= embedding["max_pairwise_change"] < 2 * MAX_DESCRIPTOR_DRIFT and embedding["identities_changed"] == 0
+    assert embedding["identities_changed_beyond_parity"] == 0 and embedding["changes"] == []
     assert record["keep_fp32"] == {k: list(v) for k, v in KEEP_FP32.items()} and record["images"] == len(names)
 
 
