@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 EPILOG = """\
 examples:
   facestream engines info                 which backend `engine.backend: auto` picks here, and why
-  facestream engines build                build (or find in the cache) the FP16 detector and embedder engines
+  facestream engines build                build (or find in the cache) both engines at engine.precision
   facestream engines build --precision fp32 --json
   facestream engines check --precision fp16 --json   FP16 against FP32 (simulated without a GPU)
 
