@@ -5,14 +5,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install browser broker demo web test lint bench eval clean
+.PHONY: install browser broker demo web test lint bench eval gpu-check clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[cpu,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Enrol the demo gallery, run the whole pipeline on the demo clip, write events + annotated video to out/.
@@ -64,6 +64,14 @@ eval: $(STAMP)
 		--roc out/demo-pairs/roc.png --csv out/demo-pairs/distances.csv
 	$(BIN)/facestream eval video --truth tests/data/video/truth.json tests/data/video/short_hamilton_clip.mp4 \
 		--gallery tests/data/video/gallery --save-detections out/eval-detections.jsonl
+
+# The first run on an NVIDIA machine, one step, one JSON report (out/gpu-check.json): device, versions, engines
+# built, the gpu tests, engines check on the real engines, bench/gpu.py. Needs the gpu extra in $(VENV) instead
+# of make install's cpu one (both faiss packages own `faiss`); without a GPU it says why and exits 2.
+gpu-check:
+	@test -x $(BIN)/python || { echo "gpu-check: first: $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -e '.[gpu,test]'"; exit 2; }
+	mkdir -p out
+	$(BIN)/python bench/gpu_check.py --out out/gpu-check.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

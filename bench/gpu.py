@@ -98,11 +98,14 @@ def main() -> None:
             )
             rate = 1 / best_time(lambda d=gpu_detector, i=image: d.detect(i), 3, args.seconds)
             item[f"{precision}_frames_per_s"], item[f"{precision}_boxes_agree"] = rate, bool(same)
+            gpu_detector.close()
             line += f", {precision} {rate:.1f} ({rate / cpu_rate:.1f}x, boxes {'agree' if same else 'DIFFER'})"
         detections.append(item)
         table.append(line)
     emit({"benchmark": "gpu", "machine": machine(), "gpu": found.reason, "embedder": rows, "detector": detections},
          args.json, table)  # fmt: skip
+    for session in sessions.values():  # pycuda aborts a process that exits holding a context
+        session.close()
 
 
 if __name__ == "__main__":

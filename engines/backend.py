@@ -9,6 +9,7 @@ TensorRT session itself runs without a GPU and is tested without one.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,21 @@ def choose_backend(requested: str, probe: Callable[[], GpuProbe] = probe_gpu) ->
     return BackendChoice("onnxruntime", f"auto: {found.reason}; using ONNX Runtime on the CPU", found)
 
 
+def close_gpu_sessions() -> int:
+    """Close every TensorRT session this process still holds (CLI commands and stages call it on the way
+    out); how many there were. Nothing to do, and nothing imported, when TensorRT was never used."""
+    module = sys.modules.get(f"{__package__}.tensorrt_backend")
+    return module.close_all_sessions() if module is not None else 0
+
+
+def is_configuration_error(error: BaseException) -> bool:
+    """A backend that cannot run here or an engine that cannot be built: a setup problem, not a crash."""
+    if isinstance(error, BackendError):
+        return True
+    module = sys.modules.get(f"{__package__}.tensorrt_backend")
+    return module is not None and isinstance(error, module.EngineError)
+
+
 _announced: set[tuple[str, str]] = set()
 
 
@@ -63,6 +79,7 @@ def make_session(
         log.info("%s: %s (%s)", kind, choice.name, choice.reason)
     if choice.name == "onnxruntime":
         return OnnxRuntimeSession(onnx_path, threads=threads)
+    from .precision import resolve_precision
     from .tensorrt_backend import TensorRTSession, profile_for
 
     assert choice.probe is not None
@@ -70,7 +87,7 @@ def make_session(
         onnx_path,
         kind,
         profile_for(kind, engine, max_batch),
-        precision=engine.precision,
+        precision=resolve_precision(kind, engine.precision),
         cache_dir=cache_dir,
         workspace_mb=engine.workspace_mb,
         probe=choice.probe,

@@ -64,6 +64,16 @@ class FaceDetector:
         session = make_session(cached_onnx(model_path, "detector", cache_dir), "detector", engine, cache_dir, threads)
         return cls(session, params, upsample=upsample, threshold=threshold)
 
+    def close(self) -> None:
+        """Release the inference session (on a GPU: its device memory and CUDA context). Safe to call twice."""
+        self.session.close()
+
+    def __enter__(self) -> FaceDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def detect(self, image: np.ndarray, upsample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One (H,W,3) uint8 RGB or (H,W) grey image -> boxes (K,4) int64 [l,t,r,b] inclusive, scores (K,)."""
         return self.detect_batch([image], upsample)[0]

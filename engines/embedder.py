@@ -43,6 +43,16 @@ class FaceEmbedder:
         onnx_path = cached_onnx(model_path, "embedder", cache_dir)
         return cls(make_session(onnx_path, "embedder", engine, cache_dir, threads, max_batch), max_batch=max_batch)
 
+    def close(self) -> None:
+        """Release the inference session (on a GPU: its device memory and CUDA context). Safe to call twice."""
+        self.session.close()
+
+    def __enter__(self) -> FaceEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def embed_chips(self, face_chips: np.ndarray) -> np.ndarray:
         """(N,150,150,3) uint8 RGB chips -> (N,128) float32 descriptors."""
         face_chips = np.asarray(face_chips)

@@ -63,15 +63,32 @@ class FaceAnalyzer:
             model_path("detector", models.detector), cache, threads,
             upsample=config.detector.upsample, threshold=config.detector.threshold, engine=engine,
         )  # fmt: skip
-        predictor = ShapePredictor.from_file(model_path("landmarks", models.landmarks), cache)
-        embedder = FaceEmbedder.from_file(
-            model_path("embedder", models.embedder),
-            cache,
-            threads,
-            max_batch=config.embedder.max_batch,
-            engine=engine,
-        )
+        try:
+            predictor = ShapePredictor.from_file(model_path("landmarks", models.landmarks), cache)
+            embedder = FaceEmbedder.from_file(
+                model_path("embedder", models.embedder),
+                cache,
+                threads,
+                max_batch=config.embedder.max_batch,
+                engine=engine,
+            )
+        except BaseException:
+            detector.close()  # a GPU session already holds the CUDA context
+            raise
         return cls(detector, predictor, embedder)
+
+    def close(self) -> None:
+        """Release both networks' sessions (on a GPU: device memory and the CUDA context). Safe twice."""
+        try:
+            self.detector.close()
+        finally:
+            self.embedder.close()
+
+    def __enter__(self) -> FaceAnalyzer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def align(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> FaceBatch:
         """Landmarks and chips for given boxes (no embedding)."""

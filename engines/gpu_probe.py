@@ -7,6 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# pycuda ships as source only: without the CUDA toolkit it neither installs nor imports.
+PYCUDA_HINT = (
+    "pycuda builds from source against the CUDA toolkit (nvcc and cuda.h; a wheel-only TensorRT install "
+    "lacks them): install the CUDA toolkit matching the driver, put its bin/ on PATH, then `pip install pycuda`"
+)
+
 
 @dataclass(frozen=True)
 class GpuProbe:
@@ -19,7 +25,6 @@ class GpuProbe:
     tensorrt_version: str = ""
 
 
-
 def probe_gpu(importer: Callable[[str], Any] = importlib.import_module) -> GpuProbe:
     """Can TensorRT run here? Imports tensorrt and pycuda and asks the CUDA driver for device 0."""
     try:
@@ -29,7 +34,7 @@ def probe_gpu(importer: Callable[[str], Any] = importlib.import_module) -> GpuPr
     try:
         cuda = importer("pycuda.driver")
     except Exception as error:
-        return GpuProbe(False, f"pycuda is not installed ({type(error).__name__}: {error})")
+        return GpuProbe(False, f"pycuda is not installed ({type(error).__name__}: {error}); {PYCUDA_HINT}")
     try:
         cuda.init()
         count = cuda.Device.count()

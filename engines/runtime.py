@@ -17,9 +17,13 @@ log = logging.getLogger(__name__)
 
 
 class InferenceSession(Protocol):
+    """One network on one backend; `close()` releases what it holds (device memory, the CUDA context)."""
+
     backend: str
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
 
 
 class OnnxRuntimeSession:
@@ -44,6 +48,16 @@ class OnnxRuntimeSession:
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        """Nothing outlives the process here; dropping the session frees its memory now."""
+        self.session = None
+
+    def __enter__(self) -> OnnxRuntimeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def default_threads() -> int:

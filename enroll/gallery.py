@@ -38,6 +38,7 @@ from .index import (
     DEFAULT_HNSW_M,
     FaceIndex,
     IndexFileError,
+    gpu_mode,
     index_path,
     set_threads,
 )
@@ -91,7 +92,7 @@ class Gallery:
         approximate_above: int = DEFAULT_APPROXIMATE_ABOVE,
         hnsw_m: int = DEFAULT_HNSW_M,
         hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH,
-        gpu: str = "auto",
+        gpu: str | bool = False,
         busy_timeout: float = 30.0,
         threads: int = 0,
         save_index: bool = True,
@@ -109,7 +110,7 @@ class Gallery:
             "approximate_above": int(approximate_above),
             "hnsw_m": int(hnsw_m),
             "hnsw_ef_search": int(hnsw_ef_search),
-            "gpu": str(gpu),
+            "gpu": gpu_mode(gpu),
         }
         set_threads(threads)
         self._lock = threading.RLock()

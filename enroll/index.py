@@ -22,19 +22,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from ..errors import GalleryError
 
+try:
+    import faiss
+except ImportError as error:  # neither extra installed: faiss is not a hard dependency (cpu / gpu extras)
+    raise ImportError(f"{error}: install facestream with the cpu extra (pip install 'facestream[cpu]', faiss-cpu) "
+                      "or the gpu extra (faiss-gpu)") from error
+
 DIM = 128
 FLAT = "flat"
 HNSW = "hnsw"
+log = logging.getLogger(__name__)
+
 DEFAULT_APPROXIMATE_ABOVE = 100_000
 DEFAULT_HNSW_M = 32
 # Tuned with bench/gallery.py on dlib-shaped synthetic descriptors, M=32, 2 cores: at 1M rows
@@ -61,11 +69,27 @@ def set_threads(threads: int = 0) -> int:
     return count
 
 
-GPU_MODES = ("auto", "off")
+GPU_MODES = ("off", "on", "auto")
+# faiss-gpu's k-selection limit (faiss/gpu/utils/DeviceDefs.cuh; validateKSelect throws "GPU index only
+# supports min/max-K selection up to 2048 (requested k)"; some releases refuse k == 2048 too). A deeper
+# search (many samples of one person, tombstones, calibrate's exclusion loop) runs on the CPU index.
+GPU_MAX_SELECTION_K = 2048
 
 
-def faiss_gpu_status(module: Any = faiss) -> tuple[bool, str]:
-    """(usable, why): whether this faiss build has GPU support and a CUDA device is present."""
+def gpu_mode(value: Any) -> str:
+    """`gallery.gpu` as "off" | "on" | "auto": YAML's false/true (and off/on, which YAML reads as booleans)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    text = {"false": "off", "no": "off", "true": "on", "yes": "on"}.get(text, text)
+    if text not in GPU_MODES:
+        raise ValueError(f"gpu must be one of false, true, auto (or {GPU_MODES}), got {value!r}")
+    return text
+
+
+def faiss_gpu_status(module: Any = None) -> tuple[bool, str]:
+    """(usable, why): whether this faiss build (default: the imported one) has GPU support and a CUDA device."""
+    module = faiss if module is None else module
     if not hasattr(module, "StandardGpuResources") or not hasattr(module, "index_cpu_to_gpu"):
         return False, "this faiss build has no GPU support (faiss-cpu)"
     try:
@@ -90,10 +114,9 @@ class FaceIndex:
         hnsw_m: int = DEFAULT_HNSW_M,
         hnsw_ef_search: int = DEFAULT_HNSW_EF_SEARCH,
         hnsw_ef_construction: int = DEFAULT_HNSW_EF_CONSTRUCTION,
-        gpu: str = "auto",
+        gpu: str | bool = "off",
     ) -> None:
-        if gpu not in GPU_MODES:
-            raise ValueError(f"gpu must be one of {GPU_MODES}, got {gpu!r}")
+        mode = gpu_mode(gpu)
         self.approximate_above = int(approximate_above)
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_search = int(hnsw_ef_search)
@@ -107,7 +130,11 @@ class FaceIndex:
         self._bitmap: np.ndarray | None = None  # keeps the selector's memory alive
         # faiss-gpu: a GPU copy of the flat index answers searches (FAISS has no GPU HNSW); the CPU index
         # stays the one that is edited, saved and read back, and the copy is remade after a change.
-        self.gpu_enabled, self.gpu_reason = faiss_gpu_status() if gpu == "auto" else (False, "gallery.gpu is off")
+        # Off by default: every process opening a gallery (sink, web view, CLI) would otherwise reserve GPU
+        # memory for a search the CPU answers in well under a millisecond up to ~10k samples.
+        self.gpu_enabled, self.gpu_reason = faiss_gpu_status() if mode != "off" else (False, "gallery.gpu is off")
+        if mode == "on" and not self.gpu_enabled:
+            log.warning("gallery.gpu is on but the search stays on the CPU: %s", self.gpu_reason)
         self._gpu_resources: Any = None
         self._gpu_index: Any = None
 
@@ -274,7 +301,7 @@ class FaceIndex:
         if self._params is not None:
             self._params.efSearch = max(self.hnsw_ef_search, k)
             _, rows = self._index.search(queries, k, params=self._params)
-        elif self.gpu_enabled and self.kind == FLAT:
+        elif self.gpu_enabled and self.kind == FLAT and k < GPU_MAX_SELECTION_K:
             _, rows = self._search_index().search(queries, k)
         elif n == 1:
             # One query on a flat index: FAISS splits the scan over its threads, which on two cores was

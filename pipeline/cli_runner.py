@@ -37,6 +37,15 @@ def run_command(args: argparse.Namespace) -> int:
     except FacestreamError as error:  # one clear line, no traceback; anything else is a bug and shows one
         log.error("%s", error)
         return exit_code(error)
+    finally:
+        _release_gpu()
+
+
+def _release_gpu() -> None:
+    """Every command leaves with its TensorRT sessions closed (pycuda aborts a process holding a context)."""
+    from ..engines.backend import close_gpu_sessions
+
+    close_gpu_sessions()
 
 
 def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], argv: list[str] | None = None) -> int:

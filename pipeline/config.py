@@ -51,7 +51,7 @@ def setting(
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[Any, ...] | None = None,
 ) -> Any:
     """A configuration key: its default, its documentation (one line per `\\n`) and what values are allowed."""
     meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices}
@@ -89,7 +89,12 @@ class EngineConfig:
         choices=("auto", "tensorrt", "onnxruntime"),
     )
     threads: int = setting(0, "ONNX Runtime intra-op threads; 0 = all cores", ge=0)
-    precision: str = setting("fp16", "TensorRT engines: fp16 | fp32", choices=("fp16", "fp32"))
+    precision: str = setting(
+        "auto",
+        "TensorRT engines: auto (each network at the precision `facestream engines check`\n"
+        "chose: engines/precision.py DEFAULT_PRECISION) | fp16 | fp32",
+        choices=("auto", "fp16", "fp32"),
+    )
     workspace_mb: int = setting(1024, "TensorRT builder workspace", ge=1)
     detector_min_hw: list[int] = setting([32, 32], "TensorRT detector profile: tiled-pyramid height, width (min ...")
     detector_opt_hw: list[int] = setting(
@@ -135,11 +140,11 @@ class GalleryConfig:
     approximate_above: int = setting(100_000, "samples; above this an HNSW index replaces exact search", ge=0)
     hnsw_m: int = setting(32, "HNSW graph degree", ge=2)
     hnsw_ef_search: int = setting(64, "recall@1 0.9965 at 1M samples, 1.5 ms p99 (bench/gallery.py)", ge=1)
-    gpu: str = setting(
-        "auto",
-        "auto: exact search on the GPU when faiss has GPU support (faiss-gpu) and a\n"
-        "device is present, else the CPU; off: always the CPU (HNSW stays on the CPU)",
-        choices=("auto", "off"),
+    gpu: bool | str = setting(
+        False,
+        "exact search on the GPU (faiss-gpu): false (default: the CPU answers a gallery of\n"
+        "100k samples in ~3 ms), true (warns when no GPU), auto (the GPU when there is one)",
+        choices=(False, True, "auto"),
     )
 
 
@@ -526,6 +531,10 @@ def _check_value(f: dataclasses.Field, kind: Any, value: Any, where: str, path: 
     def bad(what: str = "not allowed") -> ConfigError:
         return ConfigError(f"{where}: {path}: {value!r} is {what}; allowed: {allowed}")
 
+    if kind == (bool | str):  # a switch with a third setting (gallery.gpu: false, true or auto)
+        if not any(value is c or (isinstance(value, str) and value == c) for c in meta["choices"]):
+            raise bad()
+        return value
     if kind is bool:
         if not isinstance(value, bool):
             raise bad("not true or false")

@@ -311,6 +311,7 @@ class StageProcess:
             raise PipelineError(str(error)) from None
         self._stats_socket = open_socket(self.context, zmq.PUSH, self.endpoints["stats"], bind=False, hwm=1000)
         self._control: zmq.Socket | None = None
+        self.models: list[Any] = []  # detector / embedder: closed in close() (their GPU sessions hold a context)
         self._last_stats = 0.0
         self._stats_interval = float(self.config.pipeline.stats_interval_s)
         self._ready = False
@@ -402,7 +403,16 @@ class StageProcess:
             log.error("%s: cannot encode stats: %s", self.name, error)
 
     def close(self) -> None:
-        """Close every socket (the stats socket lingers up to 1 s so the final stats arrive) and the context."""
+        """Close the models (a TensorRT session holds GPU memory), then every socket (the stats socket lingers up
+        to 1 s so the final stats arrive) and the context."""
+        from ..engines.backend import close_gpu_sessions
+
+        for model in self.models:
+            try:
+                model.close()
+            except Exception as error:  # closing anyway: the sockets below must still close
+                log.warning("%s: closing %s failed: %s", self.name, type(model).__name__, error)
+        close_gpu_sessions()  # anything else still open (the atexit backstop would otherwise do it)
         # The final stats should reach the supervisor: give them a moment, never more.
         for socket in list(self._sockets()):
             socket.close(linger=1000 if socket is self._stats_socket else 0)
@@ -496,6 +506,7 @@ class DetectWorker(StageProcess):
             threshold=config.detector.threshold,
             engine=config.engine,
         )
+        self.models.append(detector)
         predictor = ShapePredictor.from_file(model_path("landmarks", config.models.landmarks), cache)
         hwm = int(config.pipeline.frame_hwm)
         self.frames = open_socket(self.context, zmq.PULL, self.endpoints["frames"], bind=False, hwm=hwm)
@@ -591,6 +602,7 @@ class EmbedWorker(StageProcess):
             model_path("embedder", config.models.embedder), _cache_dir(config), threads,
             max_batch=self.max_batch, engine=config.engine,
         )  # fmt: skip
+        self.models.append(embedder)
         hwm = int(config.pipeline.faces_hwm)
         self.faces = open_socket(self.context, zmq.PULL, self.endpoints["faces_out"], bind=False, hwm=hwm)
         self.descriptors = open_socket(self.context, zmq.PUSH, self.endpoints["descriptors"], bind=False, hwm=hwm)

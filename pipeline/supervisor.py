@@ -389,6 +389,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.signal_received: int | None = None
         self.fatal: str | None = None
+        self.configuration_error = False  # a worker exited with EXIT_USAGE: the run exits with it too
         self.board = StatsBoard()
         self.run_dir: Path | None = None
         self.created_run_dir = False
@@ -411,6 +412,13 @@ class Supervisor:
         specs = parse_sources(self.options.sources)
         for kind in ("detector", "landmarks", "embedder"):  # a missing model file: say so before starting anything
             model_path(kind, getattr(self.config.models, kind))
+        if self.config.engine.backend == "tensorrt":  # TensorRT asked for but absent: before any worker starts
+            from ..engines.backend import BackendError, choose_backend
+
+            try:
+                choose_backend("tensorrt")
+            except BackendError as error:
+                raise PipelineError(str(error)) from None
         for path in (self.options.events, self.options.detections, self.options.output, self.options.stats):
             if path:
                 _check_writable(Path(path))
@@ -515,6 +523,8 @@ class Supervisor:
             self._open_progress(specs)
             reason = self._watch()
             code = self._stop(reason)
+            if self.configuration_error:
+                code = EXIT_USAGE
         except PipelineError as error:
             log.error("%s", error)
             self._stop("error")
@@ -718,8 +728,9 @@ class Supervisor:
                 return None
             self.fatal = f"the source {how} (see its log above)"
             return "error"
-        if code == 2:
+        if code == EXIT_USAGE:  # a configuration problem (model file, backend, engine): never restarted
             self.fatal = f"{child.name} {how}: a configuration or model problem (see its log above)"
+            self.configuration_error = True
             return "error"
         if child.restarts >= int(self.pipeline.max_restarts):
             self.fatal = f"{child.name} {how} and was already restarted {child.restarts} times: giving up"

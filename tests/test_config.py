@@ -64,7 +64,7 @@ BAD = [
     ("detector:\n  upsample: 9\n", "detector.upsample: 9 is out of range", "<= 4"),
     ("tracker:\n  decision: majority\n", "tracker.decision: 'majority' is not allowed", "one of mean, vote"),
     ("engine:\n  backend: cuda\n", "engine.backend: 'cuda' is not allowed", "one of auto, tensorrt, onnxruntime"),
-    ("gallery:\n  gpu: off\n", "gallery.gpu: False is a bool, not a string", 'one of auto, "off"'),
+    ("gallery:\n  gpu: sometimes\n", "gallery.gpu: 'sometimes' is not allowed", "one of false, true, auto"),
     ("gallery:\n  treshold: 0.5\n", "gallery.treshold: unknown key", "distance_threshold"),
     ("galery:\n  path: x.db\n", "galery: unknown key", "gallery"),
     ("pipeline:\n  endpoints:\n    frame: tcp://x:1\n", "pipeline.endpoints.frame: unknown key", "frames"),
