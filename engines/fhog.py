@@ -20,7 +20,7 @@ the vote positions are prepared here in numpy.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -64,6 +64,7 @@ def fhog_cells(height: int, width: int) -> tuple[int, int]:
     return (height + CELL_SIZE // 2) // CELL_SIZE, (width + CELL_SIZE // 2) // CELL_SIZE
 
 
+@lru_cache(maxsize=128)
 def _vote_fractions(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pixel coordinate 0..n-1: ``i = floor(p)``, ``v0 = p - i`` and ``v1 = 1 - v0`` (float32),
     with ``p = f32((k + 0.5)/8 - 0.5)`` computed in double."""

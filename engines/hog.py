@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -220,6 +220,9 @@ class HogFaceDetector:
         out = []
         for k in range(len(self._terms)):
             rr, cc = np.nonzero(approx[k] >= thresholds[k] - margin[k])
+            if rr.size == 0:
+                out.append((rr, cc, np.zeros(0, np.float64)))
+                continue
             s = self._term_starts
             scores = exact_scores(feats, self._term_planes, self._term_rows, self._term_cols, s[k], s[k + 1],
                                   n_simd, rr, cc)  # fmt: skip
@@ -264,7 +267,10 @@ class HogFaceDetector:
         levels = pyramid_levels(img, m.min_pyramid_layer, m.max_pyramid_levels)
         thresholds = m.thresholds + float(adjust_threshold)
         rects, scores, which = [], [], []
-        for found in _map_in_order(lambda item: self._scan_level(item[1], item[0], thresholds), enumerate(levels)):
+        # Small images: handing levels to other threads costs more than it saves.
+        parallel = img.shape[0] * img.shape[1] >= _PARALLEL_PIXELS
+        scan = lambda item: self._scan_level(item[1], item[0], thresholds)  # noqa: E731
+        for found in _map_in_order(scan, enumerate(levels), parallel):
             for level_rects, level_scores, level_which in found:
                 rects.append(level_rects)
                 scores.append(level_scores)
@@ -292,6 +298,7 @@ class HogFaceDetector:
 
 
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
+_PARALLEL_PIXELS = 500_000  # scanned images at least this large have their levels scanned on _WORKERS threads
 
 
 @cache
@@ -299,11 +306,11 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="hog-level")
 
 
-def _map_in_order(work: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+def _map_in_order(work: Callable[[T], R], items: Iterable[T], parallel: bool = True) -> Iterator[R]:
     """``map(work, items)`` on the level threads (the compiled loops release the GIL), results in input
     order. ``items`` is consumed lazily and at most ``_WORKERS + 2`` items are in flight, so a pyramid
     never has all its levels in memory at once."""
-    if _WORKERS == 1:
+    if _WORKERS == 1 or not parallel:
         yield from map(work, items)
         return
     pending: deque[Future[R]] = deque()
@@ -326,6 +333,28 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+@lru_cache(maxsize=64)
+def _resize_rows(in_h: int, out_h: int) -> tuple[np.ndarray, ...]:
+    """Per output row: top and bottom source rows, f32(tb), f32(1 - tb) and tb (cached: video frames
+    repeat their pyramid sizes)."""
+    top, bottom, tb = pyramid._row_params(in_h, out_h)
+    # f32(1 - tb) is rounded from the double difference, as dlib's simd4f(1 - tb_frac)
+    return top, bottom, tb.astype(_F32), (1.0 - tb).astype(_F32), tb
+
+
+@lru_cache(maxsize=64)
+def _resize_cols(in_w: int, out_w: int, channels: int) -> tuple[int, tuple[np.ndarray, ...]]:
+    """``n_simd`` and the column arrays of :func:`resize_u8` (cached like :func:`_resize_rows`)."""
+    n_simd, left, right, lr_s, lr_t = pyramid._col_params(in_w, out_w)
+    lrd = np.zeros(out_w, np.float64)
+    lrd[n_simd:] = lr_t
+    channel = np.arange(channels)
+    flat_left = (left[:n_simd, None] * channels + channel).ravel().astype(np.int32)
+    flat_right = (right[:n_simd, None] * channels + channel).ravel().astype(np.int32)
+    flat_lr = np.repeat(lr_s, channels)
+    return n_simd, (flat_left, flat_right, _F32(1.0) - flat_lr, flat_lr, left, right, lrd)
+
+
 def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """dlib's bilinear ``resize_image`` for uint8 RGB (truncates) or uint8 grey (SIMD columns round,
     tail columns truncate), spec §3.1."""
@@ -333,17 +362,8 @@ def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     channels = planar.shape[2]
     out = np.zeros((out_h, out_w, channels), np.uint8)
     if out.size and img.size:
-        top, bottom, tb = pyramid._row_params(img.shape[0], out_h)
-        n_simd, left, right, lr_s, lr_t = pyramid._col_params(img.shape[1], out_w)
-        lrd = np.zeros(out_w, np.float64)
-        lrd[n_simd:] = lr_t
-        channel = np.arange(channels)
-        flat_left = (left[:n_simd, None] * channels + channel).ravel().astype(np.int32)
-        flat_right = (right[:n_simd, None] * channels + channel).ravel().astype(np.int32)
-        # f32(1 - tb) is rounded from the double difference, as dlib's simd4f(1 - tb_frac)
-        flat_lr = np.repeat(lr_s, channels)
-        resize_u8(planar, out, top, bottom, tb.astype(_F32), (1.0 - tb).astype(_F32), tb, n_simd, flat_left,
-                  flat_right, _F32(1.0) - flat_lr, flat_lr, left, right, lrd)  # fmt: skip
+        n_simd, cols = _resize_cols(img.shape[1], out_w, channels)
+        resize_u8(planar, out, *_resize_rows(img.shape[0], out_h), n_simd, *cols)
     return out if img.ndim == 3 else out[:, :, 0]
 
 
