@@ -229,21 +229,21 @@ def _features(hist, cells_nr, cells_nc, out):
                 out[27 + k, y + 4, x + 4] = acc * texture
 
 
-def fhog_features_u8(
-    img: np.ndarray, cells_nr: int, cells_nc: int, bins_lut: np.ndarray, mag_lut: np.ndarray,
-    fractions_y: tuple[np.ndarray, np.ndarray, np.ndarray], fractions_x: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> np.ndarray:  # fmt: skip
+@_jit()
+def fhog_features_u8(img, cells_nr, cells_nc, bins_lut, mag_lut, fractions_y, fractions_x):
     """fHOG of an ``(H, W, C)`` uint8 image (C = 3 RGB or 1 grey) with ``cells_nr - 2 > 0`` and
     ``cells_nc - 2 > 0``: float32 ``(31, cells_nr+7, cells_nc+7)``. ``fractions_y``/``_x`` are the
     per-pixel ``(i, v0, v1)`` vote positions and weights (spec §4.4)."""
-    h, w = img.shape[:2]
+    h, w = img.shape[0], img.shape[1]
     vis_nr = min(cells_nr * 8, h) - 1
     vis_nc = min(cells_nc * 8, w) - 1
-    hist = np.zeros((cells_nr + 2, cells_nc + 2, 18), dtype=_F32)
+    hist = np.zeros((cells_nr + 2, cells_nc + 2, 18), dtype=np.float32)
     if vis_nr > 1 and vis_nc > 1:
         n_simd = 8 * max(0, (vis_nc - 1) // 8)  # x = 1, 9, 17, ... in whole blocks of 8 while x < vis_nc - 7
-        _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, mag_lut, *fractions_y, *fractions_x, hist)
-    out = np.zeros((31, cells_nr + 7, cells_nc + 7), dtype=_F32)
+        iy, vy0, vy1 = fractions_y
+        ix, vx0, vx1 = fractions_x
+        _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, mag_lut, iy, vy0, vy1, ix, vx0, vx1, hist)
+    out = np.zeros((31, cells_nr + 7, cells_nc + 7), dtype=np.float32)
     _features(hist, cells_nr, cells_nc, out)
     return out
 
