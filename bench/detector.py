@@ -8,7 +8,7 @@ the whole detector each: pyramid, network or filters, decoding and NMS.
 CNN (MMOD, ONNX Runtime vs dlib's cnn_face_detection_model_v1): dlib takes tens of seconds per
 1080p frame at upsample 1, so it is timed once per case; ours is the best of several runs.
 
-HOG (engines/hog.py in numpy vs dlib.get_frontal_face_detector()): `--hog-runs` runs of each,
+HOG (engines/hog.py, compiled with numba, vs dlib.get_frontal_face_detector()): `--hog-runs` runs of each,
 interleaved (ours, dlib, ours, dlib, ...) after one warm-up each, and the median of each side;
 the ratio is dlib's median over ours. `same` says whether both returned identical boxes and scores.
 """

@@ -37,17 +37,25 @@ API (stable; the flat API and ``facestream.compat.face_recognition`` build on it
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import TypeVar
 
-import cv2
 import numpy as np
 
 from facestream.engines import pyramid
 from facestream.engines.dlib_format import ByteReader, DlibFormatError
 from facestream.engines.fhog import CELL_SIZE, NUM_FEATURES, fhog_features
+from facestream.engines.hog_kernels import (
+    approximate_responses,
+    exact_scores,
+    resize_u8,
+)
 
 __all__ = [
     "DETECTOR_FILE",
@@ -59,6 +67,8 @@ __all__ = [
     "pyramid_levels",
 ]
 
+T = TypeVar("T")
+R = TypeVar("R")
 DETECTOR_FILE = Path(__file__).parent / "data" / "dlib_frontal_face_detector.svm"
 DETECTOR_SHA256 = "f3f7aa833fb4a14a46fc48689f45b98d85ef72d6dfaf8bdc012b7d3c522a5426"
 MAX_UPSAMPLE = 4  # each step doubles both sides: bounds what a caller can make us allocate
@@ -67,9 +77,8 @@ _F32 = np.float32
 _FILTER = 10  # filter rows = columns (80x80 window, 8-pixel cells)
 _HALF = _FILTER // 2  # interior starts here (dlib: len/2) ...
 _TAIL = (_FILTER - 1) // 2  # ... and ends this many cells before the edge
-_BOUND_STEPS = 1024  # > rounded steps in dlib's sum (~330) plus in the OpenCV estimate (~330)
-_ZERO = cv2.BORDER_CONSTANT
-_REFINE_CHUNK = 256  # candidate cells per exact-scoring block (bounds the temporaries)
+_BOUND_STEPS = 1024  # > rounded steps in dlib's sum (< 100) plus in the approximate one (< 100)
+_BAND = 64  # output rows per block of the approximate filter pass
 
 
 @dataclass(frozen=True)
@@ -156,25 +165,6 @@ def _separable_terms(filt: np.ndarray) -> list[_Term]:
     return terms
 
 
-def _simd_split(n_out: int) -> int:
-    """Columns handled 8 at a time by the SIMD loop of the separable filter (the rest is the tail)."""
-    return 8 * (n_out // 8)  # blocks start at 5, 13, ... while start < last - 7
-
-
-def _ordered_sum_simd(p: np.ndarray) -> np.ndarray:
-    """Sum 10 float32 tap products (last axis) as dlib's SIMD loop: ``A + (B + C)`` with accumulators
-    A = taps 0,3,6,9, B = 1,4,7, C = 2,5,8."""
-    a = ((p[..., 0] + p[..., 3]) + p[..., 6]) + p[..., 9]
-    b = (p[..., 1] + p[..., 4]) + p[..., 7]
-    c = (p[..., 2] + p[..., 5]) + p[..., 8]
-    return a + (b + c)
-
-
-def _ordered_sum_tail(p: np.ndarray) -> np.ndarray:
-    """Sum 10 float32 tap products (last axis) one after another, as dlib's scalar tail loop."""
-    return np.add.accumulate(p, axis=-1)[..., -1]
-
-
 class HogFaceDetector:
     """dlib's frontal-face HOG detector: ``detect`` returns what ``run(img, upsample, adjust)`` does."""
 
@@ -185,7 +175,12 @@ class HogFaceDetector:
         self._planes = [np.array([t.plane for t in terms]) for terms in self._terms]
         self._rows = [np.stack([t.row for t in terms]) for terms in self._terms]
         self._cols = [np.stack([t.col for t in terms]) for terms in self._terms]
-        # sum over terms of sum|col|*|row|: with max(feature), it bounds every partial sum of a score
+        # All filters' terms in one set of arrays for the compiled scorer; filter k owns starts[k]:starts[k+1].
+        self._term_planes = np.concatenate(self._planes).astype(np.int64)
+        self._term_rows = np.ascontiguousarray(np.concatenate(self._rows), dtype=_F32)
+        self._term_cols = np.ascontiguousarray(np.concatenate(self._cols), dtype=_F32)
+        self._term_starts = np.cumsum([0] + [len(t) for t in self._terms]).astype(np.int64)
+        # sum over terms of sum|col|*|row|: with max(feature), it bounds every partial sum of a response
         self._abs_mass = np.array([sum(float(np.abs(t.col).sum() * np.abs(t.row).sum()) for t in terms)
                                    for terms in self._terms])  # fmt: skip
 
@@ -206,54 +201,47 @@ class HogFaceDetector:
 
         Two steps, so that dlib's float32 operation order is only paid where it matters:
 
-        1. every cell's score approximately, with OpenCV's separable filter (same rank-1 terms, its own
-           summation order), and a rigorous bound on how far that and dlib's arithmetic can be from the
-           real value (both are float32 sums of fewer than 1024 rounded steps over terms whose absolute
-           values sum to at most ``max(feature) * sum|col|*|row|``);
-        2. the cells within that bound of the threshold again, exactly as dlib sums them
-           (:meth:`_exact_scores`).
+        1. every cell's response approximately (same rank-1 terms, fused multiply-adds, any order), and a
+           rigorous bound on how far that and dlib's arithmetic can be from the real value (both are
+           float32 sums of fewer than 1024 rounded steps over terms whose absolute values sum to at most
+           ``max(feature) * sum|col|*|row|``);
+        2. the cells within that bound of the threshold again, exactly as dlib sums them.
 
-        Returns ``(rows, cols, scores)`` per filter: interior cell indices (cell = index + 5) and
-        float64 scores.
+        Returns ``(rows, cols, scores)`` per filter: interior cell indices (cell = index + 5, raster
+        order) and float64 scores, compared with the threshold in double as dlib does.
         """
         _, P, Q = feats.shape
         n_r, n_c = P - _FILTER + 1, Q - _FILTER + 1
-        K = len(self._terms)
-        approx = np.zeros((K, P, Q), dtype=_F32)
-        for k in range(K):
-            for plane, row, col in zip(self._planes[k], self._rows[k], self._cols[k]):
-                # out[r, c] = sum_m sum_n col[m] row[n] F[r+m, c+n]: the window whose top-left cell is (r, c)
-                approx[k] += cv2.sepFilter2D(feats[plane], cv2.CV_32F, row, col, anchor=(0, 0), borderType=_ZERO)
-        approx = approx[:, :n_r, :n_c]
+        approx = np.empty((len(self._terms), n_r, n_c), dtype=_F32)
+        approximate_responses(feats, self._term_planes, self._term_rows, self._term_cols, self._term_starts,
+                              _BAND, approx)  # fmt: skip
         margin = _BOUND_STEPS * 2.0**-24 * float(feats.max(initial=0.0)) * self._abs_mass + 1e-12
-        n_simd = _simd_split(n_c)
+        n_simd = 8 * (n_c // 8)  # dlib's SIMD blocks start at 5, 13, ... while start < last - 7
         out = []
-        for k in range(K):
+        for k in range(len(self._terms)):
             rr, cc = np.nonzero(approx[k] >= thresholds[k] - margin[k])
-            scores = self._exact_scores(feats, k, rr, cc, n_simd)
+            if rr.size == 0:
+                out.append((rr, cc, np.zeros(0, np.float64)))
+                continue
+            s = self._term_starts
+            scores = exact_scores(feats, self._term_planes, self._term_rows, self._term_cols, s[k], s[k + 1],
+                                  n_simd, rr, cc)  # fmt: skip
             hit = scores >= thresholds[k]
             out.append((rr[hit], cc[hit], scores[hit]))
         return out
 
-    def _exact_scores(self, feats: np.ndarray, k: int, rr: np.ndarray, cc: np.ndarray, n_simd: int) -> np.ndarray:
-        """Filter ``k``'s float32 saliency at interior cells ``(rr, cc)``, summed in dlib's order (spec §6):
-        per rank-1 term a row pass then a column pass of 10 taps (3 accumulators in SIMD columns, one
-        in tail columns), then the terms one after another."""
-        planes, rows, cols = self._planes[k], self._rows[k], self._cols[k]
-        scores = np.empty(len(rr), dtype=np.float64)
-        taps = np.arange(_FILTER)
-        for start in range(0, len(rr), _REFINE_CHUNK):
-            r0, c0 = rr[start : start + _REFINE_CHUNK], cc[start : start + _REFINE_CHUNK]
-            simd = (c0 < n_simd)[:, None, None]
-            # patch[i, t, m, n] = plane(t)[r0+m, c0+n]
-            patch = feats[planes[None, :, None, None], (r0[:, None] + taps)[:, None, :, None],
-                          (c0[:, None] + taps)[:, None, None, :]]  # fmt: skip
-            prods = patch * rows[None, :, None, :]
-            scratch = np.where(simd, _ordered_sum_simd(prods), _ordered_sum_tail(prods))  # (N, T, 10 rows)
-            prods = scratch * cols[None]
-            term = np.where(simd[..., 0], _ordered_sum_simd(prods), _ordered_sum_tail(prods))  # (N, T)
-            scores[start : start + len(r0)] = np.add.accumulate(term, axis=1)[:, -1]  # sequential float32
-        return scores
+    def _scan_level(
+        self, level_img: np.ndarray, level: int, thresholds: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One pyramid level: fHOG, the filters, and per filter with candidates ``(rects, scores, k)``."""
+        feats = fhog_features(level_img)
+        if feats.shape[1] < _FILTER or feats.shape[2] < _FILTER:
+            return []
+        found = []
+        for k, (rr, cc, score) in enumerate(self._candidates(feats, thresholds)):
+            if rr.size:
+                found.append((_window_rects(rr + _HALF, cc + _HALF, level), score, np.full(rr.size, k, dtype=np.int64)))
+        return found
 
     def detect(
         self, image: np.ndarray, upsample: int = 0, adjust_threshold: float = 0.0
@@ -277,18 +265,16 @@ class HogFaceDetector:
         img = _upsample(img, upsample)
         m = self.model
         levels = pyramid_levels(img, m.min_pyramid_layer, m.max_pyramid_levels)
-        rects, scores, which = [], [], []
         thresholds = m.thresholds + float(adjust_threshold)
-        for level, level_img in enumerate(levels):
-            feats = fhog_features(level_img)
-            if feats.shape[1] < _FILTER or feats.shape[2] < _FILTER:
-                continue
-            for k, (rr, cc, found) in enumerate(self._candidates(feats, thresholds)):
-                if rr.size == 0:
-                    continue
-                rects.append(_window_rects(rr + _HALF, cc + _HALF, level))
-                scores.append(found)
-                which.append(np.full(rr.size, k, dtype=np.int64))
+        rects, scores, which = [], [], []
+        # Small images: handing levels to other threads costs more than it saves.
+        parallel = img.shape[0] * img.shape[1] >= _PARALLEL_PIXELS
+        scan = lambda item: self._scan_level(item[1], item[0], thresholds)  # noqa: E731
+        for found in _map_in_order(scan, enumerate(levels), parallel):
+            for level_rects, level_scores, level_which in found:
+                rects.append(level_rects)
+                scores.append(level_scores)
+                which.append(level_which)
         if not rects:
             return np.zeros((0, 4), np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64)
         boxes = np.concatenate(rects)
@@ -311,6 +297,35 @@ class HogFaceDetector:
         return [self.detect(image, upsample, adjust_threshold) for image in images]
 
 
+_WORKERS = max(1, min(4, os.cpu_count() or 1))
+_PARALLEL_PIXELS = 500_000  # scanned images at least this large have their levels scanned on _WORKERS threads
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="hog-level")
+
+
+def _map_in_order(work: Callable[[T], R], items: Iterable[T], parallel: bool = True) -> Iterator[R]:
+    """``map(work, items)`` on the level threads (the compiled loops release the GIL), results in input
+    order. ``items`` is consumed lazily and at most ``_WORKERS + 2`` items are in flight, so a pyramid
+    never has all its levels in memory at once."""
+    if _WORKERS == 1 or not parallel:
+        yield from map(work, items)
+        return
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            if len(pending) > _WORKERS + 1:
+                yield pending.popleft().result()
+            pending.append(_pool().submit(work, item))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def _check_image(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
@@ -318,19 +333,38 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+@lru_cache(maxsize=64)
+def _resize_rows(in_h: int, out_h: int) -> tuple[np.ndarray, ...]:
+    """Per output row: top and bottom source rows, f32(tb), f32(1 - tb) and tb (cached: video frames
+    repeat their pyramid sizes)."""
+    top, bottom, tb = pyramid._row_params(in_h, out_h)
+    # f32(1 - tb) is rounded from the double difference, as dlib's simd4f(1 - tb_frac)
+    return top, bottom, tb.astype(_F32), (1.0 - tb).astype(_F32), tb
+
+
+@lru_cache(maxsize=64)
+def _resize_cols(in_w: int, out_w: int, channels: int) -> tuple[int, tuple[np.ndarray, ...]]:
+    """``n_simd`` and the column arrays of :func:`resize_u8` (cached like :func:`_resize_rows`)."""
+    n_simd, left, right, lr_s, lr_t = pyramid._col_params(in_w, out_w)
+    lrd = np.zeros(out_w, np.float64)
+    lrd[n_simd:] = lr_t
+    channel = np.arange(channels)
+    flat_left = (left[:n_simd, None] * channels + channel).ravel().astype(np.int32)
+    flat_right = (right[:n_simd, None] * channels + channel).ravel().astype(np.int32)
+    flat_lr = np.repeat(lr_s, channels)
+    return n_simd, (flat_left, flat_right, _F32(1.0) - flat_lr, flat_lr, left, right, lrd)
+
+
 def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """dlib's bilinear ``resize_image`` for uint8 RGB (truncates) or uint8 grey (SIMD columns round,
-    tail columns truncate)."""
-    if img.ndim == 3:
-        return pyramid.resize_bilinear_rgb_u8(img, out_h, out_w)
-    if out_h * out_w == 0 or img.size == 0:
-        return np.zeros((out_h, out_w), np.uint8)
-    v = pyramid.resize_bilinear_f32(img.astype(_F32), out_h, out_w)
-    n_simd = pyramid._col_params(img.shape[1], out_w)[0]
-    out = np.empty((out_h, out_w), np.uint8)
-    out[:, :n_simd] = np.trunc(v[:, :n_simd] + _F32(0.5)).astype(np.uint8)
-    out[:, n_simd:] = np.trunc(np.clip(v[:, n_simd:], 0, 255)).astype(np.uint8)
-    return out
+    tail columns truncate), spec §3.1."""
+    planar = img if img.ndim == 3 else img[:, :, None]
+    channels = planar.shape[2]
+    out = np.zeros((out_h, out_w, channels), np.uint8)
+    if out.size and img.size:
+        n_simd, cols = _resize_cols(img.shape[1], out_w, channels)
+        resize_u8(planar, out, *_resize_rows(img.shape[0], out_h), n_simd, *cols)
+    return out if img.ndim == 3 else out[:, :, 0]
 
 
 def _upsample(img: np.ndarray, times: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .cachedir import default_cache_dir
 from .dlib_format import (
     AddPrev,
     Affine,
@@ -254,13 +255,6 @@ _BUILDERS = {
     "embedder": (read_face_embedder, embedder_model),
     "detector": (read_mmod_detector, detector_model),
 }
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("FACESTREAM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "facestream"
-    )
-    return Path(root)
 
 
 def cached_onnx(

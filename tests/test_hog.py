@@ -1,4 +1,5 @@
-"""dlib's HOG frontal-face detector re-implemented (engines/hog.py, engines/fhog.py) against dlib.
+"""dlib's HOG frontal-face detector re-implemented (engines/hog.py, engines/fhog.py, engines/hog_kernels.py)
+against dlib.
 
 Expected values come from dlib-bin 20.0.1: the golden file golden/dlib-20.0.1-hog.json (made by
 tests/data/make_hog_golden.py) and, in the `oracle` tests, dlib-bin itself on image variants that
@@ -88,6 +89,22 @@ def test_runs_without_dlib() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
+
+
+def test_compiled_kernels_are_cached_under_the_facestream_cache(tmp_path: Path) -> None:
+    # A fresh process loads the machine code from <FACESTREAM_CACHE>/numba instead of compiling it;
+    # an explicit NUMBA_CACHE_DIR wins.
+    code = "import numba, facestream.engines.hog_kernels; print(numba.config.CACHE_DIR)"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+
+    def cache_dir(**extra: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**env, "FACESTREAM_CACHE": str(tmp_path), **extra})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert cache_dir() == str(tmp_path / "numba")
+    assert cache_dir(NUMBA_CACHE_DIR=str(tmp_path / "own")) == str(tmp_path / "own")
 
 
 def test_shipped_record_is_checked_at_load(tmp_path: Path) -> None:
