@@ -26,7 +26,7 @@ from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
 from facestream.engines.hog import HogFaceDetector
 from facestream.engines.models import model_path
-from facestream.engines.onnx_export import cached_onnx
+from facestream.engines.onnx_cache import cached_onnx
 from facestream.pipeline.imageio import read_image
 
 from common import best_time, emit, graph_flops, machine, peak_gflops

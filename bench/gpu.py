@@ -50,7 +50,7 @@ def main() -> None:
     from facestream.engines.detector import FaceDetector
     from facestream.engines.embedder import normalize_chips
     from facestream.engines.models import model_path
-    from facestream.engines.onnx_export import cached_onnx
+    from facestream.engines.onnx_cache import cached_onnx
     from facestream.engines.runtime import OnnxRuntimeSession
     from facestream.engines.tensorrt_backend import TensorRTSession, profile_for
     from facestream.pipeline.config import EngineConfig

@@ -16,7 +16,7 @@ import numpy as np
 from . import pyramid
 from .backend import make_session
 from .dlib_format import InputImagePyramid, LossMMOD, read_mmod_detector
-from .onnx_export import cached_onnx
+from .onnx_cache import cached_onnx
 from .runtime import InferenceSession
 
 if TYPE_CHECKING:

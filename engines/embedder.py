@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .backend import make_session
-from .onnx_export import cached_onnx
+from .onnx_cache import cached_onnx
 from .runtime import InferenceSession
 
 if TYPE_CHECKING:

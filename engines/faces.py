@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .cachedir import default_cache_dir
 from .chips import extract_face_chips
 from .detector import FaceDetector
 from .embedder import FaceEmbedder
 from .landmarks import ShapePredictor
 from .models import model_path
-from .onnx_export import default_cache_dir
 
 if TYPE_CHECKING:
     from ..pipeline.config import Config

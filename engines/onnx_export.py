@@ -1,4 +1,4 @@
-"""Build ONNX graphs of dlib's two networks from the parsed weights, and cache them on disk.
+"""Build ONNX graphs of dlib's two networks from the parsed weights (the cache: `onnx_cache.py`).
 
 Only standard operators that TensorRT's ONNX parser supports are used: Conv, Relu, Add, Pad,
 MaxPool, AveragePool, GlobalAveragePool, Flatten, Gemm (and Mul/Add for an unfolded affine).
@@ -12,9 +12,6 @@ the numpy side does that (it is cheap, and it keeps uint8 handling out of the en
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +19,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .cachedir import default_cache_dir
 from .dlib_format import (
     AddPrev,
     Affine,
@@ -37,8 +33,6 @@ from .dlib_format import (
 )
 
 OPSET = 17
-EXPORT_VERSION = 1  # bump when the graph layout changes: old cache files are then ignored
-
 # Tag/skip/add_prev IDs are not stored in the file (docs/dlib-model-formats.md §5): for the
 # embedder, `ares` adds tag1 and `ares_down` adds tag2 after skipping back to tag1.
 _ARES = ["relu", ("add", 1), "aff", "conv", "relu", "aff", "conv", ("tag", 1)]
@@ -49,13 +43,6 @@ EMBEDDER_ROLES: list = (
     + ["pool", "relu", "aff", "conv"]
 )  # fmt: skip
 
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -257,31 +244,10 @@ _BUILDERS = {
 }
 
 
-def cached_onnx(
-    model_path: str | Path, kind: str, cache_dir: str | Path | None = None, fold_affine: bool = True
-) -> Path:
-    """The ONNX file for a dlib model, built on first use and cached by the model file's sha256.
-
-    A cache file that fails `onnx.checker` is rebuilt. Writes go to a temporary file first and
-    are renamed into place, so concurrent workers never read half a file.
-    """
+def build_onnx(model_path: str | Path, kind: str, source_sha256: str, fold_affine: bool = True) -> bytes:
+    """The serialized ONNX graph of a dlib model file, checked by `onnx.checker` (full check)."""
     reader, build = _BUILDERS[kind]
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    digest = sha256_file(model_path)
-    suffix = "" if fold_affine else "-unfolded"
-    target = cache / f"{kind}-{digest[:16]}-v{EXPORT_VERSION}{suffix}.onnx"
-    if target.exists():
-        try:
-            onnx.checker.check_model(str(target))
-            return target
-        except Exception:
-            target.unlink(missing_ok=True)
     model = build(reader(model_path), fold_affine=fold_affine)
-    model.metadata_props.add(key="source_sha256", value=digest)
+    model.metadata_props.add(key="source_sha256", value=source_sha256)
     onnx.checker.check_model(model, full_check=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache, suffix=".onnx.tmp", delete=False) as handle:
-        handle.write(model.SerializeToString())
-        temporary = handle.name
-    os.replace(temporary, target)
-    return target
+    return model.SerializeToString()

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import BackendError
 from .gpu_probe import PYCUDA_HINT, GpuProbe
-from .onnx_export import sha256_file
+from .onnx_cache import sha256_file
 
 if TYPE_CHECKING:
     from ..pipeline.config import EngineConfig
@@ -361,7 +361,7 @@ class TensorRTSession:
 
     def _load(self, onnx_path: str | Path, kind: str, profile: Profile, precision: str, probe: Any,
               cache_dir: str | Path | None, workspace_mb: int, trt: Any) -> None:  # fmt: skip
-        from .onnx_export import default_cache_dir
+        from .cachedir import default_cache_dir
 
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         data, self.engine_file, _ = cached_engine(onnx_path, kind, profile, precision, probe, cache, workspace_mb)

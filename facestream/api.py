@@ -32,6 +32,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from facestream.engines.cachedir import default_cache_dir
 from facestream.engines.chips import extract_face_chips
 from facestream.engines.detector import FaceDetector
 from facestream.engines.embedder import FaceEmbedder
@@ -39,7 +40,6 @@ from facestream.engines.faces import FaceBatch
 from facestream.engines.jitter import jittered_descriptors
 from facestream.engines.landmarks import ShapePredictor, default_model_path
 from facestream.engines.models import model_path
-from facestream.engines.onnx_export import default_cache_dir
 from facestream.enroll.gallery import Gallery as _Gallery
 from facestream.enroll.matching import Matches
 from facestream.pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image

@@ -97,10 +97,10 @@ def _parse_landmarks(text: str) -> np.ndarray:
 
 
 def cmd_embed(args: argparse.Namespace, config: Config) -> int:
+    from ..engines.cachedir import default_cache_dir
     from ..engines.chips import extract_face_chips
     from ..engines.embedder import FaceEmbedder
     from ..engines.models import model_path
-    from ..engines.onnx_export import default_cache_dir
     from ..pipeline.imageio import ImageError, read_image
 
     landmarks = _parse_landmarks(args.landmarks)

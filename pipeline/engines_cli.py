@@ -28,7 +28,7 @@ without `engines build` the first run builds them.
 
 
 def _cache(config: Config) -> Path:
-    from ..engines.onnx_export import default_cache_dir
+    from ..engines.cachedir import default_cache_dir
 
     return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
@@ -71,7 +71,7 @@ def cmd_info(args: argparse.Namespace, config: Config) -> int:
 def cmd_build(args: argparse.Namespace, config: Config) -> int:
     from ..engines.backend import probe_gpu
     from ..engines.models import model_path
-    from ..engines.onnx_export import cached_onnx
+    from ..engines.onnx_cache import cached_onnx
     from ..engines.tensorrt_backend import EngineError, cached_engine, profile_for
 
     found = probe_gpu()
@@ -151,7 +151,7 @@ def cmd_check(args: argparse.Namespace, config: dict) -> int:
     from ..engines.embedder import FaceEmbedder
     from ..engines.landmarks import ShapePredictor
     from ..engines.models import model_path
-    from ..engines.onnx_export import cached_onnx
+    from ..engines.onnx_cache import cached_onnx
     from ..engines.precision import KEEP_FP32, Sample, compare, resolve_precision, simulate_fp16
     from ..engines.runtime import OnnxRuntimeSession
     from ..engines.tensorrt_backend import TensorRTSession, profile_for

@@ -161,8 +161,9 @@ class PairFaces:
     """One descriptor per image: the detection nearest the centre, with the documented fallbacks."""
 
     def __init__(self, config: Config, options: FaceOptions, use_cache: bool) -> None:
+        from ..engines.cachedir import default_cache_dir
         from ..engines.models import model_path
-        from ..engines.onnx_export import default_cache_dir, sha256_file
+        from ..engines.onnx_cache import sha256_file
 
         self.config, self.options = config, options
         models = config.models

@@ -458,7 +458,7 @@ def worker_threads(config: Config, role: str) -> int:
 
 
 def _cache_dir(config: Config) -> Path:
-    from ..engines.onnx_export import default_cache_dir
+    from ..engines.cachedir import default_cache_dir
 
     return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from facestream.engines.chips import extract_face_chips
 from facestream.engines.embedder import FaceEmbedder, normalize_chips
 from facestream.engines.models import model_path
-from facestream.engines.onnx_export import cached_onnx
+from facestream.engines.onnx_cache import cached_onnx
 
 from conftest import DATA, golden_images, load_rgb_as_dlib, require_dlib
 
@@ -89,6 +91,22 @@ def test_onnx_cache_is_reused_and_rebuilt_when_corrupt(tmp_path: Path) -> None:
     first.write_bytes(b"not an onnx file")
     again = cached_onnx(model_path("embedder"), "embedder", tmp_path)
     onnx.checker.check_model(str(again))
+    data = again.read_bytes()
+    again.write_bytes(data[: len(data) // 2])  # an interrupted copy: still a file, not the graph
+    assert cached_onnx(model_path("embedder"), "embedder", tmp_path).read_bytes() == data
+
+
+def test_a_cache_hit_does_not_import_onnx(tmp_path: Path) -> None:
+    """Start-up cost: a cached graph is found and checked by its sha256 alone (onnx takes seconds to import)."""
+    cached_onnx(model_path("detector"), "detector", tmp_path)
+    code = (
+        "import sys\n"
+        "from facestream.engines.models import model_path\n"
+        "from facestream.engines.onnx_cache import cached_onnx\n"
+        f"cached_onnx(model_path('detector'), 'detector', {str(tmp_path)!r})\n"
+        "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 @pytest.mark.oracle

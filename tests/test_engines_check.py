@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facestream.engines.embedder import normalize_chips
 from facestream.engines.models import model_path
-from facestream.engines.onnx_export import cached_onnx
+from facestream.engines.onnx_cache import cached_onnx
 from facestream.engines.precision import KEEP_FP32, MAX_DESCRIPTOR_DRIFT, fp16_graph, simulate_fp16
 
 from conftest import DATA, GOLDEN, golden_images

@@ -30,7 +30,7 @@ from facestream.engines import backend as backend_module
 from facestream.engines import tensorrt_backend as trt_backend
 from facestream.engines.backend import BackendError, GpuProbe, choose_backend, make_session, probe_gpu
 from facestream.engines.models import model_path
-from facestream.engines.onnx_export import cached_onnx
+from facestream.engines.onnx_cache import cached_onnx
 from facestream.engines.runtime import OnnxRuntimeSession
 from facestream.engines.tensorrt_backend import (
     TENSORRT_MAX_OPSET,
