@@ -63,7 +63,7 @@ def is_configuration_error(error: BaseException) -> bool:
     return module is not None and isinstance(error, module.EngineError)
 
 
-_announced: set[tuple[str, str]] = set()
+_announced: set[str] = set()
 
 
 def make_session(
@@ -74,9 +74,12 @@ def make_session(
     if engine is None:
         return OnnxRuntimeSession(onnx_path, threads=threads)
     choice = choose_backend(engine.backend, probe)
-    if (kind, choice.reason) not in _announced:  # once per process and network: workers log it at start
-        _announced.add((kind, choice.reason))
-        log.info("%s: %s (%s)", kind, choice.name, choice.reason)
+    if choice.reason not in _announced:  # once per process: workers log it at start
+        _announced.add(choice.reason)
+        # The CPU without TensorRT installed is the ordinary case: said only with -v. A GPU in use, or a
+        # TensorRT install that cannot run, is worth a line.
+        quiet = choice.name == "onnxruntime" and (choice.probe is None or "is not installed" in choice.reason)
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s: %s (%s)", kind, choice.name, choice.reason)
     if choice.name == "onnxruntime":
         return OnnxRuntimeSession(onnx_path, threads=threads)
     from .precision import resolve_precision

@@ -131,11 +131,14 @@ def test_auto_uses_tensorrt_when_the_stack_and_a_device_are_there() -> None:
 
 
 def test_sessions_follow_the_config(onnx_files: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="facestream.engines.backend")
+    caplog.set_level("DEBUG", logger="facestream.engines.backend")
     backend_module._announced.clear()
     session = make_session(onnx_files["embedder"], "embedder", EngineConfig(), None, threads=1)
     assert isinstance(session, OnnxRuntimeSession)
-    assert "embedder: onnxruntime (auto: " in caplog.text  # the choice and the reason, logged once
+    assert "embedder: onnxruntime (auto: " in caplog.text  # the choice and the reason
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]  # no TensorRT installed: the ordinary CPU case
+    make_session(onnx_files["detector"], "detector", EngineConfig(), None, threads=1)
+    assert len(caplog.records) == 1  # once per process, not once per network
     chips = np.zeros((2, 3, 150, 150), np.float32)
     assert session.run(chips).shape == (2, 128)
 
