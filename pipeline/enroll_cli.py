@@ -12,7 +12,7 @@ from typing import Any
 from ..engines.faces import FaceAnalyzer
 from ..enroll.gallery import Gallery
 from ..enroll.store import GalleryError
-from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, summarise
+from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
 from .imageio import ImageError, read_image
 
 log = logging.getLogger("facestream")
@@ -24,12 +24,7 @@ def open_gallery(args: argparse.Namespace, config: dict) -> Gallery:
 
 
 def _policy(args: argparse.Namespace, config: dict) -> EnrolmentPolicy:
-    section = config["enrolment"]
-    return EnrolmentPolicy(
-        largest=bool(getattr(args, "largest", False) or section["largest"]),
-        min_face_width=int(section["min_face_width"]), min_sharpness=float(section["min_sharpness"]),
-        max_image_pixels=int(config["detector"]["max_image_pixels"]),
-    )  # fmt: skip
+    return policy_from_config(config, bool(getattr(args, "largest", False)))
 
 
 def _printer(as_json: bool, name: str | None = None):
@@ -180,7 +175,9 @@ def cmd_identify(args: argparse.Namespace, config: dict) -> int:
     with open_gallery(args, config) as gallery:
         for path in args.images:
             try:
-                image = read_image(path, config["detector"]["max_image_pixels"])
+                image = read_image(path, config["detector"]["max_image_pixels"],
+                                   upsample=int(config["detector"]["upsample"]),
+                                   max_work=int(config["detector"]["max_work_pixels"]))  # fmt: skip
             except ImageError as error:
                 failures += 1
                 print(json.dumps({"image": str(path), "error": str(error)}) if args.json else f"{error}", flush=True)

@@ -47,6 +47,17 @@ class EnrolmentPolicy:
     min_face_width: int = 50  # px; smaller faces give unreliable descriptors
     min_sharpness: float = 15.0  # variance of the Laplacian of the chip; below = blurred
     max_image_pixels: int = 40_000_000
+    upsample: int = 1  # the detector's, for the work budget
+    max_work_pixels: int | None = None  # detector.max_work_pixels; None: no budget
+
+
+def policy_from_config(config: dict, largest: bool = False) -> EnrolmentPolicy:
+    """The enrolment gates and the detector's budgets from a loaded config (`largest` or enrolment.largest)."""
+    section, detector = config["enrolment"], config["detector"]
+    return EnrolmentPolicy(largest=bool(largest or section["largest"]), min_face_width=int(section["min_face_width"]),
+                           min_sharpness=float(section["min_sharpness"]),
+                           max_image_pixels=int(detector["max_image_pixels"]), upsample=int(detector["upsample"]),
+                           max_work_pixels=int(detector["max_work_pixels"]))  # fmt: skip
 
 
 @dataclass
@@ -83,7 +94,8 @@ def enrol_image(gallery: GalleryWriter, analyzer: FaceAnalyzer, name: str, path:
         what = "a negative example" if negative else "enrolled"
         return ImageReport(str(path), "skipped", f"this image is already {what} for {name}")
     try:
-        image = decode_image(data, str(path), policy.max_image_pixels)
+        image = decode_image(data, str(path), policy.max_image_pixels, upsample=policy.upsample,
+                             max_work=policy.max_work_pixels)  # fmt: skip
     except ImageError as error:
         return ImageReport(str(path), "failed", str(error))
     boxes, scores = analyzer.detector.detect(image)

@@ -503,14 +503,11 @@ def _gallery_db(args: argparse.Namespace, config: dict, workdir: Path) -> str:
         return str(source)
     from ..engines.faces import FaceAnalyzer
     from ..enroll.gallery import Gallery
-    from .enrolment import EnrolmentPolicy, enrol_images, folder_people, summarise
+    from .enrolment import enrol_images, folder_people, policy_from_config, summarise
 
     people = folder_people(source)
     path = workdir / "gallery.db"
-    section = config["enrolment"]
-    policy = EnrolmentPolicy(largest=bool(section["largest"]), min_face_width=int(section["min_face_width"]),
-                             min_sharpness=float(section["min_sharpness"]),
-                             max_image_pixels=int(config["detector"]["max_image_pixels"]))  # fmt: skip
+    policy = policy_from_config(config)
     analyzer = FaceAnalyzer.from_config(config)
     reports = []
     with Gallery.from_config(config["gallery"], path=str(path), threads=config["engine"]["threads"]) as gallery:

@@ -13,6 +13,29 @@ import cv2
 import numpy as np
 
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_WORK_PIXELS = 16_000_000  # detector.max_work_pixels: ~2 GB of detector arrays today
+
+
+def work_pixels(width: int, height: int, upsample: int) -> int:
+    """Pixels the detector works on: each upsampling doubles both sides (dlib's pyramid_up)."""
+    return int(width) * int(height) * 4 ** max(0, int(upsample))
+
+
+def check_work(width: int, height: int, upsample: int, max_work: int | None, name: str) -> None:
+    """ImageError when width x height at `upsample` is more detector work than `max_work` allows (None: no budget).
+
+    The detector's memory and time grow with the upsampled pixel count, and a file of a few KB can declare
+    millions of pixels, so the budget is checked on the header, before anything is decoded."""
+    if max_work is None:
+        return
+    work = work_pixels(width, height, upsample)
+    if work > max_work:
+        side = int((max_work / 4 ** max(0, int(upsample))) ** 0.5)
+        raise ImageError(
+            f"{name}: {width}x{height} at upsample {upsample} is {work:,} pixels of detector work, more than the "
+            f"budget of {max_work:,} (detector.max_work_pixels); refused before decoding. Scale it down to about "
+            f"{side}x{side} pixels, or use upsample 0 for large photos"
+        )
 
 
 class ImageError(ValueError):
@@ -90,8 +113,10 @@ def to_rgb8(decoded: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(decoded[:, :, ::-1])
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB, refusing absurd sizes before decoding."""
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS, *, upsample: int = 0,
+                 max_work: int | None = None) -> np.ndarray:  # fmt: skip
+    """Encoded image bytes -> (H, W, 3) uint8 RGB, refusing absurd sizes before decoding (and, with `max_work`,
+    images that are more detector work at `upsample` than that budget: see `check_work`)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
     size = declared_size(data[: 1 << 16])
@@ -104,6 +129,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
                 f"{name}: the header declares {width}x{height} = {width * height:,} pixels, more than the limit "
                 f"of {max_pixels:,} (detector.max_image_pixels); refused before decoding"
             )
+        check_work(width, height, upsample, max_work, name)
     buffer = np.frombuffer(data, dtype=np.uint8)
     decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if decoded is None:
@@ -113,10 +139,12 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         raise ImageError(
             f"{name}: {decoded.shape[1]}x{decoded.shape[0]} pixels is more than the limit of {max_pixels:,}"
         )
+    check_work(decoded.shape[1], decoded.shape[0], upsample, max_work, name)
     return to_rgb8(decoded)
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, upsample: int = 0,
+               max_work: int | None = None) -> np.ndarray:  # fmt: skip
     """Read an image file as (H, W, 3) uint8 RGB; raises ImageError with the path and the reason."""
     try:
         data = Path(path).read_bytes()
@@ -124,4 +152,4 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as error:
         raise ImageError(f"{path}: cannot read: {error.strerror or error}") from None
-    return decode_image(data, str(path), max_pixels)
+    return decode_image(data, str(path), max_pixels, upsample=upsample, max_work=max_work)

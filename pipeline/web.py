@@ -65,6 +65,9 @@ TOKEN_ENV = "FACESTREAM_WEB_TOKEN"
 COOKIE = "facestream_token"
 CHANGE_HEADER = "x-facestream"
 MAX_UPLOAD_BYTES = 20 << 20
+MAX_JSON_BYTES = 1 << 20  # the JSON endpoints' bodies (a name, a list of tracks)
+MAX_FORM_BYTES = 4096  # the sign-in form
+UPLOAD_TIMEOUT_S = 300.0  # an upload's analysis process is killed after this
 MAX_TRACKS = 300  # live unknown tracks kept (the oldest ended ones go first)
 FACES_PER_TRACK = 3
 UNKNOWN = "unknown"
@@ -73,6 +76,33 @@ POLL_S = 0.1
 
 class WebError(ValueError):
     """A web-view set-up problem with a clear message (bad address, a public address without a token...)."""
+
+
+class BodyTooLargeError(ValueError):
+    """A request body longer than its endpoint's limit (answered 413 before more of it is read)."""
+
+
+async def read_body(receive: Any, headers: Any, limit: int, sink: Callable[[bytes], None] | None = None) -> bytes:
+    """The request body read chunk by chunk, counting: BodyTooLargeError as soon as Content-Length or the bytes
+    received pass `limit`, so a chunked upload without Content-Length is never held whole. With `sink`, each
+    chunk goes there instead of into the returned bytes."""
+    declared = headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLargeError(f"the request body is larger than {limit:,} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyTooLargeError("the client went away before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"the request body is larger than {limit:,} bytes")
+        if chunk:
+            sink(chunk) if sink is not None else parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -337,7 +367,8 @@ class GalleryService:
         self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # the gallery's own (enroll/thumbnails.py)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web gallery")
         self._gallery: Any = None
-        self._analyzer: Any = None
+        self._upload_lock = asyncio.Lock()  # one upload analysed at a time (each may take ~2 GB)
+        self.last_upload_rss_mb: float | None = None  # the last upload process's high-water mark
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -388,26 +419,44 @@ class GalleryService:
         self.state.gallery_changed()
         return {"deleted": name, "samples": removed}
 
-    def enrol_photo(self, name: str, data: bytes, filename: str) -> dict[str, Any]:
-        """One uploaded photo through the same checks as `facestream enroll add` (one face, size, sharpness)."""
-        from ..engines.faces import FaceAnalyzer
-        from .enrolment import EnrolmentPolicy, enrol_image
+    async def enrol_upload(self, name: str, path: Path, filename: str) -> dict[str, Any]:
+        """One uploaded photo through the same checks as `facestream enroll add` (work budget before decoding,
+        one face, size, sharpness), analysed and enrolled by `upload_worker` in a process of its own, one
+        upload at a time: decoding and detection never take this process's memory. OSError when that process
+        fails (killed, out of memory, timed out)."""
+        import sys
 
-        if self._analyzer is None:
-            self._analyzer = FaceAnalyzer.from_config(self.config)
-        section = self.config["enrolment"]
-        policy = EnrolmentPolicy(largest=bool(section["largest"]), min_face_width=int(section["min_face_width"]),
-                                 min_sharpness=float(section["min_sharpness"]),
-                                 max_image_pixels=int(self.config["detector"]["max_image_pixels"]))  # fmt: skip
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "upload").name)[:80] or "upload"
-        gallery = self.gallery()
-        with tempfile.TemporaryDirectory(prefix="facestream-upload-") as folder:
-            path = Path(folder) / safe
-            path.write_bytes(data)
-            report = enrol_image(gallery, self._analyzer, name, path, policy)
-        if report.status == "added":  # enrol_image saved the face's thumbnail
+        photo = path.with_name(safe if safe != path.name else "upload")
+        path.rename(photo)  # the worker reports the photo by its upload name, never by the temporary path
+        request = json.dumps({"config": self.config, "gallery": str(self.path), "name": name, "photo": str(photo),
+                              "display": safe}, default=str).encode()  # fmt: skip
+        async with self._upload_lock:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "facestream.pipeline.upload_worker", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                out, err = await asyncio.wait_for(process.communicate(request), UPLOAD_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+                took = f"analysing the photo took longer than {UPLOAD_TIMEOUT_S:.0f} s; it was stopped"
+                raise OSError(took) from None
+        try:
+            reply = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            reply = {}
+        self.last_upload_rss_mb = reply.get("max_rss_mb")
+        if "report" not in reply:
+            tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
+            if process.returncode is not None and process.returncode < 0:
+                tail = [f"killed by signal {-process.returncode} (out of memory?)"]
+            log.warning("upload for %r: the analysis process failed: %s", name, tail[0])
+            raise OSError(f"the photo could not be analysed: {reply.get('error') or tail[0]}")
+        if reply["report"]["status"] == "added":
             self.state.gallery_changed()
-        return report.to_json()
+        return reply["report"]
 
     def enrol_faces(self, name: str, faces: list[dict[str, Any]], force: bool = False) -> dict[str, Any]:
         """Unknown faces (dicts with descriptor, chip, stream_id, track_id, frame_index, box, quality) as samples
@@ -604,11 +653,15 @@ class Guard:
         (HttpOnly, SameSite=Strict) and back to the page; wrong: 401 and the form again."""
         from urllib.parse import parse_qs
 
-        from starlette.responses import HTMLResponse, RedirectResponse
+        from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
         given = request.query_params.get("token")
         if request.method == "POST":
-            body = await request.body()
+            try:
+                body = await read_body(request.receive, request.headers, MAX_FORM_BYTES)
+            except BodyTooLargeError as problem:
+                await JSONResponse({"error": str(problem)}, status_code=413)(request.scope, request.receive, send)
+                return
             given = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
         if given is None:  # GET without a token: show the form
             await HTMLResponse(LOGIN_PAGE.format(message=""))(request.scope, request.receive, send)
@@ -773,8 +826,10 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             return error(status, str(problem.args[0] if problem.args else problem))
 
     async def json_body(request: Request) -> dict[str, Any]:
+        """The JSON object of a request, at most MAX_JSON_BYTES (BodyTooLargeError beyond)."""
+        raw = await read_body(request.receive, request.headers, MAX_JSON_BYTES)
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -784,6 +839,8 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
     async def rename(request: Request) -> Response:
         try:
             new = str((await json_body(request)).get("name") or "").strip()
+        except BodyTooLargeError as problem:
+            return error(413, str(problem))
         except ValueError as problem:
             return error(400, str(problem))
         return await gallery_change(gallery.rename, request.path_params["name"], new)
@@ -792,18 +849,22 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         return await gallery_change(gallery.delete, request.path_params["name"])
 
     async def upload(request: Request) -> Response:
+        """The photo is streamed to a private temporary file (413 past MAX_UPLOAD_BYTES, never held whole) and
+        analysed in a process of its own (`upload_worker`): the server never decodes it."""
         name = request.path_params["name"].strip()
-        size = int(request.headers.get("content-length") or 0)
-        if size > MAX_UPLOAD_BYTES:
-            return error(413, f"the photo is larger than {MAX_UPLOAD_BYTES >> 20} MB")
-        data = await request.body()
-        if not data or len(data) > MAX_UPLOAD_BYTES:
-            return error(400 if not data else 413, "send the photo's bytes as the request body")
-        filename = request.headers.get("x-filename", "upload")
-        try:
-            report = await gallery.call(gallery.enrol_photo, name, data, filename)
-        except (ValueError, OSError) as problem:
-            return error(400, str(problem))
+        with tempfile.TemporaryDirectory(prefix="facestream-upload-") as folder:  # 0700
+            path = Path(folder) / "photo"
+            try:
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+                    await read_body(request.receive, request.headers, MAX_UPLOAD_BYTES, handle.write)
+            except BodyTooLargeError:
+                return error(413, f"the photo is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+            if path.stat().st_size == 0:
+                return error(400, "send the photo's bytes as the request body")
+            try:
+                report = await gallery.enrol_upload(name, path, request.headers.get("x-filename", "upload"))
+            except (ValueError, OSError) as problem:
+                return error(400 if isinstance(problem, ValueError) else 503, str(problem))
         return JSONResponse(report, status_code=200 if report["status"] == "added" else 422)
 
     async def unknown_list(_: Request) -> Response:
@@ -821,6 +882,8 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             body = await json_body(request)
             name = str(body.get("name") or "").strip()
             tracks = [(str(t[0]), int(t[1])) for t in body.get("tracks") or []]
+        except BodyTooLargeError as problem:
+            return error(413, str(problem))
         except (ValueError, TypeError, IndexError) as problem:
             return error(400, f'expected {{"name": ..., "tracks": [[stream_id, track_id], ...]}}: {problem}')
         if not name or not tracks:

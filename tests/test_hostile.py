@@ -1,0 +1,172 @@
+"""A hostile user against `facestream serve` and the CLI: bodies, decompression-bomb-like photos, names.
+
+The server runs as a real process (`python -m facestream.pipeline.web_cli serve`) so its memory can be read
+from its own high-water mark (VmHWM in /proc/PID/status), the figure an out-of-memory killer looks at.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facestream.enroll.gallery import Gallery
+
+DATA = Path(__file__).parent / "data"
+CHANGE = {"X-Facestream": "1"}
+MB = 1 << 20
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """The process's resident-set high-water mark, MB."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
+
+
+def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60) -> tuple[int, bytes]:  # fmt: skip
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def chunked(url: str, path: str, total: int, chunk: int = MB, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """POST `total` bytes with Transfer-Encoding: chunked (no Content-Length); (status, body) of the reply.
+    The server may answer and close before everything is sent: sending stops there."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()) + "\r\n"
+    sock.sendall(head.encode())
+    piece = f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n"
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(piece)
+            sent += chunk
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass  # refused mid-way: the reply is waiting
+    reply = b""
+    try:
+        while b"\r\n\r\n" not in reply or len(reply) < reply.index(b"\r\n\r\n") + 4 + _length(reply):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    except OSError:
+        pass
+    sock.close()
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else 0
+    return status, reply.partition(b"\r\n\r\n")[2].decode("utf-8", "replace")
+
+
+def _length(reply: bytes) -> int:
+    match = re.search(rb"content-length: (\d+)", reply.partition(b"\r\n\r\n")[0], re.IGNORECASE)
+    return int(match.group(1)) if match else 0
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG of one grey colour declaring width x height: tiny on the wire, huge decoded."""
+    row = b"\x00" + b"\x80" * (width * 3)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """`facestream serve --gallery G` on a free port: (url, process, gallery path)."""
+    gallery = tmp_path / "gallery.db"
+    with Gallery(gallery):
+        pass
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"web": {"address": "127.0.0.1:0"}}))
+    argv = [sys.executable, "-m", "facestream.pipeline.web_cli", "--config", str(tmp_path / "config.yaml"), "serve",
+            "--gallery", str(gallery)]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(argv, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (match := re.search(r"web view: (http://127\.0\.0\.1:\d+/)", log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield match.group(1), process, gallery
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_a_100_mb_chunked_upload_and_oversized_json_are_refused_with_413_without_being_held(served) -> None:
+    url, process, _ = served
+    assert http(url + "api/people")[0] == 200
+    before = vm_hwm_mb(process.pid)
+    status, body = chunked(url, "/api/people/Alice/photos", 100 * MB, headers=CHANGE)
+    assert status == 413, body
+    assert "larger than 20 MB" in json.loads(body)["error"]
+    status, body = chunked(url, "/api/unknowns/enrol", 50 * MB, headers={**CHANGE, "Content-Type": "application/json"})
+    assert status == 413, body
+    status, body = chunked(url, "/api/people/Alice/rename", 50 * MB, headers=CHANGE)
+    assert status == 413, body
+    # a declared Content-Length beyond the limit is refused before any byte of the body is read
+    sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))), timeout=30)
+    sock.sendall(f"POST /api/unknowns/enrol HTTP/1.1\r\nHost: {url[7:-1]}\r\nX-Facestream: 1\r\n"
+                 f"Content-Length: {200 * MB}\r\n\r\n".encode())  # fmt: skip
+    assert sock.recv(100).startswith(b"HTTP/1.1 413")
+    sock.close()
+    growth = vm_hwm_mb(process.pid) - before
+    assert growth < 40, f"the server's high-water mark grew by {growth:.0f} MB"
+    assert http(url + "api/people")[0] == 200  # still serving
+
+
+def test_a_2500x2500_upload_is_refused_by_the_work_budget_in_a_separate_process(served) -> None:
+    url, process, gallery = served
+    png = bomb_png(2500, 2500)
+    assert len(png) < 40_000
+    before = vm_hwm_mb(process.pid)
+    started = time.monotonic()
+    status, body = http(url + "api/people/Alice/photos", "POST", png, {**CHANGE, "X-Filename": "bomb.png"})
+    report = json.loads(body)
+    assert status == 422 and report["status"] == "failed", report
+    assert "detector.max_work_pixels" in report["reason"] and "refused before decoding" in report["reason"]
+    assert report["image"] == "bomb.png" and "facestream-upload" not in body.decode()  # no temporary path shown
+    assert time.monotonic() - started < 30
+    assert vm_hwm_mb(process.pid) - before < 40  # nothing decoded in the server
+    with Gallery(gallery) as opened:
+        assert opened.people() == []
+
+
+def test_analyze_refuses_a_36_megapixel_image_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    path.write_bytes(bomb_png(6000, 6000))
+    code = ("import resource, runpy, sys; sys.argv = ['facestream', 'analyze', '--upsample', '0', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('facestream.pipeline.cli', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    print('rc', e.code, 'hwm', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert "detector.max_work_pixels" in result.stderr and "6000x6000" in result.stderr, result.stderr
+    rc, hwm = re.search(r"rc (\d+) hwm (\d+)", result.stdout).groups()
+    assert rc == "1"
+    assert int(hwm) < 1000, f"analyze peaked at {hwm} MB"
