@@ -18,9 +18,15 @@ from .imageio import ImageError, read_image
 log = logging.getLogger("facestream")
 
 
-def open_gallery(args: argparse.Namespace, config: dict) -> Gallery:
+def open_gallery(args: argparse.Namespace, config: dict, create: bool = False) -> Gallery:
+    """The gallery of --gallery or gallery.path. Only enrolling commands `create` a missing one (and say so);
+    the others refuse it (GalleryNotFoundError: exit 2, nothing created), so a mistyped path is an error, not
+    an empty gallery."""
     path = args.gallery or config["gallery"]["path"]
-    return Gallery.from_config(config["gallery"], path=path, threads=config["engine"]["threads"])
+    gallery = Gallery.from_config(config["gallery"], path=path, threads=config["engine"]["threads"], create=create)
+    if gallery.store.created:
+        log.warning("created a new, empty gallery: %s", gallery.path)
+    return gallery
 
 
 def _policy(args: argparse.Namespace, config: dict) -> EnrolmentPolicy:
@@ -57,7 +63,7 @@ def _with_progress(paths: list[Path], as_json: bool) -> Any:
 
 def cmd_add(args: argparse.Namespace, config: dict, negative: bool = False) -> int:
     analyzer = FaceAnalyzer.from_config(config)
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config, create=True) as gallery:
         paths = [Path(p) for p in args.images]
         reports = enrol_images(gallery, analyzer, args.name, _with_progress(paths, args.json), _policy(args, config),
                                negative=negative, on_report=_printer(args.json, args.name))  # fmt: skip
@@ -76,7 +82,7 @@ def cmd_import(args: argparse.Namespace, config: dict) -> int:
         return 2
     analyzer = FaceAnalyzer.from_config(config)
     reports: list[ImageReport] = []
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config, create=True) as gallery:
         for name, paths in people.items():
             reports += enrol_images(gallery, analyzer, name, _with_progress(paths, args.json), _policy(args, config),
                                     on_report=_printer(args.json, name))  # fmt: skip
@@ -131,7 +137,7 @@ def cmd_export(args: argparse.Namespace, config: dict) -> int:
 
 
 def cmd_import_file(args: argparse.Namespace, config: dict) -> int:
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config, create=True) as gallery:
         counts = gallery.import_file(args.file)
     print(json.dumps({"imported": str(args.file), **counts}))
     return 0
@@ -170,9 +176,9 @@ def cmd_calibrate(args: argparse.Namespace, config: dict) -> int:
 def cmd_identify(args: argparse.Namespace, config: dict) -> int:
     if args.upsample is not None:
         config["detector"]["upsample"] = args.upsample
-    analyzer = FaceAnalyzer.from_config(config)
     failures = 0
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config) as gallery:  # first: a missing gallery is refused before models load
+        analyzer = FaceAnalyzer.from_config(config)
         for path in args.images:
             try:
                 image = read_image(path, config["detector"]["max_image_pixels"],

@@ -285,7 +285,7 @@ def cmd_unknowns(args: argparse.Namespace, config: dict) -> int:
         from .enroll_cli import open_gallery
 
         try:
-            with open_gallery(args, config) as gallery:
+            with open_gallery(args, config, create=True) as gallery:
                 result = enroll_cluster(gallery, listing, which, name, max_samples=args.max_samples, force=args.force)
         except (KeyError, ValueError) as error:
             log.error("%s", error.args[0] if error.args else error)

@@ -56,7 +56,6 @@ from typing import Any
 import numpy as np
 
 from ..enroll.store import POSITIVE
-from ..enroll.thumbnails import Thumbnails, thumbnails_dir
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +363,6 @@ class GalleryService:
 
     def __init__(self, config: dict[str, Any], path: str | Path, state: LiveState) -> None:
         self.config, self.path, self.state = config, Path(path).expanduser().absolute(), state
-        self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # the gallery's own (enroll/thumbnails.py)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web gallery")
         self._gallery: Any = None
         self._upload_lock = asyncio.Lock()  # one upload analysed at a time (each may take ~2 GB)
@@ -395,7 +393,9 @@ class GalleryService:
         return self._gallery
 
     def thumb(self, sample_id: int) -> bytes | None:
-        return self.thumbnails.read(sample_id)
+        if not self.path.is_file():
+            return None
+        return self.gallery().thumbnails.read(sample_id)  # only this database's (enroll/thumbnails.py)
 
     def people(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -406,7 +406,7 @@ class GalleryService:
             ids = gallery.store.sample_ids(person.name, POSITIVE).tolist()  # ids only: no descriptors read
             listed.append({"name": person.name, "samples": person.samples, "negatives": person.negatives,
                            "threshold": person.threshold, "created": person.created, "sample_ids": ids,
-                           "thumbnails": self.thumbnails.available(ids)})  # fmt: skip
+                           "thumbnails": gallery.thumbnails.available(ids)})  # fmt: skip
         return listed
 
     def rename(self, old: str, new: str) -> dict[str, Any]:

@@ -94,3 +94,16 @@ def test_stage_processes_get_a_fixed_mmap_threshold_unless_the_environment_has_o
     assert malloc_environment(quarter, {}) == {"MALLOC_MMAP_THRESHOLD_": "262144"}
     assert malloc_environment({**pipeline, "malloc_mmap_threshold_mb": 0}, {}) == {}  # glibc's own (dynamic)
     assert malloc_environment(pipeline, {"MALLOC_MMAP_THRESHOLD_": "131072"}) == {}  # the user's value is kept
+
+
+def test_a_full_disk_while_saving_a_thumbnail_leaves_no_partial_file(tiny_disk: Path) -> None:
+    from facestream.enroll.thumbnails import Thumbnails
+
+    thumbnails = Thumbnails(tiny_disk / "gallery.db.thumbs", owner="0123")
+    thumbnails.save(1, b"small")
+    free = os.statvfs(tiny_disk)
+    (tiny_disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 8192))  # 8 KiB left
+    with pytest.raises(OSError):
+        thumbnails.save(2, os.urandom(256 << 10))
+    assert sorted(p.name for p in thumbnails.folder.iterdir()) == [".gallery", "1.png"]
+    assert thumbnails.read(1) == b"small"

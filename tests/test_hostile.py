@@ -170,3 +170,24 @@ def test_analyze_refuses_a_36_megapixel_image_before_decoding(tmp_path: Path) ->
     rc, hwm = re.search(r"rc (\d+) hwm (\d+)", result.stdout).groups()
     assert rc == "1"
     assert int(hwm) < 1000, f"analyze peaked at {hwm} MB"
+
+
+def facestream(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_reading_commands_refuse_a_mistyped_gallery_and_create_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "typo" / "gallery.db"
+    photo = str(DATA / "fr_examples" / "obama-1080p.jpg")
+    for argv in (["enroll", "list"], ["enroll", "export", str(tmp_path / "out.json")], ["identify", photo],
+                 ["enroll", "remove", "Alice"]):  # fmt: skip
+        result = facestream(*argv, "--gallery", str(typo))
+        assert result.returncode == 2, (argv, result.stderr)
+        assert "no such gallery" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    result = facestream("enroll", "add", "Barack Obama", photo, "--gallery", str(typo))
+    assert result.returncode == 0, result.stderr
+    assert f"created a new, empty gallery: {typo}" in result.stderr
+    result = facestream("enroll", "list", "--gallery", str(typo))
+    assert result.returncode == 0 and "Barack Obama: 1 sample" in result.stdout
