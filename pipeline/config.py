@@ -71,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "live_queue": 2,
         "image_fps": 25.0,
         "max_frames": 0,
-        "open_attempts": 3,
+        "open_attempts": 0,
         "reconnect_initial_s": 0.5,
         "reconnect_max_s": 30.0,
         "max_reconnects": 0,
