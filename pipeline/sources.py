@@ -328,6 +328,9 @@ class ImageFolderReader:
             return image, timestamp
         if self.index == 0 and len(self.paths) == 1:
             raise SourceError(self.skipped[-1] if self.skipped else f"{self.name}: unreadable")
+        if self.index == 0 and self.skipped:  # not one frame: the stream failed (exit 1), it did not just end
+            raise SourceError(f"{self.name}: none of its {len(self.skipped)} image files could be read "
+                              f"(the last: {self.skipped[-1]})")  # fmt: skip
         return None
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -191,3 +192,28 @@ def test_reading_commands_refuse_a_mistyped_gallery_and_create_nothing(tmp_path:
     assert f"created a new, empty gallery: {typo}" in result.stderr
     result = facestream("enroll", "list", "--gallery", str(typo))
     assert result.returncode == 0 and "Barack Obama: 1 sample" in result.stdout
+
+
+def test_run_unknowns_on_an_existing_file_makes_it_private_and_keeps_what_it_held(tmp_path: Path) -> None:
+    from facestream.pipeline.unknowns import UnknownTracks, chips_dir, read_unknowns
+
+    path = tmp_path / "unknowns.jsonl"
+    chips = chips_dir(path)
+    rng = np.random.default_rng(0)
+
+    def one_run() -> None:
+        tracks = UnknownTracks(path, chip_dir=chips, sources={"door": "rtsp://user:pw@cam/door"})
+        tracks.observe("door", 1, 0, 0.0, (10, 10, 80, 80), 1.0, 1.0, rng.normal(0, 0.1, 128),
+                       chip=rng.integers(0, 255, (150, 150, 3), dtype=np.uint8))  # fmt: skip
+        tracks.close()
+
+    one_run()
+    path.chmod(0o644)
+    chips.chmod(0o755)
+    one_run()  # the same stream, track and frame numbers as the first run
+    assert path.stat().st_mode & 0o777 == 0o600 and chips.stat().st_mode & 0o777 == 0o700
+    report = read_unknowns(path)
+    assert len(report.faces) == 2 and not report.problems
+    saved = sorted(chips.iterdir())
+    assert len(saved) == 2 and {p.stat().st_mode & 0o777 for p in saved} == {0o600}
+    assert len({p.read_bytes() for p in saved}) == 2  # the second run's chip did not replace the first's

@@ -463,3 +463,27 @@ def test_a_camera_that_comes_up_30_s_late_is_picked_up_by_a_running_pipeline(tmp
     assert re.search(r"door \(http://127\.0\.0\.1:\d+/stream\.mjpg\): opened after \d+ failed attempts", log), log
     stream = json.loads((tmp_path / "stats.json").read_text())["streams"]["door"]
     assert stream["processed"] > 0 and stream["state"] == "live" and not stream.get("error")
+
+
+def test_a_folder_where_every_image_fails_is_a_failed_stream_and_the_run_exits_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png", "c.jpg"):
+        (folder / name).write_bytes(b"not an image at all")
+    reader = ImageFolderReader.open(SourceSpec("frames", str(folder), "images"), config())
+    with pytest.raises(SourceError, match="none of its 3 image files could be read"):
+        reader.read()
+    run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"run_dir": str(run_dir)}}))
+    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
+                             str(folder), "--gallery", str(tmp_path / "g.db")], capture_output=True, text=True,
+                            timeout=180, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "none of its 3 image files could be read" in result.stderr
