@@ -29,6 +29,7 @@ import math
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,15 +185,30 @@ def check_descriptors(descriptors: np.ndarray | Sequence[Sequence[float]]) -> np
     return np.ascontiguousarray(array)
 
 
+class InvalidNameError(GalleryError, ValueError):
+    """A person's name that cannot be stored (empty, control or bidi characters, bytes that are not UTF-8)."""
+
+
+# Bidirectional embeddings, overrides and isolates (and the marks): invisible, and they make a name read
+# differently from what it is (U+202E turns "evil.gpj" into "jpg.live" on screen).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_name(name: str) -> str:
+    """The name when it can be stored and shown as it is; InvalidNameError (a ValueError) saying why."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a person's name must be a non-empty string, got {name!r}")
+        raise InvalidNameError(f"a person's name must be a non-empty string, got {name!r}")
     if name != name.strip():
-        raise ValueError(f"a person's name must not start or end with spaces: {name!r}")
-    if any(ord(c) < 32 for c in name):
-        raise ValueError(f"a person's name must not contain control characters: {name!r}")
+        raise InvalidNameError(f"a person's name must not start or end with spaces: {name!r}")
+    if any("\ud800" <= c <= "\udfff" for c in name):  # how Python passes on argv bytes that are not UTF-8
+        raise InvalidNameError(f"a person's name must be UTF-8 text; this one holds other bytes: {name!r}")
+    for c in name:
+        category = unicodedata.category(c)
+        if category in ("Cc", "Co", "Cn", "Zl", "Zp") or c in _BIDI:
+            kind = "bidirectional-text" if c in _BIDI else "control or unassigned"
+            raise InvalidNameError(f"a person's name must not contain {kind} characters (U+{ord(c):04X}): {name!r}")
     if name.casefold() == UNKNOWN:
-        raise ValueError(f"{name!r} is reserved for unmatched faces")
+        raise InvalidNameError(f"{name!r} is reserved for unmatched faces")
     return name
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..engines.faces import FaceAnalyzer
 from ..enroll.gallery import Gallery
-from ..enroll.store import GalleryError
+from ..enroll.store import GalleryError, check_name
 from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
 from .imageio import ImageError, read_image
 
@@ -62,6 +62,7 @@ def _with_progress(paths: list[Path], as_json: bool) -> Any:
 
 
 def cmd_add(args: argparse.Namespace, config: dict, negative: bool = False) -> int:
+    check_name(args.name)  # before the models load: a bad name is exit 2 at once (InvalidNameError)
     analyzer = FaceAnalyzer.from_config(config)
     with open_gallery(args, config, create=True) as gallery:
         paths = [Path(p) for p in args.images]
@@ -80,6 +81,8 @@ def cmd_import(args: argparse.Namespace, config: dict) -> int:
     except ValueError as error:
         log.error("%s", error)
         return 2
+    for name in people:
+        check_name(name)  # every folder name before the models load
     analyzer = FaceAnalyzer.from_config(config)
     reports: list[ImageReport] = []
     with open_gallery(args, config, create=True) as gallery:

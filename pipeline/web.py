@@ -903,9 +903,10 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         Route("/api/streams/{stream_id}/video", mjpeg),
         Route("/api/streams/{stream_id}/frame.jpg", snapshot),
         Route("/api/people", people),
-        Route("/api/people/{name}/rename", rename, methods=["POST"]),
-        Route("/api/people/{name}", delete, methods=["DELETE"]),
-        Route("/api/people/{name}/photos", upload, methods=["POST"]),
+        # {name:path}: a name may hold "/" (sent as %2F, which the server decodes before routing)
+        Route("/api/people/{name:path}/rename", rename, methods=["POST"]),
+        Route("/api/people/{name:path}/photos", upload, methods=["POST"]),
+        Route("/api/people/{name:path}", delete, methods=["DELETE"]),
         Route("/api/thumbnails/{sample_id:int}", thumb),
         Route("/api/unknowns", unknown_list),
         Route("/api/unknowns/chip/{stream_id}/{track_id:int}/{frame_index:int}", unknown_chip),

@@ -217,3 +217,35 @@ def test_run_unknowns_on_an_existing_file_makes_it_private_and_keeps_what_it_hel
     saved = sorted(chips.iterdir())
     assert len(saved) == 2 and {p.stat().st_mode & 0o777 for p in saved} == {0o600}
     assert len({p.read_bytes() for p in saved}) == 2  # the second run's chip did not replace the first's
+
+
+def test_a_name_with_a_slash_can_be_renamed_and_deleted_from_the_page(served) -> None:
+    url, _, gallery = served
+    with Gallery(gallery) as opened:
+        opened.add_samples("AC/DC", np.random.default_rng(1).normal(0, 0.1, (1, 128)).astype(np.float32))
+    quoted = urllib.request.quote("AC/DC", safe="")
+    body = json.dumps({"name": "AC-DC"}).encode()
+    status, reply = http(
+        url + f"api/people/{quoted}/rename", "POST", body, {**CHANGE, "Content-Type": "application/json"}
+    )
+    assert status == 200, reply
+    status, reply = http(url + "api/people/AC-DC/rename", "POST", json.dumps({"name": "a/b"}).encode(), CHANGE)
+    assert status == 200, reply
+    status, reply = http(url + f"api/people/{urllib.request.quote('a/b', safe='')}", "DELETE", None, CHANGE)
+    assert status == 200 and json.loads(reply)["deleted"] == "a/b", reply
+    with Gallery(gallery) as opened:
+        assert opened.people() == []
+
+
+@pytest.mark.parametrize("name", [b"caf\xe9", "evil\u202egpj.exe".encode(), "csi\u009b31m".encode(), b"tab\there"])
+def test_names_that_cannot_be_shown_as_they_are_are_refused_before_the_models_load(tmp_path: Path, name: bytes) -> None:
+    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    photo = str(DATA / "fr_examples" / "obama-1080p.jpg").encode()
+    gallery = str(tmp_path / "g.db").encode()
+    result = subprocess.run([sys.executable.encode(), b"-c", code.encode(), b"enroll", b"add", name, photo, b"--gallery",
+                             gallery], capture_output=True, timeout=60)  # fmt: skip
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2, stderr
+    assert "a person's name must" in stderr and "Traceback" not in stderr and "models loaded" not in stderr
+    assert "\u202e" not in stderr and "\u009b" not in stderr  # shown escaped, never raw
+    assert not (tmp_path / "g.db").exists()
