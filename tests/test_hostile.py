@@ -242,8 +242,8 @@ def test_names_that_cannot_be_shown_as_they_are_are_refused_before_the_models_lo
     code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
     photo = str(DATA / "fr_examples" / "obama-1080p.jpg").encode()
     gallery = str(tmp_path / "g.db").encode()
-    result = subprocess.run([sys.executable.encode(), b"-c", code.encode(), b"enroll", b"add", name, photo, b"--gallery",
-                             gallery], capture_output=True, timeout=60)  # fmt: skip
+    argv = [sys.executable.encode(), b"-c", code.encode(), b"enroll", b"add", name, photo, b"--gallery", gallery]
+    result = subprocess.run(argv, capture_output=True, timeout=60)
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2, stderr
     assert "a person's name must" in stderr and "Traceback" not in stderr and "models loaded" not in stderr
