@@ -202,6 +202,14 @@ def enroll_cluster(
         )  # fmt: skip
         record["added"] = len(ids)
         record["sample_ids"] = [int(v) for v in ids]
+        record["thumbnails"] = 0
+        for sample_id, i in zip(ids.tolist(), keep):  # the face's saved chip is the sample's thumbnail
+            if faces[i].chip:
+                try:
+                    gallery.thumbnails.save(int(sample_id), Path(faces[i].chip).read_bytes())
+                    record["thumbnails"] += 1
+                except OSError as error:  # the sample is enrolled; only its picture is missing
+                    log.warning("%s: no thumbnail for sample %d: %s", faces[i].chip, sample_id, error.strerror or error)
     return record
 
 

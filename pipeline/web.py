@@ -135,6 +135,20 @@ def resolve_token(config: dict[str, Any], given: str | None = None) -> str:
     return (given or os.environ.get(TOKEN_ENV) or str(config["web"]["token"] or "")).strip()
 
 
+MIN_TOKEN_BITS = 56
+
+
+def token_bits(token: str) -> float:
+    """A rough strength figure: the token's length times the entropy of its characters' frequencies (bits).
+    It cannot tell a random token from a clever guessable one, but it refuses "aaaaaaaaaaaaaaaa",
+    "abababababababab" and other short runs that a length check alone accepts."""
+    import math
+    from collections import Counter
+
+    counts = Counter(token)
+    return -sum(n * math.log2(n / len(token)) for n in counts.values()) if token else 0.0
+
+
 def check_binding(host: str, token: str) -> None:
     """Refuse to serve faces beyond this machine without a token."""
     if not is_loopback(host) and not token:
@@ -143,8 +157,9 @@ def check_binding(host: str, token: str) -> None:
             f"cameras and could change the gallery. Set {TOKEN_ENV} (or web.token, or --token), or serve on "
             "127.0.0.1 and reach it through an SSH tunnel"
         )
-    if token and len(token) < 16:
-        raise WebError("the web token is too short: use at least 16 random characters (e.g. `openssl rand -hex 16`)")
+    if token and (len(token) < 16 or token_bits(token) < MIN_TOKEN_BITS):
+        raise WebError(f"the web token is too short or too regular (about {token_bits(token):.0f} bits; at least "
+                       f"{MIN_TOKEN_BITS} needed): use at least 16 random characters, e.g. `openssl rand -hex 16`")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +193,7 @@ class LiveState:
         self.health_rev = 0
         self.gallery_rev = 0
         self.closed = False
+        self.pipeline = True  # False: `serve` with no pipeline to attach to (gallery management only)
 
     # -- writers (the feed thread, the supervisor) -------------------------------------------------
 
@@ -614,11 +630,38 @@ class Guard:
 
     def __init__(self, app: Any, token: str, hosts: set[str] | None) -> None:
         self.app, self.token, self.hosts = app, token, hosts
+        self.failures: dict[str, deque[float]] = {}  # client address -> times of its wrong tokens
+
+    def _limited(self, client: str) -> float:
+        """Seconds until `client` may try a token again (0: now): at most FAILURES_ALLOWED wrong tokens a
+        FAILURE_WINDOW_S, so a token cannot be guessed by trying."""
+        times = self.failures.get(client)
+        now = time.monotonic()
+        while times and times[0] < now - FAILURE_WINDOW_S:
+            times.popleft()
+        if times is not None and not times:
+            del self.failures[client]
+            return 0.0
+        return FAILURE_WINDOW_S - (now - times[0]) if times and len(times) >= FAILURES_ALLOWED else 0.0
+
+    def _failed(self, client: str) -> None:
+        if len(self.failures) > 10_000:  # bounded: forget the oldest clients
+            self.failures.pop(next(iter(self.failures)))
+        self.failures.setdefault(client, deque()).append(time.monotonic())
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        await self._guarded(scope, receive, send_with_headers)
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         from starlette.datastructures import Headers
         from starlette.requests import Request
         from starlette.responses import JSONResponse, RedirectResponse
@@ -629,11 +672,21 @@ class Guard:
             return
         if self.token:
             request = Request(scope, receive)
+            client = (scope.get("client") or ("?", 0))[0]
+            wait = self._limited(client)
+            if wait:
+                text = f"too many wrong tokens from {client}: try again in {wait:.0f} s"
+                await JSONResponse({"error": text}, status_code=429, headers={"Retry-After": str(int(wait) + 1)})(
+                    scope, receive, send
+                )
+                return
             if scope["path"] == "/login":
-                await self._login(request, send)
+                await self._login(request, send, client)
                 return
             bearer = headers.get("authorization", "")
             given = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+            if given and not hmac.compare_digest(given.encode(), self.token.encode()):
+                self._failed(client)
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):  # a person at the page: the form
                     await RedirectResponse("/login", status_code=303)(scope, receive, send)
@@ -648,7 +701,7 @@ class Guard:
             return
         await self.app(scope, receive, send)
 
-    async def _login(self, request: Any, send: Any) -> None:
+    async def _login(self, request: Any, send: Any, client: str) -> None:
         """GET: the sign-in form (or ``?token=`` for scripts); POST (the form): the token. Right: a cookie
         (HttpOnly, SameSite=Strict) and back to the page; wrong: 401 and the form again."""
         from urllib.parse import parse_qs
@@ -670,9 +723,22 @@ class Guard:
             response: Any = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
         else:
+            self._failed(client)
             response = HTMLResponse(LOGIN_PAGE.format(message="<p class=error>Wrong token.</p>"), status_code=401)
         await response(request.scope, request.receive, send)
 
+
+FAILURES_ALLOWED = 10  # wrong tokens from one client address ...
+FAILURE_WINDOW_S = 60.0  # ... within this many seconds; then 429 until the oldest is this old
+# Every response: never framed by another site (clickjacking), scripts and styles from this server only
+# (the page and the sign-in form use an inline <style>), no MIME sniffing, no Referer with the URL.
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+                                 b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]  # fmt: skip
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facestream: sign in</title>
 <style>body{{font:15px system-ui,sans-serif;margin:4em auto;max-width:26em}}.error{{color:#b22}}</style></head>
@@ -726,11 +792,14 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         return FileResponse(STATIC / "app.js", media_type="text/javascript", headers={"Cache-Control": "no-store"})
 
     async def recent_events(request: Request) -> Response:
-        after = int(request.query_params.get("after", "0") or 0)
-        return JSONResponse([{"seq": s, **e} for s, e in state.events_after(after)])
+        after = request.query_params.get("after", "0") or "0"
+        if not after.isdigit():
+            return error(400, "after: expected an event number (a non-negative integer)")
+        return JSONResponse([{"seq": s, **e} for s, e in state.events_after(int(after))])
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"health": _summary_health(state.health), "raw": state.health})
+        return JSONResponse({"health": _summary_health(state.health), "raw": state.health,
+                             "pipeline": state.pipeline})  # fmt: skip
 
     async def streams(_: Request) -> Response:
         return JSONResponse({sid: {"last_frame": when} for sid, when in state.streams().items()})
@@ -750,6 +819,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             stream_ids: list[str] = []
             quiet_since = time.monotonic()
             yield b"retry: 1000\n\n"
+            yield message("mode", {"pipeline": state.pipeline})  # the page's badge: live, or gallery only
             while not state.closed:
                 sent = False
                 for event_seq, record in state.events_after(seq)[-history:]:
@@ -811,7 +881,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
     async def thumb(request: Request) -> Response:
         data = await gallery.call(gallery.thumb, int(request.path_params["sample_id"]))
         if data is None:
-            return error(404, "no thumbnail for this sample (enrolled before thumbnails were kept?)")
+            return error(404, "no thumbnail for this sample")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def gallery_change(function: Callable[..., Any], *args: Any) -> Response:
@@ -930,6 +1000,7 @@ class WebServer:
         self.token = resolve_token(config, token)
         check_binding(self.host, self.token)
         self.state = LiveState(int(config["web"]["history"]))
+        self.state.pipeline = bool(endpoints) or health_file is not None
         self.gallery = GalleryService(config, gallery or config["gallery"]["path"], self.state)
         self.unknowns = UnknownPeople(self.state, self.gallery, [Path(p) for p in unknowns or []],
                                       float(config["gallery"]["distance_threshold"]))  # fmt: skip

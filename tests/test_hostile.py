@@ -249,3 +249,65 @@ def test_names_that_cannot_be_shown_as_they_are_are_refused_before_the_models_lo
     assert "a person's name must" in stderr and "Traceback" not in stderr and "models loaded" not in stderr
     assert "\u202e" not in stderr and "\u009b" not in stderr  # shown escaped, never raw
     assert not (tmp_path / "g.db").exists()
+
+
+def test_bad_query_values_framing_and_the_no_pipeline_badge(served) -> None:
+    url, _, _ = served
+    status, body = http(url + "api/events?after=abc")
+    assert status == 400 and "after" in json.loads(body)["error"]
+    request = urllib.request.Request(url)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        headers = {k.lower(): v for k, v in response.headers.items()}
+    assert headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff"
+    status, body = http(url + "api/health")
+    assert status == 200 and json.loads(body)["pipeline"] is False  # `serve` with no run directory
+
+
+def test_weak_tokens_are_refused_and_guessing_is_rate_limited(tmp_path: Path) -> None:
+    from facestream.pipeline.config import load_config
+    from facestream.pipeline.web import WebError, WebServer, check_binding
+
+    for weak in ("aaaaaaaaaaaaaaaa", "abababababababab", "0123456789"):
+        with pytest.raises(WebError, match="too short or too regular"):
+            check_binding("0.0.0.0", weak)
+    token = "c0ffee-7d1f2a9b84e3"
+    check_binding("0.0.0.0", token)
+    server = WebServer(load_config(None), {}, address="127.0.0.1:0", token=token, gallery=tmp_path / "g.db")
+    server.start()
+    try:
+        wrong = [http(server.url + "login", "POST", b"token=guess%d" % i)[0] for i in range(10)]
+        assert wrong == [401] * 10
+        status, body = http(server.url + "api/people", headers={"Authorization": f"Bearer {token}"})
+        assert status == 429 and "too many wrong tokens" in json.loads(body)["error"]
+    finally:
+        server.stop()
+
+
+def test_unknowns_enroll_keeps_the_chips_as_the_new_samples_thumbnails(tmp_path: Path) -> None:
+    from facestream.pipeline.cli import main
+    from facestream.pipeline.unknowns import UnknownTracks, chips_dir
+
+    path = tmp_path / "unknowns.jsonl"
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 0.1, 128)
+    tracks = UnknownTracks(path, chip_dir=chips_dir(path))
+    for frame in range(2):
+        tracks.observe(
+            "door",
+            1,
+            frame,
+            frame / 25,
+            (10, 10, 80, 80),
+            1.0,
+            1.0 - frame / 10,
+            base + rng.normal(0, 0.001, 128),
+            chip=rng.integers(0, 255, (150, 150, 3), dtype=np.uint8),
+        )
+    tracks.close()
+    assert main(["unknowns", str(path), "--enroll", "1", "Jane Doe", "--gallery", str(tmp_path / "g.db")]) == 0
+    with Gallery(tmp_path / "g.db") as gallery:
+        ids = gallery.store.sample_ids("Jane Doe").tolist()
+        assert len(ids) == 2 and gallery.thumbnails.available(ids) == ids
+        chips = {p.read_bytes() for p in chips_dir(path).glob("*.png")}
+        assert {gallery.thumbnails.read(i) for i in ids} == chips
