@@ -158,8 +158,10 @@ def check_binding(host: str, token: str) -> None:
             "127.0.0.1 and reach it through an SSH tunnel"
         )
     if token and (len(token) < 16 or token_bits(token) < MIN_TOKEN_BITS):
-        raise WebError(f"the web token is too short or too regular (about {token_bits(token):.0f} bits; at least "
-                       f"{MIN_TOKEN_BITS} needed): use at least 16 random characters, e.g. `openssl rand -hex 16`")
+        raise WebError(
+            f"the web token is too short or too regular (about {token_bits(token):.0f} bits; at least "
+            f"{MIN_TOKEN_BITS} needed): use at least 16 random characters, e.g. `openssl rand -hex 16`"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
