@@ -439,13 +439,13 @@ class Supervisor:
     def run(self) -> int:
         try:
             specs, spec = self._prepare()
-        except (SourceError, PipelineError, OSError) as error:  # ModelNotFoundError is an OSError
-            log.error("%s", error)
-            return EXIT_USAGE
-        except Exception as error:
+        except BaseException as error:
             from ..enroll.store import GalleryError
 
-            if not isinstance(error, GalleryError):
+            if self.created_run_dir and self.run_dir is not None:  # refused before starting: leave nothing behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            # ModelNotFoundError is an OSError
+            if not isinstance(error, SourceError | PipelineError | OSError | GalleryError):
                 raise
             log.error("%s", error)
             return EXIT_USAGE

@@ -311,3 +311,35 @@ def test_unknowns_enroll_keeps_the_chips_as_the_new_samples_thumbnails(tmp_path:
         assert len(ids) == 2 and gallery.thumbnails.available(ids) == ids
         chips = {p.read_bytes() for p in chips_dir(path).glob("*.png")}
         assert {gallery.thumbnails.read(i) for i in ids} == chips
+
+
+def test_keys_in_folders_others_can_write_are_refused(tmp_path: Path) -> None:
+    from facestream.pipeline import security
+
+    shared = tmp_path / "shared"
+    _, secret = security.create_key_pair(shared, "server")
+    security.load_key_file(secret, secret=True)  # a private folder: fine
+    shared.chmod(0o1777)  # like /tmp: anyone can add files there
+    with pytest.raises(security.SecurityError, match="writable by its owner only"):
+        security.load_key_file(secret, secret=True)
+    clients = tmp_path / "clients"
+    public, _ = security.create_key_pair(clients, "worker")
+    assert security.allowed_client_keys(clients)
+    clients.chmod(0o775)
+    with pytest.raises(security.SecurityError, match="allowed_clients_dir must be writable by its owner only"):
+        security.allowed_client_keys(clients)
+    clients.chmod(0o700)
+    public.chmod(0o666)
+    with pytest.raises(security.SecurityError, match="allowed client key file must be writable by its owner only"):
+        security.allowed_client_keys(clients)
+
+
+def test_a_run_refused_for_its_keys_leaves_no_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = {"pipeline": {"run_dir": str(run_dir), "endpoints": {"frames": "tcp://127.0.0.1:0"}},
+              "security": {"curve": "required"}}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = facestream("--config", str(tmp_path / "config.yaml"), "run", "--source",
+                        str(DATA / "video" / "short_hamilton_clip.mp4"), "--gallery", str(tmp_path / "g.db"))  # fmt: skip
+    assert result.returncode == 2 and "server_secret_key" in result.stderr, result.stderr
+    assert not run_dir.exists()
