@@ -339,7 +339,7 @@ def test_a_run_refused_for_its_keys_leaves_no_run_directory(tmp_path: Path) -> N
     config = {"pipeline": {"run_dir": str(run_dir), "endpoints": {"frames": "tcp://127.0.0.1:0"}},
               "security": {"curve": "required"}}  # fmt: skip
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = facestream("--config", str(tmp_path / "config.yaml"), "run", "--source",
-                        str(DATA / "video" / "short_hamilton_clip.mp4"), "--gallery", str(tmp_path / "g.db"))  # fmt: skip
+    clip = str(DATA / "video" / "short_hamilton_clip.mp4")
+    result = facestream("--config", str(tmp_path / "config.yaml"), "run", "--source", clip, "--gallery", "g.db")
     assert result.returncode == 2 and "server_secret_key" in result.stderr, result.stderr
     assert not run_dir.exists()
