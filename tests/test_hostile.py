@@ -343,3 +343,21 @@ def test_a_run_refused_for_its_keys_leaves_no_run_directory(tmp_path: Path) -> N
     result = facestream("--config", str(tmp_path / "config.yaml"), "run", "--source", clip, "--gallery", "g.db")
     assert result.returncode == 2 and "server_secret_key" in result.stderr, result.stderr
     assert not run_dir.exists()
+
+
+def test_eval_pairs_writes_no_file_it_was_not_asked_for(tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "lfw"
+    for person, index, name in (("Barack_Obama", 1, "obama-480p.jpg"), ("Barack_Obama", 2, "obama-240p.jpg"),
+                                ("Joe_Biden", 1, "biden.jpg")):  # fmt: skip
+        (root / person).mkdir(parents=True, exist_ok=True)
+        shutil.copy(DATA / "fr_examples" / name, root / person / f"{person}_{index:04d}.jpg")
+    (root / "pairs.txt").write_text("1\t1\nBarack_Obama\t1\t2\nBarack_Obama\t1\tJoe_Biden\t1\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = facestream(
+        "eval", "pairs", "--pairs", str(root / "pairs.txt"), "--root", str(root), "--no-cache", cwd=work
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(work.iterdir()) == []
