@@ -183,6 +183,8 @@ def _number(value: float | None, digits: int = 6) -> float | None:
 
 
 def event_record(event: TrackEvent) -> dict[str, Any]:
+    """An event as JSON. A track that ended without an identity (no face passed the quality gate) is
+    "unknown", as its detections and the summary call it, with ``"decided": false``."""
     record: dict[str, Any] = {"event": event.kind}
     for name, value in vars(event).items():
         if name == "box":
@@ -190,6 +192,10 @@ def event_record(event: TrackEvent) -> dict[str, Any]:
         elif isinstance(value, float):
             value = _number(value)
         record[name] = value
+    if isinstance(event, TrackEnded):
+        record["decided"] = event.identity is not None
+        if event.identity is None:
+            record["identity"] = UNKNOWN
     return record
 
 
@@ -682,6 +688,7 @@ class SinkCore:
         }
         self.cut_distance = float(tracker_config["scene_cut_distance"])
         self.summaries: dict[str, dict[str, Any]] = {}
+        self._at: dict[str, tuple[int, float]] = {}  # per stream: the last frame processed (index, timestamp)
         self.acks: dict[str, list[int]] = {}
 
     # -- input ---------------------------------------------------------------------------------
@@ -806,7 +813,7 @@ class SinkCore:
                     FaceResult(box, track_id, track.identity or UNKNOWN, track.distance if track.identity else None)
                 )
             self.stats.count("skipped_detection")
-        self._emit(stream, tracker.pop_events())
+        self._emit(stream, tracker.pop_events(), (frame_index, message.timestamp))
         if self.kiosk is not None:
             for decision in self.kiosk.advance(stream.stream_id, message.timestamp):
                 self.outputs.event(decision.to_record())
@@ -858,10 +865,20 @@ class SinkCore:
                     if decision is not None:
                         self.outputs.event(decision.to_record())
 
-    def _emit(self, stream: StreamSink, events: list[TrackEvent]) -> None:
-        """Track events out; an ended track also closes its unknown-face record and its kiosk decision."""
+    def _emit(self, stream: StreamSink, events: list[TrackEvent], at: tuple[int, float] | None = None) -> None:
+        """Track events out; an ended track also closes its unknown-face record and its kiosk decision.
+
+        `at` is the frame being processed (index, timestamp): an end is decided frames after the track's last
+        detection, so its event is stamped with that frame (events stay in frame order) and carries the last
+        detection as ``last_frame`` / ``last_timestamp``."""
+        if at is not None:
+            self._at[stream.stream_id] = at
         for event in events:
             record = event_record(event)
+            if isinstance(event, TrackEnded):
+                record["last_frame"], record["last_timestamp"] = record["frame_index"], record["timestamp"]
+                if at is not None and at[0] > event.frame_index:
+                    record["frame_index"], record["timestamp"] = at[0], _number(at[1])
             if self.event_descriptors and isinstance(event, TrackIdentified):
                 tracker = stream.tracker
                 descriptor = (tracker.mean_descriptor(event.track_id) if tracker.decision == "mean"
@@ -913,7 +930,7 @@ class SinkCore:
             return
         stream.finished = True
         stream.tracker.finish()
-        self._emit(stream, stream.tracker.pop_events())
+        self._emit(stream, stream.tracker.pop_events(), self._at.get(stream_id))
         record = summary_record(stream_id, stream.processed, stream.tracker.identity_summary())
         self.summaries[stream_id] = record
         self.outputs.event(record)
