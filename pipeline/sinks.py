@@ -25,7 +25,9 @@ Outputs, all optional:
 * events (``--events FILE`` and the ``events`` PUB socket): one JSON object a line, flushed line by
   line (a killed sink leaves only complete lines): ``track_started``, ``track_identified``, ``track_ended``
   with ``stream_id, track_id, frame_index, timestamp, box`` (+ ``identity, distance, previous_identity``;
-  ``track_ended`` + ``identity, distance, first_frame, first_timestamp``), and at each stream's end one
+  ``track_ended`` + ``identity, distance, first_frame, first_timestamp, last_frame, last_timestamp, decided``:
+  stamped with the frame where the end was decided, so events are in frame order; ``identity`` "unknown" and
+  ``decided`` false when no face of the track passed the quality gate), and at each stream's end one
   ``summary`` line: per identity, its on-screen intervals (frames and seconds). On the PUB socket each
   event is two frames: the event name (subscribe to a prefix of it) and the same JSON;
 * detections (``--detections FILE``): one line per processed frame, every face in it: ``{"stream_id",
