@@ -205,11 +205,18 @@ def _accept_config_anywhere(commands: argparse._SubParsersAction) -> None:
             )
 
 
+def quiet_libraries(level: int) -> None:
+    """faiss announces which CPU build it loads on every import (at INFO): shown with -vv only."""
+    if level > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet_libraries(level)
     if not args.command:
         parser.print_help()
         return 2
@@ -245,6 +252,7 @@ def standalone_main(add_commands: Callable[[argparse._SubParsersAction], None], 
     args = parser.parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet_libraries(level)
     try:
         config = load_config(args.config)
     except ConfigError as error:

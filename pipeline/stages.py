@@ -669,6 +669,8 @@ def configure_logging(level: str, name: str) -> None:
         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if getattr(logging, level.upper(), logging.WARNING) > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-build lines on every import
 
 
 def run_stage(role: str, name: str, spec: dict[str, Any], parent_pid: int | None = None) -> int:

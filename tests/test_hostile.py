@@ -361,3 +361,13 @@ def test_eval_pairs_writes_no_file_it_was_not_asked_for(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert list(work.iterdir()) == []
+
+
+def test_commands_print_no_library_noise(tmp_path: Path) -> None:
+    """faiss's CPU-build lines are not worth four lines on every command (shown with -vv)."""
+    with Gallery(tmp_path / "g.db") as gallery:
+        gallery.add_samples("Alice", np.random.default_rng(0).normal(0, 0.1, (1, 128)).astype(np.float32))
+    result = facestream("identify", str(DATA / "fr_examples" / "obama-240p.jpg"), "--gallery", str(tmp_path / "g.db"))
+    assert result.returncode == 0, result.stderr
+    assert "faiss.loader" not in result.stderr, result.stderr
+    assert "face 0" in result.stdout
