@@ -451,3 +451,23 @@ def test_events_are_in_frame_order_and_a_never_identified_track_ends_unknown(tmp
     assert bob["identity"] == "unknown" and bob["decided"] is False and alice["decided"] is True
     detections = read_lines(tmp_path / "d.jsonl")
     assert {f["identity"] for d in detections[15:] for f in d["faces"]} == {"unknown"}
+
+
+def test_labels_stay_inside_the_frame_and_off_other_faces() -> None:
+    from facestream.pipeline.sinks import place_labels
+
+    width, height = 640, 360
+    # a face at the top right corner, one at the bottom edge, and two side by side with room below them
+    boxes = [(560, 0, 639, 79), (10, 300, 89, 359), (200, 100, 279, 179), (290, 100, 369, 179)]
+    sizes = [(150, 20), (150, 20), (150, 20), (150, 20)]
+    places = place_labels(boxes, sizes, width, height)
+    for (x0, y0, x1, y1), (w, h) in zip(places, sizes):
+        assert 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height and (x1 - x0, y1 - y0) == (w, h)
+    for i, place in enumerate(places):
+        for j, box in enumerate(boxes):
+            if i != j:  # covers no other face ...
+                assert min(place[2], box[2] + 1) <= max(place[0], box[0]) or min(place[3], box[3] + 1) <= max(
+                    place[1], box[1]), (i, j, place, box)  # fmt: skip
+        for other in places[:i]:  # ... and no other label
+            assert min(place[2], other[2]) <= max(place[0], other[0]) or min(place[3], other[3]) <= max(
+                place[1], other[1])  # fmt: skip
