@@ -219,6 +219,22 @@ def chips_dir(unknowns_path: str | Path) -> Path:
     return Path(str(unknowns_path) + ".chips")
 
 
+def save_chip(folder: Path, name: str, chip: np.ndarray) -> str | None:
+    """Save a 150x150 RGB chip as ``folder/name.png`` (folder 0700, file 0600: face images are biometric
+    data); its path, or None (logged) when it cannot be written."""
+    import cv2
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # an existing folder too
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+    path = folder / f"{safe}.png"
+    if not cv2.imwrite(str(path), np.ascontiguousarray(np.asarray(chip)[:, :, ::-1])):
+        log.warning("%s: cannot write the chip", path)
+        return None
+    os.chmod(path, 0o600)
+    return str(path)
+
+
 class UnknownTracks:
     """Collects each track's best faces during a run; writes one line per track that ends unknown.
 
@@ -310,17 +326,8 @@ class UnknownTracks:
     def _save_chip(self, track: _Track, face: _Face) -> str | None:
         if self.chip_dir is None or face.chip is None:
             return None
-        import cv2
-
-        self.chip_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # face images: private, like the file
-        os.chmod(self.chip_dir, 0o700)  # an existing folder too
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in track.stream_id)[:60]
-        path = self.chip_dir / f"{safe}-{self.run_tag}-{track.track_id}-{face.frame_index}.png"
-        if not cv2.imwrite(str(path), np.ascontiguousarray(face.chip[:, :, ::-1])):
-            log.warning("%s: cannot write the chip", path)
-            return None
-        os.chmod(path, 0o600)
-        return str(path)
+        return save_chip(self.chip_dir, f"{safe}-{self.run_tag}-{track.track_id}-{face.frame_index}", face.chip)
 
     def close(self, identities: dict[tuple[str, int], str | None] | None = None) -> None:
         """End every track still open (their final identities in `identities`, else unknown) and close."""

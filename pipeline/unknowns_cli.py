@@ -238,11 +238,19 @@ def _describe(cluster: dict[str, Any]) -> list[str]:
 
 
 def _add_images(args: argparse.Namespace, config: dict) -> int:
-    """Analyse photos and append their unknown faces to the file (each face its own track)."""
+    """Analyse photos and append their unknown faces to the file (each face its own track): each named by its
+    photo (stream id = the file name), weighed by the pipeline's quality gate (faces it rejects get weight 0,
+    so clustering leaves them out unless --all-faces), its chip saved in FILE.chips/ like `run --unknowns`."""
     from ..engines.faces import FaceAnalyzer
+    from ..engines.quality import face_quality
     from .enroll_cli import open_gallery
     from .imageio import ImageError, read_image
-    from .unknowns import unknowns_from_faces, write_records
+    from .tracker import QualityGate
+    from .unknowns import chips_dir, save_chip, unknowns_from_faces, write_records
+
+    section = config["tracker"]
+    gate = QualityGate(float(section["min_face_size"]), float(section["min_sharpness"]), float(section["min_score"]))
+    chips = chips_dir(args.files[0])
 
     analyzer = FaceAnalyzer.from_config(config)
     failures, records = 0, []
@@ -260,9 +268,15 @@ def _add_images(args: argparse.Namespace, config: dict) -> int:
                 continue
             faces = analyzer.analyze(image)
             matches = gallery.identify(faces.descriptors) if gallery is not None and len(faces) else None
-            found = unknowns_from_faces(faces, matches, stream_id="images", frame_index=index,
-                                        source=str(path), first_track_id=1000 * index)  # fmt: skip
-            log.info("%s: %d faces, %d unknown", path, len(faces), len(found))
+            weights = gate.weights(face_quality(faces.chips, faces.boxes, faces.scores), faces.scores)
+            found = unknowns_from_faces(faces, matches, stream_id=Path(path).name, frame_index=index,
+                                        source=str(path), first_track_id=1000 * index, weights=weights)  # fmt: skip
+            for record in found:
+                face = record["faces"][0]
+                i = record["track_id"] - 1000 * index
+                face["chip"] = save_chip(chips, f"{record['stream_id']}-{index}-{i}", faces.chips[i])
+            gated = sum(1 for record in found if not record["faces"][0]["weight"])
+            log.info("%s: %d faces, %d unknown (%d below the quality gate)", path, len(faces), len(found), gated)
             records.extend(found)
     finally:
         if gallery is not None:

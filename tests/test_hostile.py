@@ -371,3 +371,26 @@ def test_commands_print_no_library_noise(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "faiss.loader" not in result.stderr, result.stderr
     assert "face 0" in result.stdout
+
+
+def test_unknowns_add_images_names_each_photo_applies_the_quality_gate_and_keeps_chips(tmp_path: Path) -> None:
+    import cv2
+
+    sharp = tmp_path / "sharp.jpg"
+    blurred = tmp_path / "blurred.jpg"
+    image = cv2.imread(str(DATA / "fr_examples" / "obama-480p.jpg"))
+    cv2.imwrite(str(sharp), image)
+    cv2.imwrite(str(blurred), cv2.GaussianBlur(image, (0, 0), 6))
+    path = tmp_path / "party.jsonl"
+    result = facestream("unknowns", str(path), "--add-images", str(sharp), str(blurred), "--gallery",
+                        str(tmp_path / "none.db"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    by_photo = {r["stream_id"]: r["faces"][0] for r in records}
+    assert set(by_photo) == {"sharp.jpg", "blurred.jpg"}, by_photo.keys()
+    assert by_photo["sharp.jpg"]["weight"] > 0 and by_photo["blurred.jpg"]["weight"] == 0  # below the gate
+    for face in by_photo.values():
+        chip = Path(face["chip"])
+        assert chip.parent == tmp_path / "party.jsonl.chips" and chip.stat().st_mode & 0o777 == 0o600
+        assert cv2.imread(str(chip)).shape == (150, 150, 3)
+    assert "below the quality gate" in result.stderr

@@ -462,7 +462,7 @@ def test_labels_stay_inside_the_frame_and_off_other_faces() -> None:
     sizes = [(150, 20), (150, 20), (150, 20), (150, 20)]
     places = place_labels(boxes, sizes, width, height)
     for (x0, y0, x1, y1), (w, h) in zip(places, sizes):
-        assert 0 <= x0 and x1 <= width and 0 <= y0 and y1 <= height and (x1 - x0, y1 - y0) == (w, h)
+        assert x0 >= 0 and x1 <= width and y0 >= 0 and y1 <= height and (x1 - x0, y1 - y0) == (w, h)
     for i, place in enumerate(places):
         for j, box in enumerate(boxes):
             if i != j:  # covers no other face ...
