@@ -397,7 +397,7 @@ class Supervisor:
             "unknowns": _absolute(self.options.unknowns),
         }  # fmt: skip
         spec = {"config": self.config, "endpoints": endpoints, "sources": [s.to_json() for s in specs],
-                "outputs": outputs, "stream_fps": fps}  # fmt: skip
+                "outputs": outputs, "stream_fps": fps, "run_dir_created": self.created_run_dir}  # fmt: skip
         return specs, spec
 
     def _write_private(self, name: str, payload: Any) -> Path:
