@@ -439,6 +439,8 @@ def test_a_photo_upload_goes_through_the_enrolment_checks(server: WebServer, tmp
     status, _, body = http(url, "POST", photo.read_bytes(), {**CHANGE, "X-Filename": photo.name})
     report = json.loads(body)
     assert status == 200 and report["status"] == "added", report
+    # analysed in a process of its own, which reports its high-water mark (models ~230 MB + this photo)
+    assert server.gallery.last_upload_rss_mb is not None and 100 < server.gallery.last_upload_rss_mb < 1500
     status, _, body = http(url, "POST", photo.read_bytes(), {**CHANGE, "X-Filename": photo.name})
     assert status == 422 and "already enrolled" in json.loads(body)["reason"]
     blank = cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes()
