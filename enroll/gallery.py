@@ -98,6 +98,7 @@ class Gallery:
         save_index: bool = True,
         lazy_index: bool = False,
         search_k: int = DEFAULT_SEARCH_K,
+        create: bool = True,
     ) -> None:
         self.distance_threshold = check_threshold(distance_threshold)
         self.margin = float(margin)
@@ -114,10 +115,13 @@ class Gallery:
         }
         set_threads(threads)
         self._lock = threading.RLock()
-        self.store = Store(path, busy_timeout=busy_timeout)
+        self.store = Store(path, busy_timeout=busy_timeout, create=create)
         self.path = self.store.path
         self.index_path = index_path(self.path)
-        self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # face images of samples, deleted with them
+        # face images of samples, deleted with them; the folder must be this database's (sample ids restart)
+        self.thumbnails = Thumbnails(thumbnails_dir(self.path), owner=self.store.uuid)
+        if not self.store.created:
+            self.thumbnails.adopt()
         self._index: FaceIndex | None = None
         self._state: State | None = None  # the store state the in-memory data reflects
         self._max_sample_id = 0

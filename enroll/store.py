@@ -29,6 +29,7 @@ import math
 import os
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ UNKNOWN = "unknown"  # the identity of an unmatched face; reserved, no person ma
 
 class GalleryBusyError(GalleryError):
     """Another process holds the lock (after the busy timeout, or at once where SQLite cannot wait)."""
+
+
+class GalleryNotFoundError(GalleryError):
+    """A gallery opened without `create` (a read-only command) that does not exist: nothing was created."""
 
 
 class UnknownPersonError(GalleryError):
@@ -178,15 +183,30 @@ def check_descriptors(descriptors: np.ndarray | Sequence[Sequence[float]]) -> np
     return np.ascontiguousarray(array)
 
 
+class InvalidNameError(GalleryError, ValueError):
+    """A person's name that cannot be stored (empty, control or bidi characters, bytes that are not UTF-8)."""
+
+
+# Bidirectional embeddings, overrides and isolates (and the marks): invisible, and they make a name read
+# differently from what it is (U+202E turns "evil.gpj" into "jpg.live" on screen).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def check_name(name: str) -> str:
+    """The name when it can be stored and shown as it is; InvalidNameError (a ValueError) saying why."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a person's name must be a non-empty string, got {name!r}")
+        raise InvalidNameError(f"a person's name must be a non-empty string, got {name!r}")
     if name != name.strip():
-        raise ValueError(f"a person's name must not start or end with spaces: {name!r}")
-    if any(ord(c) < 32 for c in name):
-        raise ValueError(f"a person's name must not contain control characters: {name!r}")
+        raise InvalidNameError(f"a person's name must not start or end with spaces: {name!r}")
+    if any("\ud800" <= c <= "\udfff" for c in name):  # how Python passes on argv bytes that are not UTF-8
+        raise InvalidNameError(f"a person's name must be UTF-8 text; this one holds other bytes: {name!r}")
+    for c in name:
+        category = unicodedata.category(c)
+        if category in ("Cc", "Co", "Cn", "Zl", "Zp") or c in _BIDI:
+            kind = "bidirectional-text" if c in _BIDI else "control or unassigned"
+            raise InvalidNameError(f"a person's name must not contain {kind} characters (U+{ord(c):04X}): {name!r}")
     if name.casefold() == UNKNOWN:
-        raise ValueError(f"{name!r} is reserved for unmatched faces")
+        raise InvalidNameError(f"{name!r} is reserved for unmatched faces")
     return name
 
 
@@ -243,20 +263,32 @@ def _create_private_file(path: Path) -> None:
 class Store:
     """One connection to a gallery file. Not shared between processes; each process opens its own."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = 30.0, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str | Path, busy_timeout: float = 30.0, synchronous: str = "FULL",
+                 create: bool = True) -> None:  # fmt: skip
+        """Open the gallery at `path`; with `create` (enrolment) a missing one is created (`self.created` says
+        so), without it (reading commands) a missing one is GalleryNotFoundError and nothing is created. A
+        gallery we cannot write (read-only file, folder or file system) is opened read-only: WAL mode needs
+        a ``-shm`` file beside it that cannot be created there."""
         self.path = Path(path).expanduser()
         self.busy_timeout = float(busy_timeout)
         if self.path.is_dir():
             raise GalleryError(f"{self.path}: is a directory, not a gallery file")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _create_private_file(self.path)
-        except OSError as error:
-            raise GalleryError(f"{self.path}: cannot create the gallery file: {error.strerror or error}") from None
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        self.created = not self.path.exists()
+        if self.created and not create:
+            raise GalleryNotFoundError(
+                f"{self.path}: no such gallery (nothing created; check the path, or enrol someone first: "
+                "facestream enroll add|import ... --gallery PATH)"
             )
+        if self.created:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _create_private_file(self.path)
+            except OSError as error:
+                raise GalleryError(f"{self.path}: cannot create the gallery file: {error.strerror or error}") from None
+        self.read_only = not self.created and not (os.access(self.path, os.W_OK)
+                                                   and os.access(self.path.parent, os.W_OK))  # fmt: skip
+        try:
+            self._db = self._connect(immutable=False)
         except sqlite3.Error as error:
             raise GalleryError(f"{self.path}: cannot open: {error}") from None
         # Several processes opening a new gallery at once race to switch it to WAL and create the schema;
@@ -267,7 +299,15 @@ class Store:
             while True:
                 try:
                     with self._errors("open"):
-                        self._open(synchronous)
+                        try:
+                            self._open(synchronous)
+                        except sqlite3.OperationalError:
+                            if not self.read_only:
+                                raise
+                            # no -shm beside it and none can be made: read the file as it is
+                            self._db.close()
+                            self._db = self._connect(immutable=True)
+                            self._open(synchronous)
                     break
                 except GalleryBusyError:
                     if time.monotonic() >= deadline:
@@ -277,10 +317,20 @@ class Store:
             self._db.close()
             raise
 
+    def _connect(self, immutable: bool) -> sqlite3.Connection:
+        target: str | Path = self.path
+        if self.read_only:
+            from urllib.parse import quote
+
+            target = f"file:{quote(str(self.path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
+        return sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False,
+                               uri=self.read_only)  # fmt: skip
+
     def _open(self, synchronous: str) -> None:
         self._db.execute("PRAGMA foreign_keys = ON")
         self._check_is_gallery()
-        self._enable_wal()
+        if not self.read_only:
+            self._enable_wal()
         self._db.execute(f"PRAGMA synchronous = {synchronous}")
         self._migrate()
         self.uuid: str = self._db.execute("SELECT value FROM gallery_meta WHERE key = 'uuid'").fetchone()[0]
@@ -359,6 +409,8 @@ class Store:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" in tables and self.schema_version() == SCHEMA_VERSION:
             return  # the common case: no write lock needed to open
+        if self.read_only:
+            raise GalleryError(f"{self.path}: read-only, and its schema needs an upgrade that would write it")
         with self.transaction() as db:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
             version = self.schema_version()

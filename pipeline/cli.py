@@ -61,7 +61,9 @@ def cmd_analyze(args: argparse.Namespace, config: Config) -> int:
     failures = 0
     for path in _progress(args.images, not args.json, "image"):
         try:
-            image = read_image(path, config.detector.max_image_pixels)
+            detector = config.detector
+            image = read_image(path, detector.max_image_pixels, upsample=detector.upsample,
+                               max_work=detector.max_work_pixels)  # fmt: skip
         except ImageError as error:
             failures += 1
             if args.json:

@@ -22,8 +22,15 @@ def configure_logging(args: argparse.Namespace) -> None:
     """-q: errors only; default: info; -v: debug; journald lines when the command asks for them."""
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose + 1, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet_libraries(level)
     if getattr(args, "log_format", None) == "journal":  # `run --log-format journal`: from the very first line
         use_journal_logging()
+
+
+def quiet_libraries(level: int) -> None:
+    """faiss announces which CPU build it loads on every import (at INFO): shown with -vv only."""
+    if level > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -112,6 +112,13 @@ class DetectorConfig:
     upsample: int = setting(1, "dlib's upsample_num_times: 1 finds faces down to ~40 px, 0 down to ~80 px", ge=0, le=4)
     threshold: float = setting(0.0, "dlib's adjust_threshold: keep detections scoring above this")
     max_image_pixels: int = setting(40_000_000, "refuse images whose declared size is larger, before decoding", ge=1)
+    max_work_pixels: int = setting(
+        40_000_000,
+        "refuse photos (analyze, identify, enroll) whose width x height x 4^upsample is\n"
+        "larger, before decoding: detector memory grows with it. 40 M admits a 6000x6000\n"
+        "photo at upsample 0 (= max_image_pixels); web uploads: web.upload_max_work_pixels",
+        ge=1,
+    )
 
 
 @dataclass
@@ -258,7 +265,12 @@ class SourcesConfig:
     )
     image_fps: float = setting(25.0, "image folders: frame rate for timestamps and the annotated video", gt=0)
     max_frames: int = setting(0, "stop each source after this many frames; 0 = all", ge=0)
-    open_attempts: int = setting(3, "live sources: tries at the first opening before giving up", ge=1)
+    open_attempts: int = setting(
+        0,
+        "live cameras/URLs: tries at the first opening before giving up; 0 = retry\n"
+        "(with the back-off below) for as long as the run lasts",
+        ge=0,
+    )
     reconnect_initial_s: float = setting(0.5, "live sources: back-off after a loss, doubling ...", gt=0)
     reconnect_max_s: float = setting(30.0, "... up to this", gt=0)
     max_reconnects: int = setting(0, "live sources: failed reopenings in a row before giving up; 0 = never", ge=0)
@@ -390,6 +402,13 @@ class WebConfig:
     preview_max_width: int = setting(960, "px; wider frames are scaled down for the page", ge=16)
     jpeg_quality: int = setting(80, "of those frames", ge=1, le=100)
     history: int = setting(200, "events the page gets when it (re)connects", ge=0)
+    upload_max_work_pixels: int = setting(
+        16_000_000,
+        "photo uploads: width x height x 4^detector.upsample above this (or above\n"
+        "detector.max_work_pixels) is refused before decoding; the upload process\n"
+        "peaked at 2.4 GB at 15.8 M",
+        ge=1,
+    )
 
 
 @dataclass

@@ -11,26 +11,27 @@ from typing import Any
 
 from ..engines.faces import FaceAnalyzer
 from ..enroll.gallery import Gallery
-from ..enroll.store import GalleryError, check_threshold
+from ..enroll.store import GalleryError, check_name, check_threshold
 from .config import Config
-from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, summarise
+from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
 from .imageio import ImageError, read_image
 
 log = logging.getLogger("facestream")
 
 
-def open_gallery(args: argparse.Namespace, config: Config) -> Gallery:
+def open_gallery(args: argparse.Namespace, config: Config, create: bool = False) -> Gallery:
+    """The gallery of --gallery or gallery.path. Only enrolling commands `create` a missing one (and say so);
+    the others refuse it (GalleryNotFoundError: exit 2, nothing created), so a mistyped path is an error, not
+    an empty gallery."""
     path = args.gallery or config.gallery.path
-    return Gallery.from_config(config.gallery, path=path, threads=config.engine.threads)
+    gallery = Gallery.from_config(config.gallery, path=path, threads=config.engine.threads, create=create)
+    if gallery.store.created:
+        log.warning("created a new, empty gallery: %s", gallery.path)
+    return gallery
 
 
 def _policy(args: argparse.Namespace, config: Config) -> EnrolmentPolicy:
-    section = config.enrolment
-    return EnrolmentPolicy(
-        largest=bool(getattr(args, "largest", False) or section.largest),
-        min_face_width=int(section.min_face_width), min_sharpness=float(section.min_sharpness),
-        max_image_pixels=int(config.detector.max_image_pixels),
-    )  # fmt: skip
+    return policy_from_config(config, bool(getattr(args, "largest", False)))
 
 
 def _printer(as_json: bool, name: str | None = None):
@@ -62,8 +63,9 @@ def _with_progress(paths: list[Path], as_json: bool) -> Any:
 
 
 def cmd_add(args: argparse.Namespace, config: Config, negative: bool = False) -> int:
+    check_name(args.name)  # before the models load: a bad name is exit 2 at once (InvalidNameError)
     analyzer = FaceAnalyzer.from_config(config)
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config, create=True) as gallery:
         paths = [Path(p) for p in args.images]
         reports = enrol_images(gallery, analyzer, args.name, _with_progress(paths, args.json), _policy(args, config),
                                negative=negative, on_report=_printer(args.json, args.name))  # fmt: skip
@@ -80,9 +82,11 @@ def cmd_import(args: argparse.Namespace, config: Config) -> int:
     except ValueError as error:
         log.error("%s", error)
         return 2
+    for name in people:
+        check_name(name)  # every folder name before the models load
     analyzer = FaceAnalyzer.from_config(config)
     reports: list[ImageReport] = []
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config, create=True) as gallery:
         for name, paths in people.items():
             reports += enrol_images(gallery, analyzer, name, _with_progress(paths, args.json), _policy(args, config),
                                     on_report=_printer(args.json, name))  # fmt: skip
@@ -137,7 +141,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_import_file(args: argparse.Namespace, config: Config) -> int:
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config, create=True) as gallery:
         counts = gallery.import_file(args.file)
     print(json.dumps({"imported": str(args.file), **counts}))
     return 0
@@ -176,12 +180,13 @@ def cmd_calibrate(args: argparse.Namespace, config: Config) -> int:
 def cmd_identify(args: argparse.Namespace, config: Config) -> int:
     if args.upsample is not None:
         config.set("detector.upsample", args.upsample, "--upsample")
-    analyzer = FaceAnalyzer.from_config(config)
     failures = 0
-    with open_gallery(args, config) as gallery:
+    with open_gallery(args, config) as gallery:  # first: a missing gallery is refused before models load
+        analyzer = FaceAnalyzer.from_config(config)
         for path in args.images:
             try:
-                image = read_image(path, config.detector.max_image_pixels)
+                image = read_image(path, config.detector.max_image_pixels, upsample=config.detector.upsample,
+                                   max_work=config.detector.max_work_pixels)  # fmt: skip
             except ImageError as error:
                 failures += 1
                 print(json.dumps({"image": str(path), "error": str(error)}) if args.json else f"{error}", flush=True)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from ..engines.quality import DETECTOR_SCORE, FACE_WIDTH, QUALITY_COLUMNS, SHARP
 from ..enroll.store import NEGATIVE, POSITIVE
 from ..enroll.thumbnails import Thumbnails, face_thumbnail
 from .imageio import ImageError, decode_image
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,22 @@ class EnrolmentPolicy:
     min_face_width: int = 50  # px; smaller faces give unreliable descriptors
     min_sharpness: float = 15.0  # variance of the Laplacian of the chip; below = blurred
     max_image_pixels: int = 40_000_000
+    upsample: int = 1  # the detector's, for the work budget
+    max_work_pixels: int | None = None  # detector.max_work_pixels; None: no budget
+    work_key: str = "detector.max_work_pixels"  # the setting max_work_pixels came from (named in refusals)
+
+
+def policy_from_config(config: Config, largest: bool = False, max_work: tuple[int, str] | None = None
+                       ) -> EnrolmentPolicy:  # fmt: skip
+    """The enrolment gates and the detector's budgets from a loaded config (`largest` or enrolment.largest);
+    `max_work` (budget, its setting's name) tightens detector.max_work_pixels (web.upload_max_work_pixels)."""
+    section, detector = config.enrolment, config.detector
+    budget, key = detector.max_work_pixels, "detector.max_work_pixels"
+    if max_work is not None and max_work[0] < budget:
+        budget, key = max_work
+    return EnrolmentPolicy(largest=bool(largest or section.largest), min_face_width=section.min_face_width,
+                           min_sharpness=section.min_sharpness, max_image_pixels=detector.max_image_pixels,
+                           upsample=detector.upsample, max_work_pixels=budget, work_key=key)  # fmt: skip
 
 
 @dataclass
@@ -83,7 +102,8 @@ def enrol_image(gallery: GalleryWriter, analyzer: FaceAnalyzer, name: str, path:
         what = "a negative example" if negative else "enrolled"
         return ImageReport(str(path), "skipped", f"this image is already {what} for {name}")
     try:
-        image = decode_image(data, str(path), policy.max_image_pixels)
+        image = decode_image(data, str(path), policy.max_image_pixels, upsample=policy.upsample,
+                             max_work=policy.max_work_pixels, work_key=policy.work_key)  # fmt: skip
     except ImageError as error:
         return ImageReport(str(path), "failed", str(error))
     boxes, scores = analyzer.detector.detect(image)

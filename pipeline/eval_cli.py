@@ -506,14 +506,11 @@ def _gallery_db(args: argparse.Namespace, config: Config, workdir: Path) -> str:
         return str(source)
     from ..engines.faces import FaceAnalyzer
     from ..enroll.gallery import Gallery
-    from .enrolment import EnrolmentPolicy, enrol_images, folder_people, summarise
+    from .enrolment import enrol_images, folder_people, policy_from_config, summarise
 
     people = folder_people(source)
     path = workdir / "gallery.db"
-    section = config.enrolment
-    policy = EnrolmentPolicy(largest=bool(section.largest), min_face_width=int(section.min_face_width),
-                             min_sharpness=float(section.min_sharpness),
-                             max_image_pixels=int(config.detector.max_image_pixels))  # fmt: skip
+    policy = policy_from_config(config)
     analyzer = FaceAnalyzer.from_config(config)
     reports = []
     with Gallery.from_config(config.gallery, path=str(path), threads=config.engine.threads) as gallery:
@@ -673,13 +670,13 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     pairs.add_argument("--fallback-threshold", type=float, default=DEFAULT_FALLBACK_THRESHOLD, metavar="S",
                        help="detector threshold for images with no face at detector.threshold "
                             f"(default {DEFAULT_FALLBACK_THRESHOLD})")  # fmt: skip
-    pairs.add_argument("--roc", default="pairs-roc.png", metavar="FILE.png",
-                       help="ROC curve image (default pairs-roc.png; '' for none)")  # fmt: skip
+    pairs.add_argument("--roc", default="", metavar="FILE.png",
+                       help="write the ROC curve image there (default: none)")  # fmt: skip
     pairs.add_argument(
         "--csv",
-        default="pairs-distances.csv",
+        default="",
         metavar="FILE",
-        help="every pair's distance and how its faces were found (default pairs-distances.csv; '' none)",
+        help="write every pair's distance and how its faces were found there (default: none)",
     )
     pairs.add_argument("--no-cache", action="store_true", help="compute every descriptor again, do not store them")
     pairs.add_argument("--json", action="store_true", help="print the figures as one JSON object")

@@ -17,6 +17,30 @@ from ..errors import InputError
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
+def work_pixels(width: int, height: int, upsample: int) -> int:
+    """Pixels the detector works on: each upsampling doubles both sides (dlib's pyramid_up)."""
+    return int(width) * int(height) * 4 ** max(0, int(upsample))
+
+
+def check_work(width: int, height: int, upsample: int, max_work: int | None, name: str,
+               key: str = "detector.max_work_pixels") -> None:  # fmt: skip
+    """ImageError when width x height at `upsample` is more detector work than `max_work` allows (None: no budget;
+    `key` names the setting the budget came from).
+
+    The detector's memory and time grow with the upsampled pixel count, and a file of a few KB can declare
+    millions of pixels, so the budget is checked on the header, before anything is decoded."""
+    if max_work is None:
+        return
+    work = work_pixels(width, height, upsample)
+    if work > max_work:
+        side = int((max_work / 4 ** max(0, int(upsample))) ** 0.5)
+        raise ImageError(
+            f"{name}: {width}x{height} at upsample {upsample} is {work:,} pixels of detector work, more than the "
+            f"budget of {max_work:,} ({key}); refused before decoding. Scale it down to about "
+            f"{side}x{side} pixels" + (", or use upsample 0 for large photos" if upsample > 0 else "")
+        )
+
+
 class ImageError(InputError, ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
@@ -93,9 +117,17 @@ def to_rgb8(decoded: np.ndarray) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS, orient: bool = True
+    data: bytes,
+    name: str = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    orient: bool = True,
+    *,
+    upsample: int = 0,
+    max_work: int | None = None,
+    work_key: str = "detector.max_work_pixels",
 ) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB, refusing absurd sizes before decoding.
+    """Encoded image bytes -> (H, W, 3) uint8 RGB, refusing absurd sizes before decoding (and, with `max_work`,
+    images that are more detector work at `upsample` than that budget: see `check_work`).
 
     `orient=False` ignores the EXIF orientation (as Pillow's `Image.open` does)."""
     if not data:
@@ -110,6 +142,7 @@ def decode_image(
                 f"{name}: the header declares {width}x{height} = {width * height:,} pixels, more than the limit "
                 f"of {max_pixels:,} (detector.max_image_pixels); refused before decoding"
             )
+        check_work(width, height, upsample, max_work, name, work_key)
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | (0 if orient else cv2.IMREAD_IGNORE_ORIENTATION)
     decoded = cv2.imdecode(buffer, flags)
@@ -120,10 +153,12 @@ def decode_image(
         raise ImageError(
             f"{name}: {decoded.shape[1]}x{decoded.shape[0]} pixels is more than the limit of {max_pixels:,}"
         )
+    check_work(decoded.shape[1], decoded.shape[0], upsample, max_work, name, work_key)
     return to_rgb8(decoded)
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, upsample: int = 0,
+               max_work: int | None = None) -> np.ndarray:  # fmt: skip
     """Read an image file as (H, W, 3) uint8 RGB; raises ImageError with the path and the reason."""
     try:
         data = Path(path).read_bytes()
@@ -131,4 +166,4 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as error:
         raise ImageError(f"{path}: cannot read: {error.strerror or error}") from None
-    return decode_image(data, str(path), max_pixels)
+    return decode_image(data, str(path), max_pixels, upsample=upsample, max_work=max_work)

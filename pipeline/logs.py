@@ -36,5 +36,7 @@ def configure_stage_logging(level: str, name: str) -> None:
         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if getattr(logging, level.upper(), logging.WARNING) > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-build lines on every import
     if os.environ.get(LOG_FORMAT_ENV) == "journal":
         use_journal_logging(f"[{name}] ")

@@ -83,7 +83,7 @@ def create_key_pair(directory: str | Path, name: str) -> tuple[Path, Path]:
     if not zmq.has("curve"):
         raise SecurityError("this libzmq has no CURVE support (zmq.has('curve') is False)")
     folder = Path(directory).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     public, secret = zmq.curve_keypair()
     public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
     if public_path.exists() or secret_path.exists():
@@ -111,6 +111,8 @@ def load_key_file(path: str | Path, *, secret: bool) -> tuple[bytes, bytes | Non
             f"{file}: a secret key file must be private (mode 0600), it is mode {stat.S_IMODE(file.stat().st_mode):o}; "
             f"run `chmod 600 {file}`"
         )
+    if secret:
+        check_not_writable_by_others(file.resolve().parent, "the folder of a secret key file")
     try:
         zmq.utils.z85.decode(public)
         if secret_key:
@@ -120,12 +122,29 @@ def load_key_file(path: str | Path, *, secret: bool) -> tuple[bytes, bytes | Non
     return public, secret_key
 
 
+def check_not_writable_by_others(path: Path, what: str) -> None:
+    """SecurityError when someone other than its owner (or root) could replace `path` or what is in it:
+    a key in such a place can be swapped for an attacker's (and an allowed-clients folder be given one)."""
+    info = path.stat()
+    if info.st_mode & 0o022 or info.st_uid not in (os.getuid(), 0):
+        raise SecurityError(
+            f"{path}: {what} must be writable by its owner only (it is mode {stat.S_IMODE(info.st_mode):o}, owner uid "
+            f"{info.st_uid}): anyone who can write there can swap the keys; run `chmod go-w {path}` or move them"
+        )
+
+
 def allowed_client_keys(directory: str | Path) -> set[bytes]:
-    """The public keys of every *.key file in `directory` (a file that does not load is an error)."""
+    """The public keys of every *.key file in `directory` (a file that does not load is an error); the folder
+    and its key files must be writable by their owner only."""
     folder = Path(directory).expanduser()
     if not folder.is_dir():
         raise SecurityError(f"security.allowed_clients_dir {folder}: not a directory")
-    return {load_key_file(path, secret=False)[0] for path in sorted(folder.glob("*.key"))}
+    check_not_writable_by_others(folder, "security.allowed_clients_dir")
+    keys = set()
+    for path in sorted(folder.glob("*.key")):
+        check_not_writable_by_others(path, "an allowed client key file")
+        keys.add(load_key_file(path, secret=False)[0])
+    return keys
 
 
 # ------------------------------------------------------------------------------------------------

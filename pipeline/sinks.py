@@ -25,7 +25,9 @@ Outputs, all optional:
 * events (``--events FILE`` and the ``events`` PUB socket): one JSON object a line, flushed line by
   line (a killed sink leaves only complete lines): ``track_started``, ``track_identified``, ``track_ended``
   with ``stream_id, track_id, frame_index, timestamp, box`` (+ ``identity, distance, previous_identity``;
-  ``track_ended`` + ``identity, distance, first_frame, first_timestamp``), and at each stream's end one
+  ``track_ended`` + ``identity, distance, first_frame, first_timestamp, last_frame, last_timestamp, decided``:
+  stamped with the frame where the end was decided, so events are in frame order; ``identity`` "unknown" and
+  ``decided`` false when no face of the track passed the quality gate), and at each stream's end one
   ``summary`` line: per identity, its on-screen intervals (frames and seconds). On the PUB socket each
   event is two frames: the event name (subscribe to a prefix of it) and the same JSON;
 * detections (``--detections FILE``): one line per processed frame, every face in it: ``{"stream_id",
@@ -198,7 +200,9 @@ def _number(value: float | None, digits: int = 6) -> float | None:
 
 
 def event_record(event: TrackEvent) -> dict[str, Any]:
-    """A tracker event as its JSON record (--events and the PUB socket)."""
+    """A tracker event as its JSON record (--events and the PUB socket). A track that ended without an
+    identity (no face passed the quality gate) is "unknown", as its detections and the summary call it,
+    with ``"decided": false``."""
     record: dict[str, Any] = {"event": event.kind}
     for name, value in vars(event).items():
         if name == "box":
@@ -206,6 +210,10 @@ def event_record(event: TrackEvent) -> dict[str, Any]:
         elif isinstance(value, float):
             value = _number(value)
         record[name] = value
+    if isinstance(event, TrackEnded):
+        record["decided"] = event.identity is not None
+        if event.identity is None:
+            record["identity"] = UNKNOWN
     return record
 
 
@@ -336,23 +344,55 @@ class JsonLines:
 _GREEN, _RED, _YELLOW, _WHITE, _BLACK = (40, 200, 40), (40, 40, 230), (0, 200, 230), (255, 255, 255), (0, 0, 0)
 
 
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
+    """Overlapping area of two (left, top, right, bottom) rectangles (exclusive right/bottom)."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(boxes: list[tuple[int, int, int, int]], sizes: list[tuple[int, int]], frame_width: int,
+                 frame_height: int) -> list[tuple[int, int, int, int]]:  # fmt: skip
+    """Where each box's label goes: (left, top, right, bottom), exclusive, always inside the frame.
+
+    Tried in order: above the box, below it, inside its top edge; each shifted into the frame. The first
+    that covers no other box and no label already placed wins; else the one that covers the least."""
+    placed: list[tuple[int, int, int, int]] = []
+    for i, ((left, top, _right, bottom), (width, height)) in enumerate(zip(boxes, sizes)):
+        width, height = min(width, frame_width), min(height, frame_height)
+        x = min(max(0, left), frame_width - width)
+        candidates = []
+        for y in (top - height - 1, bottom + 2, top + 2):
+            y = min(max(0, y), frame_height - height)
+            candidates.append((x, y, x + width, y + height))
+        others = [(b[0], b[1], b[2] + 1, b[3] + 1) for j, b in enumerate(boxes) if j != i] + placed
+
+        def covered(rect: tuple[int, int, int, int], others: list = others) -> int:
+            return sum(_overlap(rect, other) for other in others)
+
+        placed.append(min(candidates, key=lambda rect: (covered(rect) > 0, covered(rect))))
+    return placed
+
+
 def draw_faces(image: np.ndarray, result: FrameResult) -> np.ndarray:
-    """A BGR copy of the RGB `image` with each face's box, name, distance and track id."""
+    """A BGR copy of the RGB `image` with each face's box, then its name, distance and track id in a label
+    kept inside the frame and off the other faces where there is room (`place_labels`)."""
     canvas = np.ascontiguousarray(image[:, :, ::-1])
     scale = max(0.4, min(1.0, image.shape[0] / 720))
+    labels, sizes, boxes = [], [], []
     for face in result.faces:
-        left, top, right, bottom = face.box
+        left, top, right, bottom = (int(v) for v in face.box)
         known = face.identity != UNKNOWN
         colour = _GREEN if known else (_YELLOW if face.distance is None else _RED)
         cv2.rectangle(canvas, (left, top), (right, bottom), colour, 2 if face.score is not None else 1)
         distance = "" if face.distance is None else f" {face.distance:.2f}"
         label = f"{face.identity}{distance} #{face.track_id}"
         (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        y = top - 4 if top - height - baseline - 4 >= 0 else bottom + height + 4
-        cv2.rectangle(canvas, (left, y - height - 2), (left + width + 2, y + baseline), colour, cv2.FILLED)
-        cv2.putText(
-            canvas, label, (left + 1, y), cv2.FONT_HERSHEY_SIMPLEX, scale, _BLACK if known else _WHITE, 1, cv2.LINE_AA
-        )
+        labels.append((label, colour, _BLACK if known else _WHITE, height, baseline))
+        sizes.append((width + 3, height + baseline + 3))
+        boxes.append((left, top, right, bottom))
+    places = place_labels(boxes, sizes, canvas.shape[1], canvas.shape[0])
+    for (label, colour, ink, height, _), (x0, y0, x1, y1) in zip(labels, places):
+        cv2.rectangle(canvas, (x0, y0), (x1 - 1, y1 - 1), colour, cv2.FILLED)
+        cv2.putText(canvas, label, (x0 + 1, y0 + height + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, 1, cv2.LINE_AA)
     return canvas
 
 
@@ -714,6 +754,7 @@ class SinkCore:
         }
         self.cut_distance = float(tracker_config.scene_cut_distance)
         self.summaries: dict[str, dict[str, Any]] = {}
+        self._at: dict[str, tuple[int, float]] = {}  # per stream: the last frame processed (index, timestamp)
         self.acks: dict[str, list[int]] = {}
 
     # -- input ---------------------------------------------------------------------------------
@@ -839,7 +880,7 @@ class SinkCore:
                     FaceResult(box, track_id, track.identity or UNKNOWN, track.distance if track.identity else None)
                 )
             self.stats.count("skipped_detection")
-        self._emit(stream, tracker.pop_events())
+        self._emit(stream, tracker.pop_events(), (frame_index, message.timestamp))
         if self.kiosk is not None:
             for decision in self.kiosk.advance(stream.stream_id, message.timestamp):
                 self.outputs.event(decision.to_record())
@@ -891,10 +932,20 @@ class SinkCore:
                     if decision is not None:
                         self.outputs.event(decision.to_record())
 
-    def _emit(self, stream: StreamSink, events: list[TrackEvent]) -> None:
-        """Track events out; an ended track also closes its unknown-face record and its kiosk decision."""
+    def _emit(self, stream: StreamSink, events: list[TrackEvent], at: tuple[int, float] | None = None) -> None:
+        """Track events out; an ended track also closes its unknown-face record and its kiosk decision.
+
+        `at` is the frame being processed (index, timestamp): an end is decided frames after the track's last
+        detection, so its event is stamped with that frame (events stay in frame order) and carries the last
+        detection as ``last_frame`` / ``last_timestamp``."""
+        if at is not None:
+            self._at[stream.stream_id] = at
         for event in events:
             record = event_record(event)
+            if isinstance(event, TrackEnded):
+                record["last_frame"], record["last_timestamp"] = record["frame_index"], record["timestamp"]
+                if at is not None and at[0] > event.frame_index:
+                    record["frame_index"], record["timestamp"] = at[0], _number(at[1])
             if self.event_descriptors and isinstance(event, TrackIdentified):
                 tracker = stream.tracker
                 descriptor = (tracker.mean_descriptor(event.track_id) if tracker.decision == "mean"
@@ -946,7 +997,7 @@ class SinkCore:
             return
         stream.finished = True
         stream.tracker.finish()
-        self._emit(stream, stream.tracker.pop_events())
+        self._emit(stream, stream.tracker.pop_events(), self._at.get(stream_id))
         record = summary_record(stream_id, stream.processed, stream.tracker.identity_summary())
         self.summaries[stream_id] = record
         self.outputs.event(record)

@@ -13,6 +13,9 @@
   only when one is free (``pipeline.live_inflight`` frames out at once), and then the newest. A live source that stops
   delivering is reopened with exponential back-off (``sources.reconnect_initial_s`` doubling up to
   ``sources.reconnect_max_s``; ``sources.max_reconnects`` failed reopenings in a row end it, 0 = never).
+  A camera that cannot be opened at the start (still booting, network down) is retried the same way for
+  as long as the run lasts (``sources.open_attempts``: 0 = forever, the default; N gives up after N
+  tries), each attempt logged with its state: a monitoring run must not end because a camera is late.
 * ``replay:VIDEO`` plays a video file as a live source, paced at the file's own frame rate as a camera
   would deliver it (frames the pipeline cannot keep up with are dropped); ``loop:VIDEO`` does the same
   over and over until stopped. For trying live settings and measuring capture-to-event latency on a
@@ -344,6 +347,9 @@ class ImageFolderReader:
             return image, timestamp
         if self.index == 0 and len(self.paths) == 1:
             raise SourceError(self.skipped[-1] if self.skipped else f"{self.name}: unreadable")
+        if self.index == 0 and self.skipped:  # not one frame: the stream failed (exit 1), it did not just end
+            raise SourceError(f"{self.name}: none of its {len(self.skipped)} image files could be read "
+                              f"(the last: {self.skipped[-1]})")  # fmt: skip
         return None
 
     def close(self) -> None:
@@ -390,8 +396,9 @@ class LiveCapture:
     """A camera or stream that is reopened with exponential back-off whenever it stops delivering.
 
     `factory()` returns a fresh OpenCV-like capture; `clock`/`sleep` are injectable for tests. The first
-    opening gets `open_attempts` tries; after the stream has worked once it is reopened until
-    `max_reconnects` consecutive failures (0 = forever). A successful read resets the back-off.
+    opening gets `open_attempts` tries (0 = forever); after the stream has worked once it is reopened until
+    `max_reconnects` consecutive failures (0 = forever). A successful read resets the back-off. `state` is
+    "connecting" (never opened yet), "live" or "reconnecting".
     """
 
     def __init__(
@@ -408,7 +415,8 @@ class LiveCapture:
     ) -> None:
         self.name, self.factory = name, factory
         self.initial, self.maximum = initial, maximum
-        self.open_attempts, self.max_reconnects = max(1, open_attempts), max_reconnects
+        self.open_attempts, self.max_reconnects = max(0, int(open_attempts)), max_reconnects
+        self.state = "connecting"
         self.clock, self.sleep = clock, sleep
         self.capture: CaptureLike | None = None
         self.failures = 0  # consecutive failed opens/reads
@@ -454,7 +462,10 @@ class LiveCapture:
             if self.opened_once:
                 self.reconnects += 1
                 log.warning("%s: reconnected", self.name)
+            elif self.failures:
+                log.warning("%s: opened after %d failed attempts", self.name, self.failures)
             self.opened_once = True
+            self.state = "live"
             self.capture = capture
             return
         if capture is not None:
@@ -466,14 +477,18 @@ class LiveCapture:
             self.capture.release()
             self.capture = None
         self.failures += 1
-        if not self.opened_once and self.failures >= self.open_attempts:
+        if self.opened_once:
+            self.state = "reconnecting"
+        if not self.opened_once and self.open_attempts and self.failures >= self.open_attempts:
             raise SourceError(f"{self.name}: {what} (tried {self.failures} times)")
         if self.opened_once and self.max_reconnects and self.failures > self.max_reconnects:
             raise SourceError(f"{self.name}: {what}; gave up after {self.max_reconnects} reconnection attempts")
         delay = backoff_delay(self.failures, self.initial, self.maximum)
         self.delays.append(delay)
         self.next_attempt = self.clock() + delay
-        log.warning("%s: %s; trying again in %.1f s", self.name, what, delay)
+        forever = "" if self.opened_once or self.open_attempts else ", retrying for as long as the run lasts"
+        log.warning("%s: %s; trying again in %.1f s (%s, attempt %d%s)", self.name, what, delay, self.state,
+                    self.failures, forever)  # fmt: skip
 
     def close(self) -> None:
         """Release the capture, if open."""
@@ -790,7 +805,8 @@ class SourceStage(StageProcess):
                     live_capture_factory(spec),
                     initial=float(sources.reconnect_initial_s),
                     maximum=float(sources.reconnect_max_s),
-                    open_attempts=int(sources.open_attempts),
+                    # a replayed file that cannot be opened will not come up later: a few tries only
+                    open_attempts=sources.open_attempts or (3 if spec.kind in ("replay", "loop") else 0),
                     max_reconnects=int(sources.max_reconnects),
                 )
                 # Capture starts once the workers are ready (see run): frames taken while models load
@@ -1036,6 +1052,7 @@ class SourceStage(StageProcess):
             if stream.live is not None:
                 info["dropped"] = stream.live.queue.dropped
                 info["reconnects"] = stream.live.capture.reconnects
+                info["state"] = stream.live.capture.state
                 info["disconnects"] = stream.live.capture.disconnects
             if stream.error:
                 info["error"] = stream.error

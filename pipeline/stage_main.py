@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -81,7 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
     spec["local"] = True
-    return run_stage(args.role, args.name, spec, parent_pid=args.parent or None)
+    code = run_stage(args.role, args.name, spec, parent_pid=args.parent or None)
+    if args.parent and os.getppid() != args.parent:
+        clean_up_after_supervisor(Path(args.spec).parent, bool(spec.get("run_dir_created")))
+    return code
+
+
+def clean_up_after_supervisor(run_dir: Path, created: bool) -> None:
+    """The supervisor was killed (it cleans up itself otherwise): its stages, exiting, remove what it would
+    have: the run directory it created, or its spec.json, health.json and processes.json in a given one.
+    Every stage tries; whichever comes first does it."""
+    import shutil
+
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in ("spec.json", "health.json", "processes.json"):
+        try:
+            (run_dir / name).unlink()
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

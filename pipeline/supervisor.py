@@ -445,7 +445,7 @@ class Supervisor:
             "unknowns": _absolute(self.options.unknowns),
         }  # fmt: skip
         spec = {"config": self.config.to_dict(), "endpoints": endpoints, "sources": [s.to_json() for s in specs],
-                "outputs": outputs, "stream_fps": fps}  # fmt: skip
+                "outputs": outputs, "stream_fps": fps, "run_dir_created": self.created_run_dir}  # fmt: skip
         return specs, spec
 
     def _write_private(self, name: str, payload: Any) -> Path:
@@ -488,13 +488,13 @@ class Supervisor:
         """Prepare, start every process, supervise until the sources are done or a signal; the exit code."""
         try:
             specs, spec = self._prepare()
-        except (SourceError, PipelineError, OSError) as error:  # ModelNotFoundError is an OSError
-            log.error("%s", error)
-            return EXIT_USAGE
-        except Exception as error:
-            from ..enroll.store import GalleryError
+        except BaseException as error:
+            from ..errors import GalleryError
 
-            if not isinstance(error, GalleryError):
+            if self.created_run_dir and self.run_dir is not None:  # refused before starting: leave nothing behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            # ModelNotFoundError is an OSError
+            if not isinstance(error, SourceError | PipelineError | OSError | GalleryError):
                 raise
             log.error("%s", error)
             return EXIT_USAGE

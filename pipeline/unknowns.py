@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,7 @@ class _LineFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
         self.fd: int | None = os.open(self.path, flags, 0o600)
+        os.fchmod(self.fd, 0o600)  # an existing file keeps its mode otherwise: these lines hold biometric data
         self.lines = 0
 
     def write(self, record: dict[str, Any]) -> None:
@@ -205,9 +207,33 @@ def write_records(path: str | Path, records: Iterable[dict[str, Any]], append: b
         out.close()
 
 
+def _count_lines(path: str | Path) -> int:
+    try:
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return 0
+
+
 def chips_dir(unknowns_path: str | Path) -> Path:
     """Where `run --unknowns FILE` saves the kept faces' chips: ``FILE.chips/`` beside it."""
     return Path(str(unknowns_path) + ".chips")
+
+
+def save_chip(folder: Path, name: str, chip: np.ndarray) -> str | None:
+    """Save a 150x150 RGB chip as ``folder/name.png`` (folder 0700, file 0600: face images are biometric
+    data); its path, or None (logged) when it cannot be written."""
+    import cv2
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)  # an existing folder too
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+    path = folder / f"{safe}.png"
+    if not cv2.imwrite(str(path), np.ascontiguousarray(np.asarray(chip)[:, :, ::-1])):
+        log.warning("%s: cannot write the chip", path)
+        return None
+    os.chmod(path, 0o600)
+    return str(path)
 
 
 class UnknownTracks:
@@ -229,7 +255,12 @@ class UnknownTracks:
     ) -> None:
         if max_faces < 1:
             raise ValueError(f"max_faces must be at least 1, got {max_faces}")
-        self.out = _LineFile(path)
+        held = _count_lines(path)
+        self.out = _LineFile(path, append=True)  # a later run (or a restarted sink) adds to what the file holds
+        if held:
+            log.info("%s: adding to its %d earlier unknown tracks", path, held)
+        # chip names carry the run, so a later run's track 1 of frame 0 never replaces an earlier run's chip
+        self.run_tag = f"{time.time_ns() // 1_000_000:x}"
         self.max_faces = int(max_faces)
         self.chip_dir = None if chip_dir is None else Path(chip_dir)
         self.sources = {stream_id: redact(uri) for stream_id, uri in (sources or {}).items()}
@@ -296,16 +327,8 @@ class UnknownTracks:
     def _save_chip(self, track: _Track, face: _Face) -> str | None:
         if self.chip_dir is None or face.chip is None:
             return None
-        import cv2
-
-        self.chip_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # face images: private, like the file
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in track.stream_id)[:60]
-        path = self.chip_dir / f"{safe}-{track.track_id}-{face.frame_index}.png"
-        if not cv2.imwrite(str(path), np.ascontiguousarray(face.chip[:, :, ::-1])):
-            log.warning("%s: cannot write the chip", path)
-            return None
-        os.chmod(path, 0o600)
-        return str(path)
+        return save_chip(self.chip_dir, f"{safe}-{self.run_tag}-{track.track_id}-{face.frame_index}", face.chip)
 
     def close(self, identities: dict[tuple[str, int], str | None] | None = None) -> None:
         """End every track still open (their final identities in `identities`, else unknown) and close."""

@@ -203,6 +203,14 @@ def enroll_cluster(
         )  # fmt: skip
         record["added"] = len(ids)
         record["sample_ids"] = [int(v) for v in ids]
+        record["thumbnails"] = 0
+        for sample_id, i in zip(ids.tolist(), keep):  # the face's saved chip is the sample's thumbnail
+            if faces[i].chip:
+                try:
+                    gallery.thumbnails.save(int(sample_id), Path(faces[i].chip).read_bytes())
+                    record["thumbnails"] += 1
+                except OSError as error:  # the sample is enrolled; only its picture is missing
+                    log.warning("%s: no thumbnail for sample %d: %s", faces[i].chip, sample_id, error.strerror or error)
     return record
 
 
@@ -231,11 +239,19 @@ def _describe(cluster: dict[str, Any]) -> list[str]:
 
 
 def _add_images(args: argparse.Namespace, config: Config) -> int:
-    """Analyse photos and append their unknown faces to the file (each face its own track)."""
+    """Analyse photos and append their unknown faces to the file (each face its own track): each named by its
+    photo (stream id = the file name), weighed by the pipeline's quality gate (faces it rejects get weight 0,
+    so clustering leaves them out unless --all-faces), its chip saved in FILE.chips/ like `run --unknowns`."""
     from ..engines.faces import FaceAnalyzer
+    from ..engines.quality import face_quality
     from .enroll_cli import open_gallery
     from .imageio import ImageError, read_image
-    from .unknowns import unknowns_from_faces, write_records
+    from .tracker import QualityGate
+    from .unknowns import chips_dir, save_chip, unknowns_from_faces, write_records
+
+    section = config.tracker
+    gate = QualityGate(float(section.min_face_size), float(section.min_sharpness), float(section.min_score))
+    chips = chips_dir(args.files[0])
 
     analyzer = FaceAnalyzer.from_config(config)
     failures, records = 0, []
@@ -253,9 +269,15 @@ def _add_images(args: argparse.Namespace, config: Config) -> int:
                 continue
             faces = analyzer.analyze(image)
             matches = gallery.identify(faces.descriptors) if gallery is not None and len(faces) else None
-            found = unknowns_from_faces(faces, matches, stream_id="images", frame_index=index,
-                                        source=str(path), first_track_id=1000 * index)  # fmt: skip
-            log.info("%s: %d faces, %d unknown", path, len(faces), len(found))
+            weights = gate.weights(face_quality(faces.chips, faces.boxes, faces.scores), faces.scores)
+            found = unknowns_from_faces(faces, matches, stream_id=Path(path).name, frame_index=index,
+                                        source=str(path), first_track_id=1000 * index, weights=weights)  # fmt: skip
+            for record in found:
+                face = record["faces"][0]
+                i = record["track_id"] - 1000 * index
+                face["chip"] = save_chip(chips, f"{record['stream_id']}-{index}-{i}", faces.chips[i])
+            gated = sum(1 for record in found if not record["faces"][0]["weight"])
+            log.info("%s: %d faces, %d unknown (%d below the quality gate)", path, len(faces), len(found), gated)
             records.extend(found)
     finally:
         if gallery is not None:
@@ -286,7 +308,7 @@ def cmd_unknowns(args: argparse.Namespace, config: Config) -> int:
         from .enroll_cli import open_gallery
 
         try:
-            with open_gallery(args, config) as gallery:
+            with open_gallery(args, config, create=True) as gallery:
                 result = enroll_cluster(gallery, listing, which, name, max_samples=args.max_samples, force=args.force)
         except (KeyError, ValueError) as error:
             log.error("%s", error.args[0] if error.args else error)

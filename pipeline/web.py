@@ -56,7 +56,6 @@ from typing import Any
 import numpy as np
 
 from ..enroll.store import POSITIVE
-from ..enroll.thumbnails import Thumbnails, thumbnails_dir
 from ..errors import InputError
 from .config import Config
 
@@ -67,6 +66,9 @@ TOKEN_ENV = "FACESTREAM_WEB_TOKEN"
 COOKIE = "facestream_token"
 CHANGE_HEADER = "x-facestream"
 MAX_UPLOAD_BYTES = 20 << 20
+MAX_JSON_BYTES = 1 << 20  # the JSON endpoints' bodies (a name, a list of tracks)
+MAX_FORM_BYTES = 4096  # the sign-in form
+UPLOAD_TIMEOUT_S = 300.0  # an upload's analysis process is killed after this
 MAX_TRACKS = 300  # live unknown tracks kept (the oldest ended ones go first)
 FACES_PER_TRACK = 3
 UNKNOWN = "unknown"
@@ -75,6 +77,33 @@ POLL_S = 0.1
 
 class WebError(InputError, ValueError):
     """A web-view set-up problem with a clear message (bad address, a public address without a token...)."""
+
+
+class BodyTooLargeError(InputError, ValueError):
+    """A request body longer than its endpoint's limit (answered 413 before more of it is read)."""
+
+
+async def read_body(receive: Any, headers: Any, limit: int, sink: Callable[[bytes], None] | None = None) -> bytes:
+    """The request body read chunk by chunk, counting: BodyTooLargeError as soon as Content-Length or the bytes
+    received pass `limit`, so a chunked upload without Content-Length is never held whole. With `sink`, each
+    chunk goes there instead of into the returned bytes."""
+    declared = headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLargeError(f"the request body is larger than {limit:,} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyTooLargeError("the client went away before the body was complete")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"the request body is larger than {limit:,} bytes")
+        if chunk:
+            sink(chunk) if sink is not None else parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,6 +137,20 @@ def resolve_token(config: Config, given: str | None = None) -> str:
     return (given or os.environ.get(TOKEN_ENV) or str(config.web.token or "")).strip()
 
 
+MIN_TOKEN_BITS = 56
+
+
+def token_bits(token: str) -> float:
+    """A rough strength figure: the token's length times the entropy of its characters' frequencies (bits).
+    It cannot tell a random token from a clever guessable one, but it refuses "aaaaaaaaaaaaaaaa",
+    "abababababababab" and other short runs that a length check alone accepts."""
+    import math
+    from collections import Counter
+
+    counts = Counter(token)
+    return -sum(n * math.log2(n / len(token)) for n in counts.values()) if token else 0.0
+
+
 def check_binding(host: str, token: str) -> None:
     """Refuse to serve faces beyond this machine without a token."""
     if not is_loopback(host) and not token:
@@ -116,8 +159,11 @@ def check_binding(host: str, token: str) -> None:
             f"cameras and could change the gallery. Set {TOKEN_ENV} (or web.token, or --token), or serve on "
             "127.0.0.1 and reach it through an SSH tunnel"
         )
-    if token and len(token) < 16:
-        raise WebError("the web token is too short: use at least 16 random characters (e.g. `openssl rand -hex 16`)")
+    if token and (len(token) < 16 or token_bits(token) < MIN_TOKEN_BITS):
+        raise WebError(
+            f"the web token is too short or too regular (about {token_bits(token):.0f} bits; at least "
+            f"{MIN_TOKEN_BITS} needed): use at least 16 random characters, e.g. `openssl rand -hex 16`"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,6 +197,7 @@ class LiveState:
         self.health_rev = 0
         self.gallery_rev = 0
         self.closed = False
+        self.pipeline = True  # False: `serve` with no pipeline to attach to (gallery management only)
 
     # -- writers (the feed thread, the supervisor) -------------------------------------------------
 
@@ -336,10 +383,10 @@ class GalleryService:
 
     def __init__(self, config: Config, path: str | Path, state: LiveState) -> None:
         self.config, self.path, self.state = config, Path(path).expanduser().absolute(), state
-        self.thumbnails = Thumbnails(thumbnails_dir(self.path))  # the gallery's own (enroll/thumbnails.py)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web gallery")
         self._gallery: Any = None
-        self._analyzer: Any = None
+        self._upload_lock = asyncio.Lock()  # one upload analysed at a time (each may take ~2 GB)
+        self.last_upload_rss_mb: float | None = None  # the last upload process's high-water mark
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
@@ -365,7 +412,9 @@ class GalleryService:
         return self._gallery
 
     def thumb(self, sample_id: int) -> bytes | None:
-        return self.thumbnails.read(sample_id)
+        if not self.path.is_file():
+            return None
+        return self.gallery().thumbnails.read(sample_id)  # only this database's (enroll/thumbnails.py)
 
     def people(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -376,7 +425,7 @@ class GalleryService:
             ids = gallery.store.sample_ids(person.name, POSITIVE).tolist()  # ids only: no descriptors read
             listed.append({"name": person.name, "samples": person.samples, "negatives": person.negatives,
                            "threshold": person.threshold, "created": person.created, "sample_ids": ids,
-                           "thumbnails": self.thumbnails.available(ids)})  # fmt: skip
+                           "thumbnails": gallery.thumbnails.available(ids)})  # fmt: skip
         return listed
 
     def rename(self, old: str, new: str) -> dict[str, Any]:
@@ -389,26 +438,44 @@ class GalleryService:
         self.state.gallery_changed()
         return {"deleted": name, "samples": removed}
 
-    def enrol_photo(self, name: str, data: bytes, filename: str) -> dict[str, Any]:
-        """One uploaded photo through the same checks as `facestream enroll add` (one face, size, sharpness)."""
-        from ..engines.faces import FaceAnalyzer
-        from .enrolment import EnrolmentPolicy, enrol_image
+    async def enrol_upload(self, name: str, path: Path, filename: str) -> dict[str, Any]:
+        """One uploaded photo through the same checks as `facestream enroll add` (work budget before decoding,
+        one face, size, sharpness), analysed and enrolled by `upload_worker` in a process of its own, one
+        upload at a time: decoding and detection never take this process's memory. OSError when that process
+        fails (killed, out of memory, timed out)."""
+        import sys
 
-        if self._analyzer is None:
-            self._analyzer = FaceAnalyzer.from_config(self.config)
-        section = self.config.enrolment
-        policy = EnrolmentPolicy(largest=bool(section.largest), min_face_width=int(section.min_face_width),
-                                 min_sharpness=float(section.min_sharpness),
-                                 max_image_pixels=int(self.config.detector.max_image_pixels))  # fmt: skip
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename or "upload").name)[:80] or "upload"
-        gallery = self.gallery()
-        with tempfile.TemporaryDirectory(prefix="facestream-upload-") as folder:
-            path = Path(folder) / safe
-            path.write_bytes(data)
-            report = enrol_image(gallery, self._analyzer, name, path, policy)
-        if report.status == "added":  # enrol_image saved the face's thumbnail
+        photo = path.with_name(safe if safe != path.name else "upload")
+        path.rename(photo)  # the worker reports the photo by its upload name, never by the temporary path
+        request = json.dumps({"config": self.config.to_dict(), "gallery": str(self.path), "name": name,
+                              "photo": str(photo), "display": safe}, default=str).encode()  # fmt: skip
+        async with self._upload_lock:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "facestream.pipeline.upload_worker", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            try:
+                out, err = await asyncio.wait_for(process.communicate(request), UPLOAD_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+                took = f"analysing the photo took longer than {UPLOAD_TIMEOUT_S:.0f} s; it was stopped"
+                raise OSError(took) from None
+        try:
+            reply = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            reply = {}
+        self.last_upload_rss_mb = reply.get("max_rss_mb")
+        if "report" not in reply:
+            tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
+            if process.returncode is not None and process.returncode < 0:
+                tail = [f"killed by signal {-process.returncode} (out of memory?)"]
+            log.warning("upload for %r: the analysis process failed: %s", name, tail[0])
+            raise OSError(f"the photo could not be analysed: {reply.get('error') or tail[0]}")
+        if reply["report"]["status"] == "added":
             self.state.gallery_changed()
-        return report.to_json()
+        return reply["report"]
 
     def enrol_faces(self, name: str, faces: list[dict[str, Any]], force: bool = False) -> dict[str, Any]:
         """Unknown faces (dicts with descriptor, chip, stream_id, track_id, frame_index, box, quality) as samples
@@ -566,11 +633,38 @@ class Guard:
 
     def __init__(self, app: Any, token: str, hosts: set[str] | None) -> None:
         self.app, self.token, self.hosts = app, token, hosts
+        self.failures: dict[str, deque[float]] = {}  # client address -> times of its wrong tokens
+
+    def _limited(self, client: str) -> float:
+        """Seconds until `client` may try a token again (0: now): at most FAILURES_ALLOWED wrong tokens a
+        FAILURE_WINDOW_S, so a token cannot be guessed by trying."""
+        times = self.failures.get(client)
+        now = time.monotonic()
+        while times and times[0] < now - FAILURE_WINDOW_S:
+            times.popleft()
+        if times is not None and not times:
+            del self.failures[client]
+            return 0.0
+        return FAILURE_WINDOW_S - (now - times[0]) if times and len(times) >= FAILURES_ALLOWED else 0.0
+
+    def _failed(self, client: str) -> None:
+        if len(self.failures) > 10_000:  # bounded: forget the oldest clients
+            self.failures.pop(next(iter(self.failures)))
+        self.failures.setdefault(client, deque()).append(time.monotonic())
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
+            await send(message)
+
+        await self._guarded(scope, receive, send_with_headers)
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         from starlette.datastructures import Headers
         from starlette.requests import Request
         from starlette.responses import JSONResponse, RedirectResponse
@@ -581,11 +675,21 @@ class Guard:
             return
         if self.token:
             request = Request(scope, receive)
+            client = (scope.get("client") or ("?", 0))[0]
+            wait = self._limited(client)
+            if wait:
+                text = f"too many wrong tokens from {client}: try again in {wait:.0f} s"
+                await JSONResponse({"error": text}, status_code=429, headers={"Retry-After": str(int(wait) + 1)})(
+                    scope, receive, send
+                )
+                return
             if scope["path"] == "/login":
-                await self._login(request, send)
+                await self._login(request, send, client)
                 return
             bearer = headers.get("authorization", "")
             given = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+            if given and not hmac.compare_digest(given.encode(), self.token.encode()):
+                self._failed(client)
             if not hmac.compare_digest(given.encode(), self.token.encode()):
                 if scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):  # a person at the page: the form
                     await RedirectResponse("/login", status_code=303)(scope, receive, send)
@@ -600,16 +704,20 @@ class Guard:
             return
         await self.app(scope, receive, send)
 
-    async def _login(self, request: Any, send: Any) -> None:
+    async def _login(self, request: Any, send: Any, client: str) -> None:
         """GET: the sign-in form (or ``?token=`` for scripts); POST (the form): the token. Right: a cookie
         (HttpOnly, SameSite=Strict) and back to the page; wrong: 401 and the form again."""
         from urllib.parse import parse_qs
 
-        from starlette.responses import HTMLResponse, RedirectResponse
+        from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
         given = request.query_params.get("token")
         if request.method == "POST":
-            body = await request.body()
+            try:
+                body = await read_body(request.receive, request.headers, MAX_FORM_BYTES)
+            except BodyTooLargeError as problem:
+                await JSONResponse({"error": str(problem)}, status_code=413)(request.scope, request.receive, send)
+                return
             given = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
         if given is None:  # GET without a token: show the form
             await HTMLResponse(LOGIN_PAGE.format(message=""))(request.scope, request.receive, send)
@@ -618,9 +726,22 @@ class Guard:
             response: Any = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
         else:
+            self._failed(client)
             response = HTMLResponse(LOGIN_PAGE.format(message="<p class=error>Wrong token.</p>"), status_code=401)
         await response(request.scope, request.receive, send)
 
+
+FAILURES_ALLOWED = 10  # wrong tokens from one client address ...
+FAILURE_WINDOW_S = 60.0  # ... within this many seconds; then 429 until the oldest is this old
+# Every response: never framed by another site (clickjacking), scripts and styles from this server only
+# (the page and the sign-in form use an inline <style>), no MIME sniffing, no Referer with the URL.
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+                                 b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]  # fmt: skip
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>facestream: sign in</title>
 <style>body{{font:15px system-ui,sans-serif;margin:4em auto;max-width:26em}}.error{{color:#b22}}</style></head>
@@ -676,11 +797,14 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         return FileResponse(STATIC / "app.js", media_type="text/javascript", headers={"Cache-Control": "no-store"})
 
     async def recent_events(request: Request) -> Response:
-        after = int(request.query_params.get("after", "0") or 0)
-        return JSONResponse([{"seq": s, **e} for s, e in state.events_after(after)])
+        after = request.query_params.get("after", "0") or "0"
+        if not after.isdigit():
+            return error(400, "after: expected an event number (a non-negative integer)")
+        return JSONResponse([{"seq": s, **e} for s, e in state.events_after(int(after))])
 
     async def health(_: Request) -> Response:
-        return JSONResponse({"health": _summary_health(state.health), "raw": state.health})
+        return JSONResponse({"health": _summary_health(state.health), "raw": state.health,
+                             "pipeline": state.pipeline})  # fmt: skip
 
     async def streams(_: Request) -> Response:
         return JSONResponse({sid: {"last_frame": when} for sid, when in state.streams().items()})
@@ -700,6 +824,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             stream_ids: list[str] = []
             quiet_since = time.monotonic()
             yield b"retry: 1000\n\n"
+            yield message("mode", {"pipeline": state.pipeline})  # the page's badge: live, or gallery only
             while not state.closed:
                 sent = False
                 for event_seq, record in state.events_after(seq)[-history:]:
@@ -761,7 +886,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
     async def thumb(request: Request) -> Response:
         data = await gallery.call(gallery.thumb, int(request.path_params["sample_id"]))
         if data is None:
-            return error(404, "no thumbnail for this sample (enrolled before thumbnails were kept?)")
+            return error(404, "no thumbnail for this sample")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def gallery_change(function: Callable[..., Any], *args: Any) -> Response:
@@ -776,8 +901,10 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             return error(status, str(problem.args[0] if problem.args else problem))
 
     async def json_body(request: Request) -> dict[str, Any]:
+        """The JSON object of a request, at most MAX_JSON_BYTES (BodyTooLargeError beyond)."""
+        raw = await read_body(request.receive, request.headers, MAX_JSON_BYTES)
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -787,6 +914,8 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
     async def rename(request: Request) -> Response:
         try:
             new = str((await json_body(request)).get("name") or "").strip()
+        except BodyTooLargeError as problem:
+            return error(413, str(problem))
         except ValueError as problem:
             return error(400, str(problem))
         return await gallery_change(gallery.rename, request.path_params["name"], new)
@@ -795,18 +924,22 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         return await gallery_change(gallery.delete, request.path_params["name"])
 
     async def upload(request: Request) -> Response:
+        """The photo is streamed to a private temporary file (413 past MAX_UPLOAD_BYTES, never held whole) and
+        analysed in a process of its own (`upload_worker`): the server never decodes it."""
         name = request.path_params["name"].strip()
-        size = int(request.headers.get("content-length") or 0)
-        if size > MAX_UPLOAD_BYTES:
-            return error(413, f"the photo is larger than {MAX_UPLOAD_BYTES >> 20} MB")
-        data = await request.body()
-        if not data or len(data) > MAX_UPLOAD_BYTES:
-            return error(400 if not data else 413, "send the photo's bytes as the request body")
-        filename = request.headers.get("x-filename", "upload")
-        try:
-            report = await gallery.call(gallery.enrol_photo, name, data, filename)
-        except (ValueError, OSError) as problem:
-            return error(400, str(problem))
+        with tempfile.TemporaryDirectory(prefix="facestream-upload-") as folder:  # 0700
+            path = Path(folder) / "photo"
+            try:
+                with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+                    await read_body(request.receive, request.headers, MAX_UPLOAD_BYTES, handle.write)
+            except BodyTooLargeError:
+                return error(413, f"the photo is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+            if path.stat().st_size == 0:
+                return error(400, "send the photo's bytes as the request body")
+            try:
+                report = await gallery.enrol_upload(name, path, request.headers.get("x-filename", "upload"))
+            except (ValueError, OSError) as problem:
+                return error(400 if isinstance(problem, ValueError) else 503, str(problem))
         return JSONResponse(report, status_code=200 if report["status"] == "added" else 422)
 
     async def unknown_list(_: Request) -> Response:
@@ -824,6 +957,8 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             body = await json_body(request)
             name = str(body.get("name") or "").strip()
             tracks = [(str(t[0]), int(t[1])) for t in body.get("tracks") or []]
+        except BodyTooLargeError as problem:
+            return error(413, str(problem))
         except (ValueError, TypeError, IndexError) as problem:
             return error(400, f'expected {{"name": ..., "tracks": [[stream_id, track_id], ...]}}: {problem}')
         if not name or not tracks:
@@ -849,9 +984,10 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         Route("/api/streams/{stream_id}/video", mjpeg),
         Route("/api/streams/{stream_id}/frame.jpg", snapshot),
         Route("/api/people", people),
-        Route("/api/people/{name}/rename", rename, methods=["POST"]),
-        Route("/api/people/{name}", delete, methods=["DELETE"]),
-        Route("/api/people/{name}/photos", upload, methods=["POST"]),
+        # {name:path}: a name may hold "/" (sent as %2F, which the server decodes before routing)
+        Route("/api/people/{name:path}/rename", rename, methods=["POST"]),
+        Route("/api/people/{name:path}/photos", upload, methods=["POST"]),
+        Route("/api/people/{name:path}", delete, methods=["DELETE"]),
         Route("/api/thumbnails/{sample_id:int}", thumb),
         Route("/api/unknowns", unknown_list),
         Route("/api/unknowns/chip/{stream_id}/{track_id:int}/{frame_index:int}", unknown_chip),
@@ -875,6 +1011,7 @@ class WebServer:
         self.token = resolve_token(config, token)
         check_binding(self.host, self.token)
         self.state = LiveState(int(config.web.history))
+        self.state.pipeline = bool(endpoints) or health_file is not None
         self.gallery = GalleryService(config, gallery or config.gallery.path, self.state)
         self.unknowns = UnknownPeople(self.state, self.gallery, [Path(p) for p in unknowns or []],
                                       float(config.gallery.distance_threshold))  # fmt: skip

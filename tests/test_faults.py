@@ -95,3 +95,59 @@ def test_stage_processes_get_a_fixed_mmap_threshold_unless_the_environment_has_o
     assert malloc_environment(quarter, {}) == {"MALLOC_MMAP_THRESHOLD_": "262144"}
     assert malloc_environment(dataclasses.replace(pipeline, malloc_mmap_threshold_mb=0), {}) == {}  # glibc's own
     assert malloc_environment(pipeline, {"MALLOC_MMAP_THRESHOLD_": "131072"}) == {}  # the user's value is kept
+
+
+def test_a_full_disk_while_saving_a_thumbnail_leaves_no_partial_file(tiny_disk: Path) -> None:
+    from facestream.enroll.thumbnails import Thumbnails
+
+    thumbnails = Thumbnails(tiny_disk / "gallery.db.thumbs", owner="0123")
+    thumbnails.save(1, b"small")
+    free = os.statvfs(tiny_disk)
+    (tiny_disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 8192))  # 8 KiB left
+    with pytest.raises(OSError):
+        thumbnails.save(2, os.urandom(256 << 10))
+    assert sorted(p.name for p in thumbnails.folder.iterdir()) == [".gallery", "1.png"]
+    assert thumbnails.read(1) == b"small"
+
+
+def test_kill_9_of_the_supervisor_leaves_no_run_directory(tmp_path: Path) -> None:
+    """Its stages exit (they die with it) and remove the run directory it made: no stale spec.json or health.json."""
+    import signal
+    import sys
+    import time
+
+    import yaml
+
+    run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp")) / "run"  # ipc paths must stay short
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"run_dir": str(run_dir)}}))
+    clip = Path(__file__).parent / "data" / "video" / "short_hamilton_clip.mp4"
+    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
+            f"loop:{clip}", "--gallery", str(tmp_path / "g.db")]  # fmt: skip
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+
+        def all_ready() -> bool:
+            try:
+                listed = json.loads((run_dir / "processes.json").read_text())["processes"]
+            except (OSError, ValueError):
+                return False
+            return bool(listed) and all(p["ready"] for p in listed) and (run_dir / "health.json").exists()
+
+        while not all_ready():
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
+            time.sleep(0.2)
+        pids = [p["pid"] for p in json.loads((run_dir / "processes.json").read_text())["processes"] if p["pid"]]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        deadline = time.monotonic() + 60
+        while run_dir.exists() or any(Path(f"/proc/{pid}").exists() for pid in pids):
+            assert time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        run_dir.parent.rmdir() if run_dir.parent.exists() and not run_dir.exists() else None

@@ -141,7 +141,8 @@ def test_file_stream_in_order_deduplicated_tracked_and_written(outputs: tuple[Si
         assert {"stream_id", "track_id", "frame_index", "timestamp", "box"} <= event.keys()
         assert event["stream_id"] == "cam" and len(event["box"]) == 4
     assert events[1]["distance"] == pytest.approx(0.41) and events[1]["frame_index"] == 0
-    assert events[2]["frame_index"] == 9 and events[2]["box"] == [58, 60, 137, 139]  # its last detection
+    assert events[2]["last_frame"] == 9 and events[2]["box"] == [58, 60, 137, 139]  # its last detection
+    assert events[2]["frame_index"] == 13  # where the end was decided (max_age 3): events stay in frame order
     assert events[3]["frame_index"] == 15 and events[3]["timestamp"] == pytest.approx(1.5)
     summary = events[-1]
     assert summary["frames"] == 30
@@ -224,7 +225,7 @@ def test_a_scene_cut_ends_the_tracks_instead_of_naming_a_stranger(tmp_path: Path
     if cut_distance:
         assert identities == [(1, "Alice")] * 5 + [(2, "unknown")] * 5
         ended = next(e for e in events if e["event"] == "track_ended" and e["track_id"] == 1)
-        assert ended["frame_index"] == 4
+        assert ended["last_frame"] == 4 and ended["frame_index"] == 5  # decided at the cut
         assert list(events[-1]["identities"]) == ["Alice", "unknown"] and core.stats.counters["scene_cuts"] == 1
     else:  # boxes only: the stranger inherits Alice's track and name
         assert identities == [(1, "Alice")] * 10
@@ -426,3 +427,45 @@ def test_events_carry_descriptors_only_when_configured(tmp_path: Path, decision:
         else:
             assert with_descriptor == identified
             assert [e["descriptor"][0] for e in identified] == [1.0, 2.0] and len(identified[0]["descriptor"]) == 128
+
+
+def test_events_are_in_frame_order_and_a_never_identified_track_ends_unknown(tmp_path: Path) -> None:
+    """Alice leaves at frame 9 and Bob arrives at 15: her end is decided at frame 13 (max_age 3), before Bob
+    starts, and says so (last_frame 9). A track whose faces are all below the quality gate ends "unknown"."""
+    sink_outputs = SinkOutputs(events=str(tmp_path / "e.jsonl"), detections=str(tmp_path / "d.jsonl"))
+    core = SinkCore({"cam": False}, ScriptedMatcher(), sink_outputs, tracker_config(max_age=3))
+    for index in range(30):
+        blurred = index >= 15  # Bob's faces never pass the quality gate
+        core.add(faces_at("cam", index, scene(index), sharpness=0.0 if blurred else 120.0), "descriptors")
+        core.pump()
+    core.add(EndOfStream("cam", 30), "sink_in")
+    core.pump()
+    core.close()
+    events = read_lines(tmp_path / "e.jsonl")
+    frames = [e["frame_index"] for e in events if e["event"] != "summary"]
+    assert frames == sorted(frames), [(e["event"], e["frame_index"]) for e in events]
+    alice, bob = (e for e in events if e["event"] == "track_ended")
+    assert alice["last_frame"] == 9 and alice["frame_index"] == 13 and alice["identity"] == "Alice"
+    assert bob["identity"] == "unknown" and bob["decided"] is False and alice["decided"] is True
+    detections = read_lines(tmp_path / "d.jsonl")
+    assert {f["identity"] for d in detections[15:] for f in d["faces"]} == {"unknown"}
+
+
+def test_labels_stay_inside_the_frame_and_off_other_faces() -> None:
+    from facestream.pipeline.sinks import place_labels
+
+    width, height = 640, 360
+    # a face at the top right corner, one at the bottom edge, and two side by side with room below them
+    boxes = [(560, 0, 639, 79), (10, 300, 89, 359), (200, 100, 279, 179), (290, 100, 369, 179)]
+    sizes = [(150, 20), (150, 20), (150, 20), (150, 20)]
+    places = place_labels(boxes, sizes, width, height)
+    for (x0, y0, x1, y1), (w, h) in zip(places, sizes):
+        assert x0 >= 0 and x1 <= width and y0 >= 0 and y1 <= height and (x1 - x0, y1 - y0) == (w, h)
+    for i, place in enumerate(places):
+        for j, box in enumerate(boxes):
+            if i != j:  # covers no other face ...
+                assert min(place[2], box[2] + 1) <= max(place[0], box[0]) or min(place[3], box[3] + 1) <= max(
+                    place[1], box[1]), (i, j, place, box)  # fmt: skip
+        for other in places[:i]:  # ... and no other label
+            assert min(place[2], other[2]) <= max(place[0], other[0]) or min(place[3], other[3]) <= max(
+                place[1], other[1])  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -393,3 +394,98 @@ def test_scene_cuts_of_the_demo_clip_are_seen_and_motion_is_not() -> None:
     assert cuts == [20, 82, 211]  # the clip's three cuts (seen in its frames); the zoom is not one
     assert not scene_changed(None, thumbnails[0], 20.0)
     assert not scene_changed(thumbnails[19], thumbnails[20], 0.0)  # 0 = off
+
+
+def test_a_camera_that_comes_up_30_s_late_is_picked_up_by_a_running_pipeline(tmp_path: Path) -> None:
+    """A real `facestream run` on an MJPEG-over-HTTP camera whose server starts 30 s after the run: the run keeps
+    retrying with back-off (logged) instead of giving up, then processes its frames and ends normally."""
+    import http.server
+    import json
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    capture = cv2.VideoCapture(str(CLIP))
+    jpegs = [cv2.imencode(".jpg", capture.read()[1])[1].tobytes() for _ in range(10)]
+    capture.release()
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            try:
+                for index in range(100_000):
+                    data = jpegs[index % len(jpegs)]
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                                     % (len(data), data))  # fmt: skip
+                    time.sleep(0.04)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    with socket.socket() as probe:  # a free port, nobody listening on it yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(
+            {"pipeline": {"run_dir": str(run_dir)}, "sources": {"reconnect_initial_s": 0.5, "reconnect_max_s": 4.0}}
+        )
+    )
+    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
+            f"door=http://127.0.0.1:{port}/stream.mjpg", "--max-frames", "20", "--stats", "stats.json",
+            "--gallery", str(tmp_path / "gallery.db")]  # fmt: skip
+    server = None
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(argv, stderr=stderr, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        time.sleep(30)  # the stated scenario: the camera is down for the first 30 s of the run
+        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
+        log = (tmp_path / "stderr.txt").read_text()
+        assert "cannot be opened; trying again in" in log and "retrying for as long as the run lasts" in log, log
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Camera)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        assert process.wait(120) == 0, (tmp_path / "stderr.txt").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    log = (tmp_path / "stderr.txt").read_text()
+    assert re.search(r"door \(http://127\.0\.0\.1:\d+/stream\.mjpg\): opened after \d+ failed attempts", log), log
+    stream = json.loads((tmp_path / "stats.json").read_text())["streams"]["door"]
+    assert stream["processed"] > 0 and stream["state"] == "live" and not stream.get("error")
+
+
+def test_a_folder_where_every_image_fails_is_a_failed_stream_and_the_run_exits_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png", "c.jpg"):
+        (folder / name).write_bytes(b"not an image at all")
+    reader = ImageFolderReader.open(SourceSpec("frames", str(folder), "images"), config())
+    with pytest.raises(SourceError, match="none of its 3 image files could be read"):
+        reader.read()
+    run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"run_dir": str(run_dir)}}))
+    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
+                             str(folder), "--gallery", str(tmp_path / "g.db")], capture_output=True, text=True,
+                            timeout=180, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "none of its 3 image files could be read" in result.stderr

@@ -427,3 +427,66 @@ def test_export_import_round_trip_is_exact(tmp_path: Path) -> None:
         target.import_file(tmp_path / "wrong.json")
     assert target.people()[0].samples == 3  # nothing half-imported
     target.close()
+
+
+def test_a_recreated_gallery_never_shows_the_thumbnails_of_the_gallery_it_replaced(tmp_path: Path) -> None:
+    """Sample ids restart at 1 in a new database: the old `<gallery>.thumbs/` must not pass for the new one's."""
+    path = tmp_path / "gallery.db"
+    with Gallery(path) as old:
+        (old_id,) = old.add_samples("Old Person", descriptors(1)).tolist()
+        old.thumbnails.save(old_id, b"old face")
+        assert old.thumbnails.read(old_id) == b"old face"
+    with Gallery(path) as reopened:  # the same database: its thumbnails are still shown
+        assert reopened.thumbnails.read(old_id) == b"old face"
+    for leftover in tmp_path.glob("gallery.db*"):
+        if leftover.is_file():
+            leftover.unlink()  # the database deleted, its thumbnail folder forgotten
+    with Gallery(path) as new:
+        (new_id,) = new.add_samples("New Person", descriptors(1, seed=1)).tolist()
+        assert new_id == old_id  # the case that matters: the same sample id
+        assert new.thumbnails.read(new_id) is None and new.thumbnails.available([new_id]) == []
+        new.thumbnails.save(new_id, b"new face")
+        (second,) = new.add_samples("New Person", descriptors(1, seed=2)).tolist()
+        assert new.thumbnails.read(new_id) == b"new face"
+        assert new.thumbnails.read(second) is None  # the old gallery's files were deleted, not adopted
+    assert sorted(p.name for p in (tmp_path / "gallery.db.thumbs").iterdir()) == [".gallery", f"{new_id}.png"]
+
+
+def test_reading_a_missing_gallery_creates_nothing(tmp_path: Path) -> None:
+    from facestream.enroll.store import GalleryNotFoundError
+
+    path = tmp_path / "typo" / "gallery.db"
+    with pytest.raises(GalleryNotFoundError, match="no such gallery"):
+        Gallery(path, create=False)
+    assert not (tmp_path / "typo").exists()
+    with Gallery(path) as made:  # enrolling creates it
+        assert made.store.created
+    with Gallery(path, create=False) as opened:
+        assert not opened.store.created
+
+
+def test_a_gallery_on_a_read_only_file_system_can_be_read(tmp_path: Path) -> None:
+    """WAL needs a -shm file beside the database; on a read-only mount none can be made (a real bind mount)."""
+    source, mount = tmp_path / "rw", tmp_path / "ro"
+    source.mkdir()
+    mount.mkdir()
+    with Gallery(source / "gallery.db") as gallery:
+        gallery.add_samples("Alice", descriptors(2))
+        gallery.thumbnails.save(1, b"face")
+    assert not (source / "gallery.db-shm").exists()
+    made = subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {made.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], check=True)
+        with pytest.raises(OSError):
+            (mount / "probe").write_text("x")
+        with Gallery(mount / "gallery.db", create=False) as gallery:
+            assert gallery.store.read_only
+            assert [(p.name, p.samples) for p in gallery.people()] == [("Alice", 2)]
+            assert list(gallery.identify(descriptors(2)).identities) == ["Alice", "Alice"]
+            assert gallery.thumbnails.read(1) == b"face"
+            with pytest.raises(GalleryError, match=r"readonly|read-only|cannot write"):
+                gallery.add_samples("Bob", descriptors(1, seed=5))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -210,7 +210,7 @@ async function loadPeople() {
     for (const id of person.thumbnails.slice(-8)) {
       thumbs.append(element("img", { src: `api/thumbnails/${id}`, alt: `sample ${id}`, title: `sample ${id}` }));
     }
-    if (!person.thumbnails.length) thumbs.append(element("span", { class: "muted" }, "no thumbnails (enrolled before thumbnails were kept)"));
+    if (!person.thumbnails.length) thumbs.append(element("span", { class: "muted" }, "no thumbnails (none was saved for these samples)"));
     const message = element("div", { class: "message" });
     const rename = element("button", { type: "button", class: "rename" }, "Rename");
     const remove = element("button", { type: "button", class: "delete" }, "Delete");
@@ -259,7 +259,12 @@ function connect() {
   const source = new EventSource("api/live");
   const unknowns = later(loadUnknowns, 300);
   const people = later(loadPeople, 300);
-  source.onopen = () => { status.textContent = "live"; status.className = "ok"; };
+  source.onopen = () => { status.textContent = "connected"; status.className = "muted"; };
+  source.addEventListener("mode", (e) => {
+    const pipeline = JSON.parse(e.data).pipeline;
+    status.textContent = pipeline ? "live" : "gallery only: no pipeline attached";
+    status.className = pipeline ? "ok" : "muted";
+  });
   source.onerror = () => { status.textContent = "disconnected: retrying…"; status.className = "bad"; };
   source.addEventListener("fs-event", (e) => addEvent(JSON.parse(e.data), e.lastEventId));
   source.addEventListener("health", (e) => renderHealth(JSON.parse(e.data)));
