@@ -19,8 +19,8 @@ from .dlib_format import InputImagePyramid, LossMMOD, read_mmod_detector
 from .onnx_export import cached_onnx
 from .runtime import InferenceSession
 
-# Input-tensor pixels of one network call: ONNX Runtime's peak is ~46 bytes per pixel, so ~280 MB.
-DEFAULT_MAX_TILE_PIXELS = 6_000_000
+# Input-tensor pixels of one network call: ONNX Runtime's peak is ~46 bytes per pixel, so ~190 MB.
+DEFAULT_MAX_TILE_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,10 @@ class FaceDetector:
             windows: list[pw.Window] = [(0, rows, 0, cols)]
         else:
             windows = [self._level_window(geom, k) for k in levels]
+        if rows * cols <= self.max_tile_pixels:  # small enough: build it whole, run the windows on slices
+            p = self.params
+            tensor, _ = pyramid.build_input_tensor(list(images), times, p.means, p.padding, p.outer_padding)
+            return self._decode(self._run_windows(images, geom, windows, None, tensor), geom)
         cached = pw.cache_small_levels(images, geom, np.asarray(self.params.means, np.float32),
                                        self.max_tile_pixels // cols)  # fmt: skip
         return self._decode(self._run_windows(images, geom, windows, cached), geom)
@@ -129,16 +133,18 @@ class FaceDetector:
         return self._decode(self._run_windows([image], geom, windows, None), geom)[0]
 
     def scale_levels(self, geom: pw.PyramidGeometry) -> list[int] | None:
-        """Pyramid levels that can give faces between `min_face_size` and `max_face_size` (None: all).
+        """Pyramid levels the network runs on under `min_face_size` / `max_face_size` (None: all).
 
         Level k finds 80x80 windows of the level, i.e. faces ~80 * 1.2^k / 2^upsample px wide in
-        the image; a level is kept when that width, give or take 10% and 2 px (rounding), meets
-        the range, and boxes are then filtered by their exact width before NMS."""
+        the image. Kept: the levels whose faces meet the range (give or take 10% and 2 px for
+        rounding) and one level either side, whose candidates take part in NMS as in full frame
+        (a face is mostly suppressed by itself at the next scale); after NMS, faces are kept by
+        their exact box width."""
         if self.min_face_size <= 0 and self.max_face_size <= 0:
             return None
         lo, hi = self.min_face_size, self.max_face_size if self.max_face_size > 0 else np.inf
         widths = self.params.window[0] * 1.2 ** np.arange(len(geom.rects)) / 2.0**geom.times
-        keep = (widths * 1.1 + 2 >= lo) & (widths / 1.1 - 2 <= hi)
+        keep = (widths * 1.1 * 1.2 + 2 >= lo) & (widths / 1.1 / 1.2 - 2 <= hi)
         return [int(k) for k in np.flatnonzero(keep)]
 
     # ----------------------------------------------------------------------------------------------
@@ -190,9 +196,10 @@ class FaceDetector:
         return r0, r1, c0, c1
 
     def _run_windows(self, images: list[np.ndarray], geom: pw.PyramidGeometry, windows: list[pw.Window],
-                     cached: dict[int, np.ndarray] | None) -> np.ndarray:  # fmt: skip
+                     cached: dict[int, np.ndarray] | None, tensor: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         """Score maps (N,Ho,Wo) with the exact scores of every cell some window computes, -inf elsewhere.
-        Windows larger than `max_tile_pixels` are split into aligned overlapping tiles."""
+        Windows larger than `max_tile_pixels` are split into aligned overlapping tiles. Window pixels
+        are sliced from `tensor` (the whole input tensor) when given, else computed (`fill_window`)."""
         rows, cols = geom.shape
         n_r, n_c = pyramid.detector_output_shape(rows, cols)
         scores = np.full((len(images), n_r, n_c), -np.inf, dtype=np.float32)
@@ -211,7 +218,11 @@ class FaceDetector:
                     ocol = pw.window_outputs(window[2], window[3], cols)
                     if orow[1] <= orow[0] or ocol[1] <= ocol[0]:
                         continue
-                    out = self.session.run(pw.fill_window(images, geom, window, means, cached))[:, 0]
+                    if tensor is not None:
+                        part = tensor[:, :, window[0] : window[1], window[2] : window[3]]
+                    else:
+                        part = pw.fill_window(images, geom, window, means, cached)
+                    out = self.session.run(part)[:, 0]
                     jr, jc = window[0] // pw.STRIDE, window[2] // pw.STRIDE
                     scores[:, orow[0] : orow[1], ocol[0] : ocol[1]] = out[
                         :, orow[0] - jr : orow[1] - jr, ocol[0] - jc : ocol[1] - jc
@@ -219,20 +230,26 @@ class FaceDetector:
         return scores
 
     def _decode(self, score_maps: np.ndarray, geom: pw.PyramidGeometry) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Score maps (N,Ho,Wo) -> per image (boxes, scores): candidates, scale limits, NMS, rect_down."""
+        """Score maps (N,Ho,Wo) -> per image (boxes, scores): candidates, NMS, rect_down, scale limits."""
         p = self.params
         results = []
         for score_map in score_maps:
             cand, sc = pyramid.output_to_image_rects(score_map, geom.rects, self.threshold, p.window)
+            keep = pyramid.nms(cand, sc, p.nms_iou, p.nms_percent_covered)
+            boxes, scores = pyramid.map_rects_from_upsampled(cand[keep], geom.times), sc[keep]
             if self.min_face_size > 0 or self.max_face_size > 0:
-                width = pyramid.map_rects_from_upsampled(cand, geom.times) if len(cand) else cand
-                width = width[:, 2] - width[:, 0] + 1
+                width = boxes[:, 2] - boxes[:, 0] + 1
                 hi = self.max_face_size if self.max_face_size > 0 else np.inf
                 inside = (width >= self.min_face_size) & (width <= hi)
-                cand, sc = cand[inside], sc[inside]
-            keep = pyramid.nms(cand, sc, p.nms_iou, p.nms_percent_covered)
-            results.append((pyramid.map_rects_from_upsampled(cand[keep], geom.times), sc[keep]))
+                boxes, scores = boxes[inside], scores[inside]
+            results.append((boxes, scores))
         return results
+
+
+def detector_options(section: dict) -> dict[str, float]:
+    """The `FaceDetector` options held in the config's ``detector:`` section (missing keys: defaults)."""
+    keys = ("max_tile_pixels", "min_face_size", "max_face_size")
+    return {key: float(section[key]) for key in keys if key in section}
 
 
 def upsample_for_min_face(min_face_size: float, window: int = pyramid.WINDOW[0]) -> int:
@@ -247,10 +264,11 @@ def upsample_for_min_face(min_face_size: float, window: int = pyramid.WINDOW[0])
 def region_levels(box: np.ndarray, times: int, n_levels: int, margin: int = 1,
                   window: int = pyramid.WINDOW[0]) -> range:  # fmt: skip
     """Pyramid levels where a face with this box (image coords [l,t,r,b]) is detected: the level whose
-    80x80 window matches its size after `times` upsamplings (faces ~80*1.2^k px), +- `margin`."""
+    80x80 window is nearest its size after `times` upsamplings (faces ~80*1.2^k px), +- `margin`
+    (one level is a factor 1.2 in size)."""
     size = max(1.0, float(np.mean(box[2:] - box[:2]) + 1)) * 2.0**times
-    k = np.log(size / window) / np.log(1.2)
-    return range(max(0, int(np.floor(k)) - margin), min(n_levels, int(np.ceil(k)) + margin + 1))
+    k = int(np.round(np.log(size / window) / np.log(1.2)))
+    return range(max(0, k - margin), min(n_levels, k + margin + 1))
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

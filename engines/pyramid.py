@@ -231,24 +231,24 @@ def resize_window_f32(
         inv_lr_s = one - lr_s
         tb_f = tb.astype(np.float32)[:, None]
         inv_tb_f = (1.0 - tb).astype(np.float32)[:, None]  # simd4f(1 - tb_frac): double, then float
-        cols_l = np.take(src, plan.left[s0:s1] - ox, axis=-1)  # (..., h, n)
-        cols_r = np.take(src, plan.right[s0:s1] - ox, axis=-1)
+        left, right = plan.left[s0:s1] - ox, plan.right[s0:s1] - ox
         for a in range(0, r1 - r0, _ROW_CHUNK):
             b = min(a + _ROW_CHUNK, r1 - r0)
-            t, bt = top[a:b], bottom[a:b]
+            # Rows, then columns, chunk by chunk: temporaries stay ~chunk x width whatever the image.
+            rows_t, rows_b = np.take(src, top[a:b], axis=-2), np.take(src, bottom[a:b], axis=-2)
             acc = out[..., a:b, : s1 - s0]  # a view: accumulate in place, same rounding order
-            np.multiply(inv_tb_f[a:b] * inv_lr_s, np.take(cols_l, t, axis=-2), out=acc)
-            acc += (inv_tb_f[a:b] * lr_s) * np.take(cols_r, t, axis=-2)
-            acc += (tb_f[a:b] * inv_lr_s) * np.take(cols_l, bt, axis=-2)
-            acc += (tb_f[a:b] * lr_s) * np.take(cols_r, bt, axis=-2)
+            np.multiply(inv_tb_f[a:b] * inv_lr_s, np.take(rows_t, left, axis=-1), out=acc)
+            acc += (inv_tb_f[a:b] * lr_s) * np.take(rows_t, right, axis=-1)
+            acc += (tb_f[a:b] * inv_lr_s) * np.take(rows_b, left, axis=-1)
+            acc += (tb_f[a:b] * lr_s) * np.take(rows_b, right, axis=-1)
     t0 = max(c0, n_simd)  # output columns of the scalar tail
     if c1 > t0:
         lr_tf = plan.lr_t[t0 - n_simd : c1 - n_simd].astype(np.float32)  # `const float lr_frac = x - left;`
         inv_lr_tf = np.float32(1.0) - lr_tf
-        t_rows, b_rows = src[..., top, :], src[..., bottom, :]
         lt, rt = plan.left[t0:c1] - ox, plan.right[t0:c1] - ox
-        top_x = inv_lr_tf * t_rows[..., lt] + lr_tf * t_rows[..., rt]  # float32
-        bot_x = inv_lr_tf * b_rows[..., lt] + lr_tf * b_rows[..., rt]
+        cols_l, cols_r = np.take(src, lt, axis=-1), np.take(src, rt, axis=-1)  # the few tail columns
+        top_x = inv_lr_tf * np.take(cols_l, top, axis=-2) + lr_tf * np.take(cols_r, top, axis=-2)  # float32
+        bot_x = inv_lr_tf * np.take(cols_l, bottom, axis=-2) + lr_tf * np.take(cols_r, bottom, axis=-2)
         tbd = tb[:, None]
         val = (1.0 - tbd) * top_x.astype(np.float64) + tbd * bot_x.astype(np.float64)
         out[..., t0 - c0 :] = val.astype(np.float32)
@@ -288,23 +288,22 @@ def resize_window_rgb_u8(
         inv_lr_s = np.float32(1.0) - lr_s
         tb_f = tb.astype(np.float32)[:, None, None]
         inv_tb_f = (1.0 - tb).astype(np.float32)[:, None, None]
-        cols_l = np.take(src, plan.left[s0:s1] - ox, axis=1).astype(np.float32)  # (h, n, 3)
-        cols_r = np.take(src, plan.right[s0:s1] - ox, axis=1).astype(np.float32)
+        left, right = plan.left[s0:s1] - ox, plan.right[s0:s1] - ox
         for a in range(0, r1 - r0, _ROW_CHUNK):
             b = min(a + _ROW_CHUNK, r1 - r0)
-            t, bt = top[a:b], bottom[a:b]
-            acc = (inv_tb_f[a:b] * inv_lr_s) * np.take(cols_l, t, axis=0)
-            acc += (inv_tb_f[a:b] * lr_s) * np.take(cols_r, t, axis=0)
-            acc += (tb_f[a:b] * inv_lr_s) * np.take(cols_l, bt, axis=0)
-            acc += (tb_f[a:b] * lr_s) * np.take(cols_r, bt, axis=0)
+            rows_t, rows_b = np.take(src, top[a:b], axis=0), np.take(src, bottom[a:b], axis=0)
+            acc = (inv_tb_f[a:b] * inv_lr_s) * np.take(rows_t, left, axis=1).astype(np.float32)
+            acc += (inv_tb_f[a:b] * lr_s) * np.take(rows_t, right, axis=1).astype(np.float32)
+            acc += (tb_f[a:b] * inv_lr_s) * np.take(rows_b, left, axis=1).astype(np.float32)
+            acc += (tb_f[a:b] * lr_s) * np.take(rows_b, right, axis=1).astype(np.float32)
             out[a:b, : s1 - s0] = acc.astype(np.int32).astype(np.uint8)  # cvttps, then (unsigned char)
     t0 = max(c0, n_simd)
     if c1 > t0:
         lt, rt = plan.left[t0:c1] - ox, plan.right[t0:c1] - ox
         lr_td = plan.lr_t[t0 - n_simd : c1 - n_simd][:, None]
-        t_rows, b_rows = src[top].astype(np.float64), src[bottom].astype(np.float64)
-        top_x = (1.0 - lr_td) * t_rows[:, lt] + lr_td * t_rows[:, rt]
-        bot_x = (1.0 - lr_td) * b_rows[:, lt] + lr_td * b_rows[:, rt]
+        cols_l, cols_r = src[:, lt].astype(np.float64), src[:, rt].astype(np.float64)  # the few tail columns
+        top_x = (1.0 - lr_td) * cols_l[top] + lr_td * cols_r[top]
+        bot_x = (1.0 - lr_td) * cols_l[bottom] + lr_td * cols_r[bottom]
         tbd = tb[:, None, None]
         out[:, t0 - c0 :] = np.trunc((1.0 - tbd) * top_x + tbd * bot_x).astype(np.uint8)
     return out

@@ -32,6 +32,7 @@ STRIDE = 8  # total stride of the three stride-2 convolutions
 RF_BEFORE = 80  # output cell o reads input rows (columns) 8o - 80 ...
 RF_AFTER = 108  # ... to 8o + 108 inclusive
 MIN_TILE = 256  # smallest network window (a multiple of STRIDE > RF_BEFORE + RF_AFTER + STRIDE)
+BAND_PIXELS = 1 << 20  # tensor pixels whose level windows are computed at once (bounds the temporaries)
 
 Window = tuple[int, int, int, int]  # [r0, r1) x [c0, c1), half-open
 
@@ -63,9 +64,9 @@ def tiles_1d(total: int, tile: int) -> list[tuple[int, int, int, int]]:
     """Cover the outputs of a tensor axis of length ``total`` with windows of at most ``tile`` inputs:
     ``[(start, stop, o0, o1)]``, each window computing exactly cells ``[o0, o1)``, together all once."""
     n_out = output_size(total)
-    tile = max(MIN_TILE, tile - tile % STRIDE)
     if total <= tile:
         return [(0, total, 0, n_out)]
+    tile = max(MIN_TILE, tile - tile % STRIDE)
     spans, o = [], 0
     while o < n_out:
         start = max(0, STRIDE * o - RF_BEFORE)
@@ -78,12 +79,6 @@ def tiles_1d(total: int, tile: int) -> list[tuple[int, int, int, int]]:
 
 def clip_window(w: Window, h: int, wd: int) -> Window:
     return max(0, w[0]), min(h, w[1]), max(0, w[2]), min(wd, w[3])
-
-
-def _union(a: Window | None, b: Window) -> Window:
-    if a is None:
-        return b
-    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
 
 
 def _empty(w: Window) -> bool:
@@ -154,29 +149,46 @@ def compute_levels(
     levels already computed (used as they are, and as the source of the next levels)."""
     cached = cached or {}
     sizes = geom.level_sizes
-    want: dict[int, Window] = {k: w for k, w in needs.items() if not _empty(w)}
-    if not want:
-        return {}
-    top = max(want)
-    # Back-propagate: what each level must provide to the next, down to a cached level or the image.
-    for k in range(top, 0, -1):
-        if k in want and k not in cached:
-            h, w = sizes[k - 1]
-            plan = pyramid.resize_plan(h, w, *sizes[k])
-            want[k - 1] = _union(want.get(k - 1), plan.source_window(*want[k]))
     done: dict[int, tuple[Window, np.ndarray]] = {}
-    for k in sorted(want):
-        win = want[k]
-        if k in cached:
-            arr = cached[k]
-            done[k] = ((0, arr.shape[-2], 0, arr.shape[-1]), arr)
-        elif k == 0:
-            done[k] = (win, _level0_window(images, geom, win, means))
-        else:
-            (pr0, _, pc0, _), parr = done[k - 1]
-            plan = pyramid.resize_plan(*sizes[k - 1], *sizes[k])
-            done[k] = (win, pyramid.resize_window_f32(parr, (pr0, pc0), plan, win))
-    return {k: v for k, v in done.items() if k in needs}
+
+    def have(level: int) -> tuple[Window, np.ndarray] | None:
+        if level in cached:
+            arr = cached[level]
+            return (0, arr.shape[-2], 0, arr.shape[-1]), arr
+        return done.get(level)
+
+    # Level by level, smallest index first: each window is computed from the previous level's
+    # window, back to the image, unless a level already at hand contains what it reads. Windows of
+    # one level are never merged into a bounding box (two far-apart windows would make it huge).
+    for k in sorted(k for k, w in needs.items() if not _empty(w)):
+        if have(k) is not None and _contains(have(k)[0], needs[k]):  # type: ignore[index]
+            continue
+        chain = {k: needs[k]}
+        j = k
+        source = None
+        while j > 0:
+            read = pyramid.resize_plan(*sizes[j - 1], *sizes[j]).source_window(*chain[j])
+            source = have(j - 1)
+            if source is not None and _contains(source[0], read):
+                break
+            source = None
+            chain[j - 1] = read
+            j -= 1
+        for i in range(j, k + 1):
+            if i == 0:
+                current = (chain[0], _level0_window(images, geom, chain[0], means))
+            else:
+                assert source is not None
+                (pr0, _, pc0, _), parr = source
+                plan = pyramid.resize_plan(*sizes[i - 1], *sizes[i])
+                current = (chain[i], pyramid.resize_window_f32(parr, (pr0, pc0), plan, chain[i]))
+            source = current  # only the previous level is a source: at most two alive
+        done[k] = source  # type: ignore[assignment]
+    return {k: v for k, v in ((k, have(k)) for k in needs if not _empty(needs[k])) if v is not None}
+
+
+def _contains(outer: Window, inner: Window) -> bool:
+    return outer[0] <= inner[0] and inner[1] <= outer[1] and outer[2] <= inner[2] and inner[3] <= outer[3]
 
 
 def _level0_window(images: list[np.ndarray], geom: PyramidGeometry, win: Window, means: np.ndarray) -> np.ndarray:
@@ -209,13 +221,17 @@ def fill_window(
     identical to the same pixels of ``pyramid.build_input_tensor``."""
     r0, r1, c0, c1 = window
     out = np.zeros((len(images), 3, r1 - r0, c1 - c0), dtype=np.float32)
-    parts = geom.level_windows_in(window)
-    levels = compute_levels(images, geom, {k: lw for k, (lw, _) in parts.items()}, means, cached)
-    for k, (lw, tw) in parts.items():
-        (cr0, _, cc0, _), arr = levels[k]
-        out[:, :, tw[0] - r0 : tw[1] - r0, tw[2] - c0 : tw[3] - c0] = arr[
-            :, :, lw[0] - cr0 : lw[1] - cr0, lw[2] - cc0 : lw[3] - cc0
-        ]
+    # Row bands of ~BAND_PIXELS: the level windows a band reads back to level 0 stay small.
+    band = max(STRIDE, BAND_PIXELS // max(1, c1 - c0))
+    for b0 in range(r0, r1, band):
+        b1 = min(r1, b0 + band)
+        parts = geom.level_windows_in((b0, b1, c0, c1))
+        levels = compute_levels(images, geom, {k: lw for k, (lw, _) in parts.items()}, means, cached)
+        for k, (lw, tw) in parts.items():
+            (cr0, _, cc0, _), arr = levels[k]
+            out[:, :, tw[0] - r0 : tw[1] - r0, tw[2] - c0 : tw[3] - c0] = arr[
+                :, :, lw[0] - cr0 : lw[1] - cr0, lw[2] - cc0 : lw[3] - cc0
+            ]
     return out
 
 

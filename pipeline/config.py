@@ -20,7 +20,14 @@ DEFAULTS: dict[str, Any] = {
         "detector_opt_hw": [2645, 1304],
         "detector_max_hw": [5230, 2584],
     },
-    "detector": {"upsample": 1, "threshold": 0.0, "max_image_pixels": 40_000_000},
+    "detector": {
+        "upsample": 1,
+        "threshold": 0.0,
+        "max_image_pixels": 40_000_000,
+        "max_tile_pixels": 4_000_000,
+        "min_face_size": 0,
+        "max_face_size": 0,
+    },
     "embedder": {"max_batch": 32},
     "gallery": {
         "path": "gallery.db",

@@ -458,7 +458,7 @@ class DetectWorker(StageProcess):
     role = "detect"
 
     def run(self) -> int:
-        from ..engines.detector import FaceDetector
+        from ..engines.detector import FaceDetector, detector_options
         from ..engines.landmarks import ShapePredictor
         from ..engines.models import model_path
 
@@ -471,6 +471,7 @@ class DetectWorker(StageProcess):
             upsample=config["detector"]["upsample"],
             threshold=config["detector"]["threshold"],
             engine=config["engine"],
+            **detector_options(config["detector"]),
         )
         predictor = ShapePredictor.from_file(model_path("landmarks", config["models"]["landmarks"]), cache)
         hwm = int(config["pipeline"]["frame_hwm"])
