@@ -1,7 +1,35 @@
 """dlib's MMOD CNN face detector: tiled pyramid -> ONNX network -> score map -> rectangles -> NMS.
 
-The numpy geometry lives in `pyramid.py`; this module holds the session and the model's own
-parameters (means, window, NMS thresholds), read from the .dat file.
+The numpy geometry lives in `pyramid.py` and `pyramid_windows.py`; this module holds the session,
+the model's own parameters (means, window, NMS thresholds, read from the .dat file) and three ways
+of running the network, all decoded and NMS'd exactly as dlib does:
+
+* **Whole pyramid** (`detect`, `detect_batch`): one network call over dlib's tiled pyramid when it
+  has at most `max_tile_pixels` pixels, else aligned overlapping tiles (`pyramid_windows`) whose
+  pixels and scores are bit-identical to the whole tensor's, so peak memory stays bounded.
+* **Regions** (`detect_regions`): for each predicted box, windows of the tensor at the levels where
+  a face of its size is found (+- `margin_levels`), covering every cell whose 80x80 box centre lies
+  in the box enlarged by `pad`. Window pixels are the full frame's pixels (level windows computed
+  from the image with dlib's arithmetic), window offsets are multiples of the stride 8 and only
+  cells whose whole receptive field (188 px) lies in the window are used, so every score is the
+  full frame's score and every candidate the full frame's candidate.
+* **Scale limits** (`min_face_size`, `max_face_size`): windows over the levels that can give faces
+  in range, one level either side; after NMS, faces outside the range are dropped.
+
+Where region (and scale-limited) results can differ from full frame, and what prevents it:
+
+* A face whose box centre lies outside the enlarged region, or at a level outside the margin, is
+  not looked for: the region must be near the face (a tracker's prediction; `pad` = 0.25 of the box
+  each side and one level, a factor 1.2 in size, either side absorb motion and scale change).
+* A face cut by the window's edge cannot happen: cells are only used when their receptive field is
+  inside the window, or the window's edge is the tensor's own edge.
+* NMS sees only the candidates inside the windows: a full-frame detection suppressed by a stronger
+  overlapping candidate outside every window is kept here (an extra box, never a changed one), and
+  a chain of suppressions could in principle end differently. Overlapping candidates are the same
+  face at neighbouring positions and scales, which the spatial pad and the level margin include;
+  the tests find no difference on the golden images, the golden video frames or generated frames.
+* Scale limits: tensor cells far from every kept level (in the empty parts of dlib's layout) are
+  not computed; they see only zero padding, and their scores are below the threshold.
 """
 
 from __future__ import annotations

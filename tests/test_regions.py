@@ -24,14 +24,15 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> FaceDetector:
 def assert_regions_match_full_frame(detector: FaceDetector, image: np.ndarray, seed: int, name: str,
                                     full: tuple[np.ndarray, np.ndarray] | None = None) -> int:  # fmt: skip
     """Regions = full-frame boxes jittered by up to 4 px: all together give exactly the full-frame
-    detections; each alone gives its own face with the same rectangle and score."""
+    detections; each alone (the first three faces, to bound the time) gives its own face with the
+    same rectangle and score."""
     boxes, scores = detector.detect(image) if full is None else full
     jitter = np.random.default_rng(seed).integers(-4, 5, boxes.shape)
     regions = (boxes + jitter).astype(np.float64)
     together = detector.detect_regions(image, regions)
     np.testing.assert_array_equal(together[0], boxes, err_msg=name)
     np.testing.assert_array_equal(together[1], scores, err_msg=name)
-    for i in range(len(boxes)):
+    for i in range(min(3, len(boxes))):
         alone_boxes, alone_scores = detector.detect_regions(image, regions[i : i + 1])
         hit = np.flatnonzero((alone_boxes == boxes[i]).all(axis=1))
         assert len(hit) == 1, f"{name} face {i}: {boxes[i]} not in {alone_boxes}"
