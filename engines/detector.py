@@ -149,6 +149,8 @@ class FaceDetector:
         image = _checked(image)
         times = self.upsample if upsample is None else int(upsample)
         boxes = np.asarray(regions, dtype=np.float64).reshape(-1, 4)
+        if not np.isfinite(boxes).all():
+            raise ValueError("regions must be finite [l, t, r, b] boxes")
         geom = self._geometry(image, times)
         if geom is None or len(boxes) == 0:
             return _no_faces()

@@ -69,6 +69,7 @@ NMS_PERCENT_COVERED_THRESH = 1.0
 _PYR_RATE = 5.0 / 6.0  # pyramid_down<6>: (N-1.0)/N
 _PYR_UP = 6 / 5.0  # pyramid_down<6>::point_up: p*N/(N-1.0) + 0.3
 _MIN_LEVEL_HEIGHT = 5
+_POINT_CHUNK = 1 << 16  # candidates per block in nearest_level
 _ROW_CHUNK = 128  # output rows per block in the resizers (bounds temporaries, stays in cache)
 
 
@@ -508,11 +509,14 @@ def nearest_level(level_rects: np.ndarray, points: np.ndarray) -> np.ndarray:
     else the first one at minimum Euclidean distance. Returns ``(K,)`` int64 level indices."""
     rr = np.asarray(level_rects, dtype=np.int64).reshape(-1, 4)
     p = np.asarray(points, dtype=np.int64).reshape(-1, 2)
-    px, py = p[:, :1], p[:, 1:]
-    dx = np.clip(px, rr[:, 0], rr[:, 2]) - px
-    dy = np.clip(py, rr[:, 1], rr[:, 3]) - py
-    # distance 0 <=> contained; argmin keeps the first minimum like the strict `<` in C++
-    return np.argmin(dx * dx + dy * dy, axis=1).astype(np.int64)
+    out = np.empty(len(p), dtype=np.int64)
+    for a in range(0, len(p), _POINT_CHUNK):  # (points x levels) temporaries: bounded in chunks
+        px, py = p[a : a + _POINT_CHUNK, :1], p[a : a + _POINT_CHUNK, 1:]
+        dx = np.clip(px, rr[:, 0], rr[:, 2]) - px
+        dy = np.clip(py, rr[:, 1], rr[:, 3]) - py
+        # distance 0 <=> contained; argmin keeps the first minimum like the strict `<` in C++
+        out[a : a + _POINT_CHUNK] = np.argmin(dx * dx + dy * dy, axis=1)
+    return out
 
 
 def tensor_rects_to_image(drects: np.ndarray, level_rects: np.ndarray) -> np.ndarray:

@@ -100,6 +100,10 @@ def test_regions_with_no_box_or_far_from_faces_find_nothing_there(detector: Face
     assert not (boxes[:, :2] < 30).all(axis=1).any()
     found, _ = detector.detect_regions(image, empty_corner)
     assert len(found) == 0
+    far_outside = np.array([[5000.0, 5000.0, 5100.0, 5100.0], [-900.0, -900.0, -800.0, -800.0]])
+    assert len(detector.detect_regions(image, far_outside)[0]) == 0
+    with pytest.raises(ValueError, match="finite"):
+        detector.detect_regions(image, np.array([[0.0, np.nan, 10.0, 10.0]]))
 
 
 def test_region_levels_follow_the_face_size() -> None:
