@@ -107,6 +107,23 @@ class DetectorConfig:
     upsample: int = setting(1, "dlib's upsample_num_times: 1 finds faces down to ~40 px, 0 down to ~80 px", ge=0, le=4)
     threshold: float = setting(0.0, "dlib's adjust_threshold: keep detections scoring above this")
     max_image_pixels: int = setting(40_000_000, "refuse images whose declared size is larger, before decoding", ge=1)
+    max_tile_pixels: int = setting(
+        4_000_000,
+        "input-tensor pixels per network call: larger pyramids run in exact overlapping\n"
+        "tiles (same boxes and scores), so peak memory stays under 1 GB for any image\n"
+        "that max_image_pixels admits",
+        ge=1,
+    )
+    min_face_size: float = setting(
+        0.0,
+        "px, 0 = no limit. > 0 also chooses the upsampling (detector.upsample is then\n"
+        "ignored): the fewest steps whose smallest face (80 px at 0, 40 at 1, 20 at 2) is\n"
+        "at most this; e.g. a kiosk with faces >= 120 px runs at upsample 0",
+        ge=0,
+    )
+    max_face_size: float = setting(
+        0.0, "px, 0 = no limit. Pyramid levels that cannot give faces in range are skipped", ge=0
+    )
 
 
 @dataclass

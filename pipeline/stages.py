@@ -482,7 +482,7 @@ class DetectWorker(StageProcess):
 
     def run(self) -> int:
         """Frames in, faces (boxes, landmarks, 150x150 chips, quality) out, until stopped."""
-        from ..engines.detector import FaceDetector
+        from ..engines.detector import FaceDetector, detector_options
         from ..engines.landmarks import ShapePredictor
         from ..engines.models import model_path
 
@@ -495,6 +495,7 @@ class DetectWorker(StageProcess):
             upsample=config.detector.upsample,
             threshold=config.detector.threshold,
             engine=config.engine,
+            **detector_options(config.detector),
         )
         predictor = ShapePredictor.from_file(model_path("landmarks", config.models.landmarks), cache)
         hwm = int(config.pipeline.frame_hwm)
