@@ -637,6 +637,7 @@ class StreamState:
     # re-sent (newer frames matter more), only waited for at the end so their results are not cut off
     last_detect_index: int = -1  # live: the last frame sent to the detectors
     thumbnail: np.ndarray | None = None  # of the last frame read, to see a scene cut on a frame due to be skipped
+    size: tuple[int, ...] | None = None  # (height, width) of the last frame read: a change is a scene cut
     last_checked_index: int = -1  # live: the last frame `thumbnail` was taken of ...
     held_cut: bool = False  # ... and whether it starts a new scene
     # live: skip notices wait here until every detection frame sent before them is acknowledged (or
@@ -803,8 +804,20 @@ class SourceStage(StageProcess):
 
     def _cut(self, stream: StreamState, image: np.ndarray) -> bool:
         """Whether a frame the detector would skip starts a new scene (then it is detected: the tracker
-        must not carry the last scene's boxes and names onto it). Only computed when skipping is on."""
-        if self.detect_every == 1 or self.cut_threshold <= 0:
+        must not carry the last scene's boxes and names onto it): a frame of another size than the last
+        one always does (an image folder of mixed sizes), else the thumbnail test. Only computed when
+        skipping is on."""
+        if self.detect_every == 1:
+            return False
+        size = image.shape[:2]
+        resized = stream.size is not None and stream.size != size
+        stream.size = size
+        if resized:
+            stream.count("size_changes")
+            stream.count("scene_cuts")
+            stream.thumbnail = frame_thumbnail(image) if self.cut_threshold > 0 else None
+            return True
+        if self.cut_threshold <= 0:
             return False
         thumbnail = frame_thumbnail(image)
         changed = scene_changed(stream.thumbnail, thumbnail, self.cut_threshold)

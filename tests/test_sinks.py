@@ -160,9 +160,10 @@ def test_file_stream_in_order_deduplicated_tracked_and_written(outputs: tuple[Si
     detections = read_lines(out / "detections.jsonl")
     assert [d["frame_index"] for d in detections] == list(range(30))
     first = detections[0]
-    assert set(first) == {"stream_id", "frame_index", "timestamp", "width", "height", "detected", "faces"}
+    assert set(first) == {"stream_id", "frame_index", "timestamp", "width", "height", "detected", "scanned", "faces"}
     assert first["faces"] == [{
-        "box": [40, 60, 119, 139], "score": 1.0, "track_id": 1, "identity": "Alice", "distance": pytest.approx(0.41),
+        "box": [40, 60, 119, 139], "box_source": "scan", "score": 1.0, "track_id": 1, "identity": "Alice",
+        "distance": pytest.approx(0.41),
         "match": {"identity": "Alice", "distance": pytest.approx(0.41)},
     }]  # fmt: skip
     assert all(d["faces"] == [] and d["detected"] for d in detections[10:15])
