@@ -113,30 +113,43 @@ def dedupe_boxes(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5) -> tup
     return boxes[keep], scores[keep]
 
 
-def stand_in_detect_regions(detector: Any, image: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TEMPORARY STAND-IN for `FaceDetector.detect_regions` until the engine provides it: the full detector
-    (all pyramid levels) on the crop of each region, boxes moved back to frame coordinates, duplicates of
-    one face from overlapping regions removed. NOT parity with full-frame detection: the crop changes the
-    pyramid's scaling and the context at its edges, so boxes may differ by a pixel or more."""
+STAND_IN_FACE_PX = 90.0  # the stand-in scales each region so its face is about this wide (dlib's window: 80)
+
+
+def stand_in_detect_regions(detector: Any, image: np.ndarray, faces: np.ndarray,
+                            margin: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """TEMPORARY STAND-IN for `FaceDetector.detect_regions` until the engine provides it. Per predicted face
+    box: the crop of the box grown by `margin` per side, scaled so the face is ~`STAND_IN_FACE_PX` wide (as
+    the pyramid level that finds it would see it), the detector at upsample 0 on that, boxes scaled and
+    moved back to frame coordinates; duplicates of one face from overlapping regions removed.
+    NOT parity with full-frame detection: the resampling is not dlib's pyramid and the crop changes the
+    context at its edges, so boxes may differ by pixels. It exists to build and time the pipeline logic."""
     all_boxes, all_scores = [np.zeros((0, 4), np.int64)], [np.zeros(0, np.float64)]
     height, width = image.shape[:2]
-    for left, top, right, bottom in np.rint(np.asarray(regions, np.float64).reshape(-1, 4)).astype(int).tolist():
-        left, top = max(0, left), max(0, top)
-        right, bottom = min(width - 1, right), min(height - 1, bottom)
+    faces = np.asarray(faces, np.float64).reshape(-1, 4)
+    for face, region in zip(faces, grow_boxes(faces, margin, width, height)):
+        left, top, right, bottom = np.rint(region).astype(int).tolist()
         if right - left < 8 or bottom - top < 8:
             continue
-        boxes, scores = detector.detect(np.ascontiguousarray(image[top : bottom + 1, left : right + 1]))
-        all_boxes.append(np.asarray(boxes, np.int64) + np.array([left, top, left, top], np.int64))
+        scale = float(np.clip(STAND_IN_FACE_PX / max(1.0, face[2] - face[0] + 1), 0.1, 4.0))
+        crop = image[top : bottom + 1, left : right + 1]
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        scaled = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        boxes, scores = detector.detect(np.ascontiguousarray(scaled), upsample=0)
+        boxes = np.rint(np.asarray(boxes, np.float64) / scale).astype(np.int64)
+        all_boxes.append(boxes + np.array([left, top, left, top], np.int64))
         all_scores.append(np.asarray(scores, np.float64))
     return dedupe_boxes(np.concatenate(all_boxes), np.concatenate(all_scores))
 
 
-def detect_regions(detector: Any, image: np.ndarray, regions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The engine's region detection when it has one, else the stand-in."""
+def detect_regions(detector: Any, image: np.ndarray, faces: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Region detection around predicted face boxes: the engine's `detect_regions` when it has one (given
+    the boxes grown by `margin` per side for motion), else the stand-in."""
+    height, width = image.shape[:2]
     if hasattr(detector, "detect_regions"):
-        boxes, scores = detector.detect_regions(image, regions)
+        boxes, scores = detector.detect_regions(image, grow_boxes(faces, margin, width, height))
         return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(scores, np.float64)
-    return stand_in_detect_regions(detector, image, regions)
+    return stand_in_detect_regions(detector, image, faces, margin)
 
 
 def motion_image(image: np.ndarray) -> np.ndarray:
@@ -290,7 +303,7 @@ class Follower:
                 state.scan = self.executor.submit(self.scan_detector.detect, image.copy())
         if not len(regions):
             return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
-        boxes, scores = detect_regions(self.detector, image, regions)
+        boxes, scores = detect_regions(self.detector, image, predicted, s.region_margin)
         self.count("region_frames")
         self.count("region_faces", len(boxes))
         return self._followed_faces(frame, state, boxes, scores, np.full(len(boxes), BOX_REGION), False)
