@@ -34,8 +34,9 @@ streams, ``all`` for every stream, ``off`` for today's full-frame detection on e
   ``follow: off`` every face is embedded, as before.
 
 State is per detect worker: with several workers each follows the frames it receives (a worker that
-gets every other frame predicts over two frame intervals). A follower not found by its region for
-``detector.follow_miss_s`` is dropped; the next scan finds the face again if it is still there.
+gets every other frame predicts over two frame intervals). A follower its region missed on two frames
+in a row and has not found for ``detector.follow_miss_s`` is dropped; the next scan finds the face again
+if it is still there.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class Followed:
     embedded: int = 0
     best_weight: float = 0.0
     last_embed: float = -np.inf
+    misses: int = 0  # frames in a row its region did not find it
 
     def predicted(self, timestamp: float) -> np.ndarray:
         return self.box + self.velocity * max(0.0, timestamp - self.seen_at)
@@ -284,8 +286,9 @@ class Follower:
             return self._scan_now(frame, state)
 
         self._collect_scan(state, now)
-        # Followers unseen too long are gone (the next scan finds the face again if it is still there).
-        state.followed = [f for f in state.followed if now - f.seen_at <= s.follow_miss_s]
+        # Followers unseen too long are gone (the next scan finds the face again if it is still there); "too
+        # long" also needs two looks that missed, so a stalled camera or a slow frame does not drop a face.
+        state.followed = [f for f in state.followed if f.misses < 2 or now - f.seen_at <= s.follow_miss_s]
         predicted = np.array([f.predicted(now) for f in state.followed]).reshape(-1, 4)
         regions = grow_boxes(predicted, s.region_margin, width, height)
         moved = (
@@ -348,7 +351,10 @@ class Follower:
         for row, column in zip(rows.tolist(), columns.tolist()):
             owner[column] = followed[row]
         kept = [followed[row] for row in rows.tolist()]
-        kept += [f for i, f in enumerate(followed) if i not in set(rows.tolist())]  # missed: kept a while
+        missed = [f for i, f in enumerate(followed) if i not in set(rows.tolist())]  # kept a while
+        for item in missed:
+            item.misses += 1
+        kept += missed
         for column, box in enumerate(boxes.astype(np.float64)):
             item = owner[column]
             if item is None:
@@ -358,7 +364,7 @@ class Follower:
                 elapsed = now - item.seen_at
                 if elapsed > 0:
                     item.velocity = 0.5 * (box - item.box) / elapsed + 0.5 * item.velocity
-                item.box, item.seen_at = box.copy(), now
+                item.box, item.seen_at, item.misses = box.copy(), now, 0
         state.followed = kept
         faces = faces_message(frame, self.predictor, boxes, scores, source, None, scanned)
         if len(faces):
