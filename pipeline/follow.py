@@ -5,11 +5,12 @@ cannot get a full-frame detection on every frame. Instead (``detector.follow``: 
 streams, ``all`` for every stream, ``off`` for today's full-frame detection on every frame):
 
 * **followers**: per stream, the detect worker keeps the faces it saw on its last frame. On each new frame
-  it runs the detector only on a region around each face's predicted box (last box moved by its
-  velocity, grown by ``detector.region_margin`` of its size on each side for motion): ``FaceDetector.
-  detect_regions`` when the engine has it (the same rectangles full-frame detection gives for faces
-  there), else `stand_in_detect_regions` (a **temporary stand-in**: the detector on a crop of the region;
-  not parity, see there). Landmarks, chips and quality follow as for full-frame boxes. Every box sent
+  it runs the detector only around each face's predicted box (last box moved by its velocity; the
+  region covers it grown by ``detector.region_margin`` of its size on each side, for motion):
+  ``FaceDetector.detect_regions`` when the engine has it (only the pyramid levels that can produce a
+  face of that size, and the same rectangles full-frame detection gives for faces there), else
+  `stand_in_detect_regions` (a **temporary stand-in**: the detector on a scaled crop; not parity, see
+  there). Landmarks, chips and quality follow as for full-frame boxes. Every box sent
   is the detector's box on that very frame (``box_source`` "region").
 * **scans**: full-frame detection, whose faces become followers. A scan runs
   - *at once, on the frame itself* (``box_source`` "scan"), when the follower state cannot be trusted: a
@@ -144,11 +145,11 @@ def stand_in_detect_regions(detector: Any, image: np.ndarray, faces: np.ndarray,
 
 
 def detect_regions(detector: Any, image: np.ndarray, faces: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Region detection around predicted face boxes: the engine's `detect_regions` when it has one (given
-    the boxes grown by `margin` per side for motion), else the stand-in."""
-    height, width = image.shape[:2]
+    """Region detection around predicted face boxes: the engine's `detect_regions` when it has one (it picks
+    the pyramid levels from each box's size and covers the box grown by `margin` per side), else the
+    stand-in."""
     if hasattr(detector, "detect_regions"):
-        boxes, scores = detector.detect_regions(image, grow_boxes(faces, margin, width, height))
+        boxes, scores = detector.detect_regions(image, np.asarray(faces, np.float64).reshape(-1, 4), pad=margin)
         return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(scores, np.float64)
     return stand_in_detect_regions(detector, image, faces, margin)
 
@@ -243,8 +244,10 @@ class Follower:
     (own session, own threads) for background scans; None runs every scan synchronously."""
 
     def __init__(self, settings: FollowSettings, detector: Any, predictor: Any, gate: QualityGate,
-                 scan_detector: Any = None) -> None:  # fmt: skip
+                 scan_detector: Any = None, stats: Any = None) -> None:  # fmt: skip
+        """`stats`: a StageStats-like object whose count() also gets every counter (the stage's --stats)."""
         self.settings, self.detector, self.predictor, self.gate = settings, detector, predictor, gate
+        self.stats = stats
         self.scan_detector = scan_detector
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="scan") if scan_detector is not None else None
         self.streams: dict[str, StreamState] = {}
@@ -253,6 +256,8 @@ class Follower:
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
+        if self.stats is not None:
+            self.stats.count(name, amount)
 
     def close(self) -> None:
         if self.executor is not None:

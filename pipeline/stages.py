@@ -483,8 +483,7 @@ class DetectWorker(StageProcess):
             tracker = config["tracker"]
             gate = QualityGate(float(tracker["min_face_size"]), float(tracker["min_sharpness"]),
                                float(tracker["min_score"]))  # fmt: skip
-            self.follower = Follower(settings, detector, predictor, gate, make_detector(scan_threads))
-            self.extra_stats = lambda: {"follow": dict(self.follower.counters)} if self.follower else {}
+            self.follower = Follower(settings, detector, predictor, gate, make_detector(scan_threads), self.stats)
         hwm = int(config["pipeline"]["frame_hwm"])
         self.frames = open_socket(self.context, zmq.PULL, self.endpoints["frames"], bind=False, hwm=hwm)
         self.faces = open_socket(
