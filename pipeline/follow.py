@@ -13,9 +13,11 @@ streams, ``all`` for every stream, ``off`` for today's full-frame detection on e
   there). Landmarks, chips and quality follow as for full-frame boxes. Every box sent
   is the detector's box on that very frame (``box_source`` "region").
 * **scans**: full-frame detection, whose faces become followers. A scan runs
-  - *at once, on the frame itself* (``box_source`` "scan"), when the follower state cannot be trusted: a
-    stream's first frame, a change of frame size, a scene cut (the 64x36 thumbnail test of
-    `sources.scene_changed`, ``pipeline.scene_cut_threshold``);
+  - *at once* when the follower state cannot be trusted: a stream's first frame, a change of frame size,
+    a scene cut (the 64x36 thumbnail test of `sources.scene_changed`, ``pipeline.scene_cut_threshold``).
+    The followers are dropped; files scan that very frame (``box_source`` "scan"), live streams start a
+    background scan (below) and send frames without faces until it ends, so that no live frame ever
+    waits for a full-frame detection (capture-to-result stays that of region detection);
   - *in the background*, live streams: every ``detector.scan_interval_s`` of wall-clock time, and at once
     when the picture changed outside the followed regions (``detector.motion_threshold`` of the pixels
     of a small grey image, NVR-style motion detection, changed by more than ``detector.motion_pixel_delta``
@@ -282,13 +284,18 @@ class Follower:
             reason = "scene_cut"
         previous_motion = state.motion
         state.size, state.thumbnail, state.motion = (width, height), thumbnail, motion
-        if reason:  # the followed faces belong to another picture: scan this very frame
+        if reason:  # the followed faces belong to another picture
             self.count(f"scan_{reason}")
             if state.scan is not None:
                 state.scan.cancel()
                 state.scan = None
             state.followed = []
-            return self._scan_now(frame, state)
+            if self.executor is None or not frame.live:
+                return self._scan_now(frame, state)
+            # Live: even this scan runs in the background, so no frame waits for a full-frame detection
+            # (capture-to-result stays that of region detection); its faces are followed once it ends.
+            self._start_scan(state, frame)
+            return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
 
         self._collect_scan(state, now)
         # Followers unseen too long are gone (the next scan finds the face again if it is still there); "too
@@ -307,14 +314,18 @@ class Follower:
                 return self._scan_now(frame, state)
             if state.scan is None:
                 self.count("scan_motion" if moved else "scan_interval")
-                state.last_scan, state.scan_frame = now, frame.frame_index
-                state.scan = self.executor.submit(self.scan_detector.detect, image.copy())
+                self._start_scan(state, frame)
         if not len(regions):
             return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
         boxes, scores = detect_regions(self.detector, image, predicted, s.region_margin)
         self.count("region_frames")
         self.count("region_faces", len(boxes))
         return self._followed_faces(frame, state, boxes, scores, np.full(len(boxes), BOX_REGION), False)
+
+    def _start_scan(self, state: StreamState, frame: FrameMessage) -> None:
+        assert self.executor is not None
+        state.last_scan, state.scan_frame = frame.timestamp, frame.frame_index
+        state.scan = self.executor.submit(self.scan_detector.detect, frame.image.copy())
 
     def _scan_now(self, frame: FrameMessage, state: StreamState) -> FacesMessage:
         boxes, scores = self.detector.detect(frame.image)

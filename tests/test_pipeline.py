@@ -542,9 +542,9 @@ def test_a_live_camera_drops_its_oldest_frames_and_is_reopened(work: Path, galle
 def test_live_followers_mark_each_box_and_a_track_survives_a_2_s_stall(
     work: Path, gallery: Path, runs: list[Run]
 ) -> None:
-    """detector.follow live on a camera that stalls 2.2 s: every face record says where its box came from
-    (a scan or a region, both on that very frame), the stats count each, and the track lives on across the
-    stall (tracker.live_max_age_s: 3 s of wall-clock time, not frames)."""
+    """detector.follow live on a camera that stalls 2.2 s: every face record says where its box came from,
+    the stats count them, and the track lives on across the stall (tracker.live_max_age_s: 3 s of
+    wall-clock time, not frames)."""
     camera = MjpegCamera(per_connection=60, stall_after=30, stall_s=2.2)
     try:
         args = ["--source", f"door={camera.url}", "--max-frames", "60", "--gallery", str(gallery),
@@ -556,11 +556,15 @@ def test_live_followers_mark_each_box_and_a_track_survives_a_2_s_stall(
         camera.close()
     records = run.lines("detections.jsonl")
     sources = [f["box_source"] for r in records for f in r["faces"]]
-    assert "scan" in sources and "region" in sources and set(sources) <= {"scan", "region"}, sources
-    assert records[0]["scanned"] and records[0]["faces"][0]["box_source"] == "scan"
-    counters = run.stats()["stages"]["sink"]["counters"]
-    assert counters["faces_scan"] == sources.count("scan") and counters["faces_region"] == sources.count("region")
+    # Live, every scan runs in the background and its faces are followed from the next frame on: every box
+    # sent is a region box of its own frame, and no frame waited for a scan.
+    assert sources and set(sources) == {"region"}, sources
+    assert not any(r["scanned"] for r in records)
+    stages = run.stats()["stages"]
+    counters = stages["sink"]["counters"]
+    assert counters["faces_region"] == len(sources) and counters.get("faces_scan", 0) == 0
     assert counters.get("faces_carried", 0) == 0
+    assert stages["detect"]["counters"]["scan_first_frame"] == 1 and stages["detect"]["counters"]["scans_finished"] >= 1
     gaps = [(a, b) for a, b in itertools.pairwise(records) if b["timestamp"] - a["timestamp"] >= 2.0]
     assert gaps, [r["timestamp"] for r in records]
     for before, after in gaps:
@@ -574,7 +578,8 @@ def test_live_followers_mark_each_box_and_a_track_survives_a_2_s_stall(
 
 def test_a_change_of_frame_size_is_detected_never_carried(work: Path, gallery: Path, runs: list[Run]) -> None:
     """--detect-every 2 over an image folder whose second picture is larger: frame 1 is due to be skipped, but
-    a box carried from a 640x360 picture onto a 1280x720 one would be wrong, so it is detected."""
+    a box carried from a 640x360 picture onto a 1280x720 one would be wrong, so it is detected (and, with
+    detector.follow all, scanned in full: the detect worker's followers belong to the old size)."""
     folder = work / "sizes"
     folder.mkdir()
     capture = cv2.VideoCapture(str(CLIP))
@@ -585,12 +590,21 @@ def test_a_change_of_frame_size_is_detected_never_carried(work: Path, gallery: P
         cv2.imwrite(str(folder / f"frame{index}.png"), frame)
     capture.release()
     run = Run(work, "sizes-run", ["--source", f"sizes={folder}", "--gallery", str(gallery), "--detect-every", "2",
-                                  "--detections", "detections.jsonl", "--stats", "stats.json"])  # fmt: skip
+                                  "--detections", "detections.jsonl", "--stats", "stats.json"],
+              sections={"detector": {"follow": "all", "scan_interval_s": 100.0}})  # fmt: skip
     runs.append(run)
     assert run.run() == 0, run.log
     records = run.lines("detections.jsonl")
     assert [(r["width"], r["detected"]) for r in records] == [(640, True), (1280, True), (1280, True), (1280, False)]
+    # follow all: the detect worker too sees the new size and scans frame 1; frame 2 is followed (region
+    # boxes), frame 3 is carried by the tracker (--detect-every 2). Each face says which, the stats count each.
+    assert [r["scanned"] for r in records] == [True, True, False, False]
     assert records[1]["faces"] and {f["box_source"] for f in records[1]["faces"]} == {"scan"}
+    assert records[2]["faces"] and {f["box_source"] for f in records[2]["faces"]} == {"region"}
+    counters = run.stats()["stages"]["sink"]["counters"]
+    for kind in ("scan", "region", "carried"):
+        assert counters[f"faces_{kind}"] == sum(f["box_source"] == kind for r in records for f in r["faces"])
+    assert run.stats()["stages"]["detect"]["counters"]["scan_size_change"] == 1
     # The detector's own boxes of the 1280x720 picture: Lin-Manuel Miranda at x ~519 of 640 is at ~1040 now.
     assert any(f["box"][0] > 900 for f in records[1]["faces"]) and [519, 48, 567, 95] not in [
         f["box"] for f in records[1]["faces"]
