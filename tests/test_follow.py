@@ -126,7 +126,7 @@ def test_followers_boxes_equal_full_frame_boxes_on_the_demo_clip(models: tuple) 
         theirs = sorted(f["box"] for f in golden[index]["faces"])
         assert sorted(faces.boxes.tolist()) == theirs, index
         compared += 1
-    assert compared >= 25
+    assert compared >= 20  # the other frames were scanned (first frame, the cut at 20, motion)
 
 
 def test_embedding_schedule_first_faces_then_better_ones_or_after_the_interval() -> None:
