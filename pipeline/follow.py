@@ -209,6 +209,8 @@ class StreamState:
     last_scan: float = -np.inf  # timestamp of the frame the last scan ran on
     scan: Future | None = None  # a background scan under way
     scan_frame: int = -1
+    generation: int = 0  # +1 at each cut or size change
+    scan_generation: int = 0  # the generation the scan under way started in
 
 
 @dataclass(frozen=True)
@@ -286,15 +288,17 @@ class Follower:
         state.size, state.thumbnail, state.motion = (width, height), thumbnail, motion
         if reason:  # the followed faces belong to another picture
             self.count(f"scan_{reason}")
-            if state.scan is not None:
-                state.scan.cancel()
-                state.scan = None
+            state.generation += 1  # a scan under way saw the old picture: its faces are not followed
             state.followed = []
             if self.executor is None or not frame.live:
                 return self._scan_now(frame, state)
             # Live: even this scan runs in the background, so no frame waits for a full-frame detection
-            # (capture-to-result stays that of region detection); its faces are followed once it ends.
-            self._start_scan(state, frame)
+            # (capture-to-result stays that of region detection); its faces are followed once it ends. A
+            # scan already under way cannot be stopped: the new one starts as soon as it ends.
+            if state.scan is None:
+                self._start_scan(state, frame)
+            else:
+                state.last_scan = -np.inf
             return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
 
         self._collect_scan(state, now)
@@ -326,6 +330,7 @@ class Follower:
         assert self.executor is not None
         state.last_scan, state.scan_frame = frame.timestamp, frame.frame_index
         state.scan = self.executor.submit(self.scan_detector.detect, frame.image.copy())
+        state.scan_generation = state.generation
 
     def _scan_now(self, frame: FrameMessage, state: StreamState) -> FacesMessage:
         boxes, scores = self.detector.detect(frame.image)
@@ -338,7 +343,8 @@ class Follower:
         if state.scan is None or not state.scan.done():
             return
         future, state.scan = state.scan, None
-        if future.cancelled():
+        if future.cancelled() or state.scan_generation != state.generation:
+            self.count("scans_discarded")  # it ran on a picture before a cut or a size change
             return
         try:
             boxes, _scores = future.result()
