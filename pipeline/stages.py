@@ -12,13 +12,14 @@ Processes and sockets (every arrow a real ZeroMQ socket; ``B`` marks the side th
     supervisor ─PUB(B) control──▶ SUB source, sink, local workers   Control("stop"), Control("resend")
     sink ─PUB(B) preview──▶ web view   annotated JPEG frames, unknown faces (run --web / --preview only)
 
-Detect and embed workers are stateless and only connect, so more of them (on this machine or another
-one) can join a running pipeline with ``facestream stage detect|embed --config FILE``: a detect worker
-connects to ``frames`` and ``faces_in``, an embed worker to ``faces_out`` and ``descriptors``, both to
-``stats``. Stage messages are `pipeline.messages` (versioned header + raw arrays, no pickle); the
-control plane (acks, stats) is one JSON frame behind a 4-byte magic, see `encode_json`. A message that
-does not decode is dropped, logged (rate-limited) and counted in the stage's ``malformed`` counter,
-never fatal.
+Detect and embed workers only connect and keep no state a run depends on (with ``detector.follow`` a
+detect worker follows the faces of the frames it receives, see `pipeline.follow`), so more of them (on
+this machine or another one) can join a running pipeline with ``facestream stage detect|embed --config
+FILE``: a detect worker connects to ``frames`` and ``faces_in``, an embed worker to ``faces_out`` and
+``descriptors``, both to ``stats``. Stage messages are `pipeline.messages` (versioned header + raw
+arrays, no pickle); the control plane (acks, stats) is one JSON frame behind a 4-byte magic, see
+`encode_json`. A message that does not decode is dropped, logged (rate-limited) and counted in the
+stage's ``malformed`` counter, never fatal.
 
 A process started by the supervisor gets the run's spec (a JSON file in the run directory) and its
 role; it installs SIGTERM/SIGINT handlers first thing, asks the kernel to send it SIGTERM when the
