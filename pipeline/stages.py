@@ -456,7 +456,7 @@ class DetectWorker(StageProcess):
     role = "detect"
 
     def run(self) -> int:
-        from ..engines.detector import FaceDetector
+        from ..engines.detector import FaceDetector, detector_options
         from ..engines.landmarks import ShapePredictor
         from ..engines.models import model_path
         from .follow import Follower, FollowSettings
@@ -475,6 +475,7 @@ class DetectWorker(StageProcess):
                 upsample=config["detector"]["upsample"],
                 threshold=config["detector"]["threshold"],
                 engine=config["engine"],
+                **detector_options(config["detector"]),
             )
 
         detector = make_detector(max(1, threads - scan_threads))
