@@ -7,10 +7,9 @@ streams, ``all`` for every stream, ``off`` for today's full-frame detection on e
 * **followers**: per stream, the detect worker keeps the faces it saw on its last frame. On each new frame
   it runs the detector only around each face's predicted box (last box moved by its velocity; the
   region covers it grown by ``detector.region_margin`` of its size on each side, for motion):
-  ``FaceDetector.detect_regions`` when the engine has it (only the pyramid levels that can produce a
-  face of that size, and the same rectangles full-frame detection gives for faces there), else
-  `stand_in_detect_regions` (a **temporary stand-in**: the detector on a scaled crop; not parity, see
-  there). Landmarks, chips and quality follow as for full-frame boxes. Every box sent
+  ``FaceDetector.detect_regions`` (only the pyramid levels that can produce a face of that size, and
+  the same rectangles full-frame detection gives for faces there: tests/test_follow.py compares them with
+  dlib's full-frame boxes on the demo clip). Landmarks, chips and quality follow as for full-frame boxes. Every box sent
   is the detector's box on that very frame (``box_source`` "region").
 * **scans**: full-frame detection, whose faces become followers. A scan runs
   - *at once* when the follower state cannot be trusted: a stream's first frame, a change of frame size,
@@ -103,57 +102,11 @@ def grow_boxes(boxes: np.ndarray, margin: float, width: int, height: int) -> np.
     return np.clip(grown, 0, [width - 1, height - 1, width - 1, height - 1])
 
 
-def dedupe_boxes(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """One box per face when overlapping regions found it twice: the highest score of each overlapping group."""
-    if len(boxes) < 2:
-        return boxes, scores
-    order = np.argsort(-scores, kind="stable")
-    overlap = box_iou(boxes, boxes)
-    keep: list[int] = []
-    for i in order.tolist():
-        if all(overlap[i, j] < iou for j in keep):
-            keep.append(i)
-    keep.sort()
-    return boxes[keep], scores[keep]
-
-
-STAND_IN_FACE_PX = 90.0  # the stand-in scales each region so its face is about this wide (dlib's window: 80)
-
-
-def stand_in_detect_regions(detector: Any, image: np.ndarray, faces: np.ndarray,
-                            margin: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """TEMPORARY STAND-IN for `FaceDetector.detect_regions` until the engine provides it. Per predicted face
-    box: the crop of the box grown by `margin` per side, scaled so the face is ~`STAND_IN_FACE_PX` wide (as
-    the pyramid level that finds it would see it), the detector at upsample 0 on that, boxes scaled and
-    moved back to frame coordinates; duplicates of one face from overlapping regions removed.
-    NOT parity with full-frame detection: the resampling is not dlib's pyramid and the crop changes the
-    context at its edges, so boxes may differ by pixels. It exists to build and time the pipeline logic."""
-    all_boxes, all_scores = [np.zeros((0, 4), np.int64)], [np.zeros(0, np.float64)]
-    height, width = image.shape[:2]
-    faces = np.asarray(faces, np.float64).reshape(-1, 4)
-    for face, region in zip(faces, grow_boxes(faces, margin, width, height)):
-        left, top, right, bottom = np.rint(region).astype(int).tolist()
-        if right - left < 8 or bottom - top < 8:
-            continue
-        scale = float(np.clip(STAND_IN_FACE_PX / max(1.0, face[2] - face[0] + 1), 0.1, 4.0))
-        crop = image[top : bottom + 1, left : right + 1]
-        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-        scaled = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        boxes, scores = detector.detect(np.ascontiguousarray(scaled), upsample=0)
-        boxes = np.rint(np.asarray(boxes, np.float64) / scale).astype(np.int64)
-        all_boxes.append(boxes + np.array([left, top, left, top], np.int64))
-        all_scores.append(np.asarray(scores, np.float64))
-    return dedupe_boxes(np.concatenate(all_boxes), np.concatenate(all_scores))
-
-
 def detect_regions(detector: Any, image: np.ndarray, faces: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Region detection around predicted face boxes: the engine's `detect_regions` when it has one (it picks
-    the pyramid levels from each box's size and covers the box grown by `margin` per side), else the
-    stand-in."""
-    if hasattr(detector, "detect_regions"):
-        boxes, scores = detector.detect_regions(image, np.asarray(faces, np.float64).reshape(-1, 4), pad=margin)
-        return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(scores, np.float64)
-    return stand_in_detect_regions(detector, image, faces, margin)
+    """Region detection around predicted face boxes (`FaceDetector.detect_regions`: the pyramid levels that
+    can give a face of each box's size, cells within the box grown by `margin` per side)."""
+    boxes, scores = detector.detect_regions(image, np.asarray(faces, np.float64).reshape(-1, 4), pad=margin)
+    return np.asarray(boxes, np.int64).reshape(-1, 4), np.asarray(scores, np.float64)
 
 
 def motion_image(image: np.ndarray) -> np.ndarray:

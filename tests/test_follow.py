@@ -109,10 +109,6 @@ def test_a_new_size_or_scene_cut_is_scanned_on_the_frame_itself(models: tuple) -
     assert all(set(r.embed.tolist()) == {1} for r in results)
 
 
-@pytest.mark.skipif(
-    not hasattr(__import__("facestream.engines.detector", fromlist=["FaceDetector"]).FaceDetector, "detect_regions"),
-    reason="FaceDetector.detect_regions (engine, branch region) not merged yet: the stand-in is not parity",
-)
 def test_followers_boxes_equal_full_frame_boxes_on_the_demo_clip(models: tuple) -> None:
     """Every frame of the first 30 where the followers ran: their boxes are dlib's full-frame boxes."""
     detector, _scan, predictor = models
