@@ -112,12 +112,15 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     assert cv2.imwrite(str(path), image)
     del image, x, y
+    # VmHWM of the child's own address space: ru_maxrss would carry over the high-water mark of this
+    # (forking) pytest process, which itself held the image's int64 temporaries.
     probe = (
-        "import resource, runpy, sys\n"
+        "import re, runpy, sys\n"
         "sys.argv = ['facestream', 'analyze', '--upsample', '0', sys.argv[1]]\n"
         "try:\n    runpy.run_module('facestream.pipeline.cli', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
-        "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'EXIT', code)\n"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print('MAXRSS_KB', hwm, 'EXIT', code)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=1800)
     assert "MAXRSS_KB" in done.stdout, done.stderr[-2000:]
