@@ -1,6 +1,7 @@
 """Detector throughput: facestream and dlib-bin side by side, for the CNN and the HOG detector.
 
-    python bench/detector.py [--detectors cnn hog] [--sizes 480p 720p 1080p] [--upsample 0 1] [--json]
+    python bench/detector.py [--detectors cnn hog] [--sizes 480p 720p 1080p] [--upsample 0 1] [--region-frames 3]
+                             [--json]
 
 Both run in this one process on the same frames (the data pack's obama-480p/720p/1080p.jpg),
 the whole detector each: pyramid, network or filters, decoding and NMS.
@@ -11,6 +12,11 @@ CNN (MMOD, ONNX Runtime vs dlib's cnn_face_detection_model_v1): dlib takes tens 
 HOG (engines/hog.py, compiled with numba, vs dlib.get_frontal_face_detector()): `--hog-runs` runs of each,
 interleaved (ours, dlib, ours, dlib, ...) after one warm-up each, and the median of each side;
 the ratio is dlib's median over ours. `same` says whether both returned identical boxes and scores.
+
+CNN region rows (ours only, less work than full frame, so their ratio is not comparable with dlib's):
+frames of the demo clip (640x360), `detect_regions` on each face's own full-frame box (one face
+per call) against full-frame `detect`, both timed the same way (best of 5 runs after a warm-up),
+and whether the region's box and score equal the full-frame ones.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import numpy as np
+
 from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
 from facestream.engines.hog import HogFaceDetector
@@ -84,6 +92,7 @@ def main() -> None:
     parser.add_argument("--upsample", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing time for our figure")
+    parser.add_argument("--region-frames", type=int, default=3, help="demo-clip frames for the region rows (0 = none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
 
@@ -123,7 +132,8 @@ def cnn_rows(args: argparse.Namespace) -> tuple[dict, list[str]]:
                          "ours_fps": 1 / ours_s, "dlib_fps": 1 / dlib_s, "ratio": dlib_s / ours_s,
                          "gflop_per_frame": flops / 1e9, "ours_gflops": flops / ours_s / 1e9,
                          "faces_ours": faces_ours, "faces_dlib": faces_dlib})  # fmt: skip
-    result = {"peak_gflops_numpy_sgemm": peak, "rows": rows}
+    regions = region_rows(ours, args.region_frames, args.upsample)
+    result = {"peak_gflops_numpy_sgemm": peak, "rows": rows, "region_rows": regions}
     table = [f"detector (MMOD CNN); machine peak (numpy sgemm) {peak:.0f} GFLOP/s",
              f"{'frame':>6} {'up':>3} {'GFLOP':>7} {'ours fps':>9} {'dlib fps':>9} {'ratio':>7} "
              f"{'ours GFLOP/s':>13} {'% peak':>7} {'faces':>6}"]  # fmt: skip
@@ -133,7 +143,43 @@ def cnn_rows(args: argparse.Namespace) -> tuple[dict, list[str]]:
         f"{100 * r['ours_gflops'] / peak:>6.0f}% {r['faces_ours']:>3}/{r['faces_dlib']}"
         for r in rows
     ]
+    table += [
+        "",
+        "regions (ours only; less work than full frame): one face's box vs the whole frame",
+        f"{'frame':>6} {'up':>3} {'face px':>8} {'full ms':>8} {'region ms':>10} {'speed-up':>9} {'same':>5}",
+    ]
+    table += [
+        f"{r['frame']:>6} {r['upsample']:>3} {r['face_width']:>8} {1000 * r['full_s']:>8.1f} "
+        f"{1000 * r['region_s']:>10.1f} {r['full_s'] / r['region_s']:>8.1f}x {r['identical']!s:>5}"
+        for r in regions
+    ]  # fmt: skip
     return result, table
+
+
+def region_rows(ours: FaceDetector, frames: int, upsamples: list[int], repeats: int = 5) -> list[dict]:
+    """`detect_regions` on one face vs `detect` on the frame, on the first frames of the demo clip."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(DATA / "video" / "short_hamilton_clip.mp4"))
+    rows = []
+    for index in range(frames):
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        for upsample in upsamples:
+            boxes, scores = ours.detect(frame, upsample)
+            full_s = best_time(lambda f=frame, u=upsample: ours.detect(f, u), repeats)
+            for box, score in zip(boxes, scores):
+                region = box[None].astype(np.float64)
+                found = ours.detect_regions(frame, region, upsample)
+                hit = (found[0] == box).all(axis=1)
+                region_s = best_time(lambda f=frame, r=region, u=upsample: ours.detect_regions(f, r, u), repeats)
+                rows.append({"frame": index, "width": frame.shape[1], "height": frame.shape[0], "upsample": upsample,
+                             "face_width": int(box[2] - box[0] + 1), "full_s": full_s, "region_s": region_s,
+                             "identical": bool(hit.any() and found[1][hit][0] == score)})  # fmt: skip
+    capture.release()
+    return rows
 
 
 if __name__ == "__main__":

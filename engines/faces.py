@@ -14,7 +14,7 @@ import numpy as np
 
 from .cachedir import default_cache_dir
 from .chips import extract_face_chips
-from .detector import FaceDetector
+from .detector import FaceDetector, detector_options
 from .embedder import FaceEmbedder
 from .landmarks import ShapePredictor
 from .models import model_path
@@ -62,6 +62,7 @@ class FaceAnalyzer:
         detector = FaceDetector.from_file(
             model_path("detector", models.detector), cache, threads,
             upsample=config.detector.upsample, threshold=config.detector.threshold, engine=engine,
+            **detector_options(config.detector),
         )  # fmt: skip
         try:
             predictor = ShapePredictor.from_file(model_path("landmarks", models.landmarks), cache)

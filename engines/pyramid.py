@@ -49,6 +49,9 @@ __all__ = [
     "pyramid_up_size",
     "resize_bilinear_f32",
     "resize_bilinear_rgb_u8",
+    "resize_plan",
+    "resize_window_f32",
+    "resize_window_rgb_u8",
     "tensor_rects_to_image",
     "tiled_pyramid",
     "tiled_pyramid_layout",
@@ -66,6 +69,7 @@ NMS_PERCENT_COVERED_THRESH = 1.0
 _PYR_RATE = 5.0 / 6.0  # pyramid_down<6>: (N-1.0)/N
 _PYR_UP = 6 / 5.0  # pyramid_down<6>::point_up: p*N/(N-1.0) + 0.3
 _MIN_LEVEL_HEIGHT = 5
+_POINT_CHUNK = 1 << 16  # candidates per block in nearest_level
 _ROW_CHUNK = 128  # output rows per block in the resizers (bounds temporaries, stays in cache)
 
 
@@ -161,6 +165,38 @@ def _col_params(in_w: int, out_w: int) -> tuple[int, np.ndarray, np.ndarray, np.
     return n_simd, left, right, lr_simd, lr_tail
 
 
+class _ResizePlan:
+    """Row and column parameters of one dlib ``resize_image`` from ``(in_h, in_w)`` to ``(out_h, out_w)``.
+
+    Computed for the whole image (the SIMD/scalar column split and the accumulated coordinates
+    depend on it) so that any window of the output can be computed bit-identically on its own.
+    """
+
+    def __init__(self, in_h: int, in_w: int, out_h: int, out_w: int) -> None:
+        self.in_h, self.in_w, self.out_h, self.out_w = in_h, in_w, out_h, out_w
+        self.top, self.bottom, self.tb = _row_params(in_h, out_h)
+        self.n_simd, self.left, self.right, self.lr_s, self.lr_t = _col_params(in_w, out_w)
+
+    def source_window(self, r0: int, r1: int, c0: int, c1: int) -> tuple[int, int, int, int]:
+        """Input rows ``[ir0, ir1)`` and columns ``[ic0, ic1)`` that output window ``[r0,r1) x [c0,c1)`` reads."""
+        return (int(self.top[r0]), int(self.bottom[r1 - 1]) + 1,
+                int(self.left[c0:c1].min()), int(self.right[c0:c1].max()) + 1)  # fmt: skip
+
+
+_plans: dict[tuple[int, int, int, int], _ResizePlan] = {}
+
+
+def resize_plan(in_h: int, in_w: int, out_h: int, out_w: int) -> _ResizePlan:
+    """A (memoised: frames of one stream share their sizes) ``_ResizePlan``."""
+    key = (in_h, in_w, out_h, out_w)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) > 4096:  # bound the memo for processes that see many sizes
+            _plans.clear()
+        plan = _plans[key] = _ResizePlan(*key)
+    return plan
+
+
 def resize_bilinear_f32(planes: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """dlib ``resize_image`` on float32 grey planes (the path ``tt::resize_bilinear`` takes on CPU).
 
@@ -170,37 +206,53 @@ def resize_bilinear_f32(planes: np.ndarray, out_h: int, out_w: int) -> np.ndarra
     x in float32 and y in double, as the C++ does. Bit-identical to ``dlib.resize_image``.
     """
     src = np.asarray(planes, dtype=np.float32)
-    lead, (in_h, in_w) = src.shape[:-2], src.shape[-2:]
-    out = np.zeros((*lead, out_h, out_w), dtype=np.float32)
-    if out.size == 0 or src.size == 0:
+    in_h, in_w = src.shape[-2:]
+    if out_h * out_w == 0 or src.size == 0:
+        return np.zeros((*src.shape[:-2], out_h, out_w), dtype=np.float32)
+    return resize_window_f32(src, (0, 0), resize_plan(in_h, in_w, out_h, out_w), (0, out_h, 0, out_w))
+
+
+def resize_window_f32(
+    src: np.ndarray, origin: tuple[int, int], plan: _ResizePlan, window: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Output window ``[r0,r1) x [c0,c1)`` of ``resize_bilinear_f32`` (bit-identical to the same pixels
+    of the whole resize) from ``src``, the part of the input ``(..., h, w)`` whose top-left pixel is
+    input pixel ``origin`` = (row, col); it must cover ``plan.source_window(*window)``."""
+    r0, r1, c0, c1 = window
+    oy, ox = origin
+    out = np.zeros((*src.shape[:-2], r1 - r0, c1 - c0), dtype=np.float32)
+    if out.size == 0:
         return out
-    top, bottom, tb = _row_params(in_h, out_h)
-    n_simd, left, right, lr_s, lr_t = _col_params(in_w, out_w)
-    if n_simd:
+    top, bottom, tb = plan.top[r0:r1] - oy, plan.bottom[r0:r1] - oy, plan.tb[r0:r1]
+    n_simd = plan.n_simd
+    s0, s1 = c0, max(c0, min(c1, n_simd))  # output columns of the SIMD loop
+    if s1 > s0:
         one = np.float32(1.0)
+        lr_s = plan.lr_s[s0:s1]
         inv_lr_s = one - lr_s
         tb_f = tb.astype(np.float32)[:, None]
         inv_tb_f = (1.0 - tb).astype(np.float32)[:, None]  # simd4f(1 - tb_frac): double, then float
-        cols_l = np.take(src, left[:n_simd], axis=-1)  # (..., H, n_simd)
-        cols_r = np.take(src, right[:n_simd], axis=-1)
-        for r0 in range(0, out_h, _ROW_CHUNK):
-            r1 = min(r0 + _ROW_CHUNK, out_h)
-            t, b = top[r0:r1], bottom[r0:r1]
-            acc = out[..., r0:r1, :n_simd]  # a view: accumulate in place, same rounding order
-            np.multiply(inv_tb_f[r0:r1] * inv_lr_s, np.take(cols_l, t, axis=-2), out=acc)
-            acc += (inv_tb_f[r0:r1] * lr_s) * np.take(cols_r, t, axis=-2)
-            acc += (tb_f[r0:r1] * inv_lr_s) * np.take(cols_l, b, axis=-2)
-            acc += (tb_f[r0:r1] * lr_s) * np.take(cols_r, b, axis=-2)
-    if n_simd < out_w:
-        lr_tf = lr_t.astype(np.float32)  # `const float lr_frac = x - left;`
+        left, right = plan.left[s0:s1] - ox, plan.right[s0:s1] - ox
+        for a in range(0, r1 - r0, _ROW_CHUNK):
+            b = min(a + _ROW_CHUNK, r1 - r0)
+            # Rows, then columns, chunk by chunk: temporaries stay ~chunk x width whatever the image.
+            rows_t, rows_b = np.take(src, top[a:b], axis=-2), np.take(src, bottom[a:b], axis=-2)
+            acc = out[..., a:b, : s1 - s0]  # a view: accumulate in place, same rounding order
+            np.multiply(inv_tb_f[a:b] * inv_lr_s, np.take(rows_t, left, axis=-1), out=acc)
+            acc += (inv_tb_f[a:b] * lr_s) * np.take(rows_t, right, axis=-1)
+            acc += (tb_f[a:b] * inv_lr_s) * np.take(rows_b, left, axis=-1)
+            acc += (tb_f[a:b] * lr_s) * np.take(rows_b, right, axis=-1)
+    t0 = max(c0, n_simd)  # output columns of the scalar tail
+    if c1 > t0:
+        lr_tf = plan.lr_t[t0 - n_simd : c1 - n_simd].astype(np.float32)  # `const float lr_frac = x - left;`
         inv_lr_tf = np.float32(1.0) - lr_tf
-        t_rows, b_rows = src[..., top, :], src[..., bottom, :]
-        lt, rt = left[n_simd:], right[n_simd:]
-        top_x = inv_lr_tf * t_rows[..., lt] + lr_tf * t_rows[..., rt]  # float32
-        bot_x = inv_lr_tf * b_rows[..., lt] + lr_tf * b_rows[..., rt]
+        lt, rt = plan.left[t0:c1] - ox, plan.right[t0:c1] - ox
+        cols_l, cols_r = np.take(src, lt, axis=-1), np.take(src, rt, axis=-1)  # the few tail columns
+        top_x = inv_lr_tf * np.take(cols_l, top, axis=-2) + lr_tf * np.take(cols_r, top, axis=-2)  # float32
+        bot_x = inv_lr_tf * np.take(cols_l, bottom, axis=-2) + lr_tf * np.take(cols_r, bottom, axis=-2)
         tbd = tb[:, None]
         val = (1.0 - tbd) * top_x.astype(np.float64) + tbd * bot_x.astype(np.float64)
-        out[..., n_simd:] = val.astype(np.float32)
+        out[..., t0 - c0 :] = val.astype(np.float32)
     return out
 
 
@@ -214,34 +266,47 @@ def resize_bilinear_rgb_u8(image: np.ndarray, out_h: int, out_w: int) -> np.ndar
     if src.dtype != np.uint8 or src.ndim != 3 or src.shape[2] != 3:
         raise ValueError(f"expected (H,W,3) uint8, got {src.shape} {src.dtype}")
     in_h, in_w = src.shape[:2]
-    out = np.zeros((out_h, out_w, 3), dtype=np.uint8)
-    if out.size == 0 or src.size == 0:
+    if out_h * out_w == 0 or src.size == 0:
+        return np.zeros((out_h, out_w, 3), dtype=np.uint8)
+    return resize_window_rgb_u8(src, (0, 0), resize_plan(in_h, in_w, out_h, out_w), (0, out_h, 0, out_w))
+
+
+def resize_window_rgb_u8(
+    src: np.ndarray, origin: tuple[int, int], plan: _ResizePlan, window: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Output window ``[r0,r1) x [c0,c1)`` of ``resize_bilinear_rgb_u8`` from ``src`` ``(h, w, 3)``, the
+    part of the input whose top-left pixel is input pixel ``origin``; as ``resize_window_f32``."""
+    r0, r1, c0, c1 = window
+    oy, ox = origin
+    out = np.zeros((r1 - r0, c1 - c0, 3), dtype=np.uint8)
+    if out.size == 0:
         return out
-    top, bottom, tb = _row_params(in_h, out_h)
-    n_simd, left, right, lr_s, lr_t = _col_params(in_w, out_w)
-    if n_simd:
-        inv_lr_s = (np.float32(1.0) - lr_s)[:, None]
-        lr_s = lr_s[:, None]
+    top, bottom, tb = plan.top[r0:r1] - oy, plan.bottom[r0:r1] - oy, plan.tb[r0:r1]
+    n_simd = plan.n_simd
+    s0, s1 = c0, max(c0, min(c1, n_simd))
+    if s1 > s0:
+        lr_s = plan.lr_s[s0:s1][:, None]
+        inv_lr_s = np.float32(1.0) - lr_s
         tb_f = tb.astype(np.float32)[:, None, None]
         inv_tb_f = (1.0 - tb).astype(np.float32)[:, None, None]
-        cols_l = np.take(src, left[:n_simd], axis=1).astype(np.float32)  # (H, n_simd, 3)
-        cols_r = np.take(src, right[:n_simd], axis=1).astype(np.float32)
-        for r0 in range(0, out_h, _ROW_CHUNK):
-            r1 = min(r0 + _ROW_CHUNK, out_h)
-            t, b = top[r0:r1], bottom[r0:r1]
-            acc = (inv_tb_f[r0:r1] * inv_lr_s) * np.take(cols_l, t, axis=0)
-            acc += (inv_tb_f[r0:r1] * lr_s) * np.take(cols_r, t, axis=0)
-            acc += (tb_f[r0:r1] * inv_lr_s) * np.take(cols_l, b, axis=0)
-            acc += (tb_f[r0:r1] * lr_s) * np.take(cols_r, b, axis=0)
-            out[r0:r1, :n_simd] = acc.astype(np.int32).astype(np.uint8)  # cvttps, then (unsigned char)
-    if n_simd < out_w:
-        lt, rt = left[n_simd:], right[n_simd:]
-        lr_td = lr_t[:, None]
-        t_rows, b_rows = src[top].astype(np.float64), src[bottom].astype(np.float64)
-        top_x = (1.0 - lr_td) * t_rows[:, lt] + lr_td * t_rows[:, rt]
-        bot_x = (1.0 - lr_td) * b_rows[:, lt] + lr_td * b_rows[:, rt]
+        left, right = plan.left[s0:s1] - ox, plan.right[s0:s1] - ox
+        for a in range(0, r1 - r0, _ROW_CHUNK):
+            b = min(a + _ROW_CHUNK, r1 - r0)
+            rows_t, rows_b = np.take(src, top[a:b], axis=0), np.take(src, bottom[a:b], axis=0)
+            acc = (inv_tb_f[a:b] * inv_lr_s) * np.take(rows_t, left, axis=1).astype(np.float32)
+            acc += (inv_tb_f[a:b] * lr_s) * np.take(rows_t, right, axis=1).astype(np.float32)
+            acc += (tb_f[a:b] * inv_lr_s) * np.take(rows_b, left, axis=1).astype(np.float32)
+            acc += (tb_f[a:b] * lr_s) * np.take(rows_b, right, axis=1).astype(np.float32)
+            out[a:b, : s1 - s0] = acc.astype(np.int32).astype(np.uint8)  # cvttps, then (unsigned char)
+    t0 = max(c0, n_simd)
+    if c1 > t0:
+        lt, rt = plan.left[t0:c1] - ox, plan.right[t0:c1] - ox
+        lr_td = plan.lr_t[t0 - n_simd : c1 - n_simd][:, None]
+        cols_l, cols_r = src[:, lt].astype(np.float64), src[:, rt].astype(np.float64)  # the few tail columns
+        top_x = (1.0 - lr_td) * cols_l[top] + lr_td * cols_r[top]
+        bot_x = (1.0 - lr_td) * cols_l[bottom] + lr_td * cols_r[bottom]
         tbd = tb[:, None, None]
-        out[:, n_simd:] = np.trunc((1.0 - tbd) * top_x + tbd * bot_x).astype(np.uint8)
+        out[:, t0 - c0 :] = np.trunc((1.0 - tbd) * top_x + tbd * bot_x).astype(np.uint8)
     return out
 
 
@@ -444,11 +509,14 @@ def nearest_level(level_rects: np.ndarray, points: np.ndarray) -> np.ndarray:
     else the first one at minimum Euclidean distance. Returns ``(K,)`` int64 level indices."""
     rr = np.asarray(level_rects, dtype=np.int64).reshape(-1, 4)
     p = np.asarray(points, dtype=np.int64).reshape(-1, 2)
-    px, py = p[:, :1], p[:, 1:]
-    dx = np.clip(px, rr[:, 0], rr[:, 2]) - px
-    dy = np.clip(py, rr[:, 1], rr[:, 3]) - py
-    # distance 0 <=> contained; argmin keeps the first minimum like the strict `<` in C++
-    return np.argmin(dx * dx + dy * dy, axis=1).astype(np.int64)
+    out = np.empty(len(p), dtype=np.int64)
+    for a in range(0, len(p), _POINT_CHUNK):  # (points x levels) temporaries: bounded in chunks
+        px, py = p[a : a + _POINT_CHUNK, :1], p[a : a + _POINT_CHUNK, 1:]
+        dx = np.clip(px, rr[:, 0], rr[:, 2]) - px
+        dy = np.clip(py, rr[:, 1], rr[:, 3]) - py
+        # distance 0 <=> contained; argmin keeps the first minimum like the strict `<` in C++
+        out[a : a + _POINT_CHUNK] = np.argmin(dx * dx + dy * dy, axis=1)
+    return out
 
 
 def tensor_rects_to_image(drects: np.ndarray, level_rects: np.ndarray) -> np.ndarray:

@@ -120,12 +120,62 @@ class DetectorConfig:
         ge=1,
     )
 
+    max_tile_pixels: int = setting(
+        4_000_000,
+        "input-tensor pixels per network call: larger pyramids run in exact overlapping\n"
+        "tiles (same boxes and scores), so peak memory stays under 1 GB for any image\n"
+        "that max_image_pixels admits",
+        ge=1,
+    )
+    min_face_size: float = setting(
+        0.0,
+        "px, 0 = no limit. > 0 also chooses the upsampling (detector.upsample is then\n"
+        "ignored): the fewest steps whose smallest face (80 px at 0, 40 at 1, 20 at 2) is\n"
+        "at most this; e.g. a kiosk with faces >= 120 px runs at upsample 0",
+        ge=0,
+    )
+    max_face_size: float = setting(
+        0.0, "px, 0 = no limit. Pyramid levels that cannot give faces in range are skipped", ge=0
+    )
+    follow: str = setting(
+        "off",
+        "followers and scans (pipeline/follow.py): off = full-frame detection on every\n"
+        "frame; live = on live streams, follow known faces with region detection every\n"
+        "frame and scan the whole frame on a schedule; all = every stream (files scan\n"
+        "synchronously, so results do not depend on timing)",
+        choices=("off", "live", "all"),
+    )
+    scan_interval_s: float = setting(
+        1.0, "a full-frame scan at least this often (wall clock live, media time files)", gt=0
+    )
+    scan_threads: int = setting(1, "ONNX Runtime threads of the background scan (the followers get the rest)", ge=1)
+    region_margin: float = setting(
+        0.25, "a followed face's region: its predicted box grown by this share per side", ge=0, le=4
+    )
+    follow_miss_s: float = setting(0.3, "a followed face its region no longer finds is dropped after this long", ge=0)
+    motion_threshold: float = setting(
+        0.01, "scan at once when this share of the picture outside followed faces moved", ge=0, le=1
+    )
+    motion_pixel_delta: float = setting(
+        20.0, "... by more than this many grey levels (a 96 px wide blurred grey image)", ge=0, le=255
+    )
+
 
 @dataclass
 class EmbedderConfig:
     """The `embedder:` section (keys and their meaning: config.yaml)."""
 
     max_batch: int = setting(32, "faces per inference call", ge=1)
+    embed_first: int = setting(
+        16,
+        "with detector.follow on, a followed face is embedded while it has fewer than\n"
+        "this many embedded faces (identity being decided), when its quality weight is\n"
+        "improve_factor x its best so far, or reembed_interval_s after its last\n"
+        "embedding; otherwise it goes without a descriptor",
+        ge=0,
+    )
+    improve_factor: float = setting(1.5, "see embed_first", ge=1)
+    reembed_interval_s: float = setting(1.0, "see embed_first", ge=0)
 
 
 _DISTANCE_MAX = MAX_THRESHOLD  # a dlib descriptor distance above this would name almost anyone as anyone
@@ -283,7 +333,16 @@ class TrackerConfig:
     iou_threshold: float = setting(
         0.3, "a detection continues a track when it overlaps its predicted box this much", gt=0, le=1
     )
-    max_age: int = setting(15, "frames a track survives unseen (at least detect_every)", ge=0)
+    max_age_s: float = setting(0.5, "seconds a track survives unseen, file streams (media time)", ge=0)
+    live_max_age_s: float = setting(
+        3.0, "... live streams (wall-clock time: dropped frames do not age a track)", ge=0
+    )
+    max_age: int = setting(
+        0,
+        "old key, frames: when > 0, ages count frames as before (max_age frames, at least\n"
+        "pipeline.detect_every) and max_age_s / live_max_age_s are not used",
+        ge=0,
+    )
     decision: str = setting(
         "mean",
         "mean: the match of the mean descriptor of the track's best faces decides;\n"

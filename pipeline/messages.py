@@ -8,7 +8,7 @@ A message is a list of ZeroMQ frames (one multipart message)::
 Fixed prefix (12 bytes, little-endian, ``struct`` format ``<4sBBBxI``)::
 
     magic       4 bytes  b"FSTM"
-    version     u8       FORMAT_VERSION (1)
+    version     u8       FORMAT_VERSION (2)
     type        u8       MessageType: 1 frame, 2 faces, 3 descriptors, 4 end of stream, 5 control
     n_arrays    u8       number of array frames that follow (= array descriptors in this header)
     reserved    u8       must be 0
@@ -21,6 +21,13 @@ uint8 (N,150,150,3) with one N shared by every array of the message (N may be 0)
 described in the JSON; the JSON metadata holds only the scalar fields of the type (an object with
 exactly those keys, each of a checked type: no NaN/Infinity, no duplicate keys, at most
 ``MAX_METADATA_BYTES``). Optional arrays (``track_ids``) come last and are absent by being omitted.
+
+Version 2 added to faces and descriptors messages: ``box_source`` (N,) uint8 (`BOX_SCAN` 0: the box came
+from a full-frame detector run on this frame; `BOX_REGION` 1: from region detection around a followed
+face on this frame), ``embed`` (N,) uint8 (faces: 1 = embed this face; descriptors: 1 = its row holds a
+descriptor, 0 = not embedded, the row is NaN) and the metadata flag ``scanned`` (a full-frame detector
+ran on this frame). Constructors default them to today's meaning: every box from a scan, every face
+embedded, the frame scanned.
 
 Decoding checks everything against the actual frames — magic, version, type, frame count, header
 length, dtype codes, shapes, the byte length of every array frame, the metadata keys and types — and
@@ -55,6 +62,8 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = [
+    "BOX_REGION",
+    "BOX_SCAN",
     "CHIP_SIZE",
     "DESCRIPTOR_SIZE",
     "DTYPE_CODES",
@@ -75,7 +84,7 @@ __all__ = [
 ]
 
 MAGIC = b"FSTM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: faces and descriptors carry box_source, embed and scanned
 CHIP_SIZE = 150
 DESCRIPTOR_SIZE = 128
 MAX_METADATA_BYTES = 4096
@@ -137,6 +146,12 @@ class FacesMessage:
     chips: np.ndarray  # (N,150,150,3) uint8 RGB
     quality: np.ndarray  # (N,k) float32; columns as tracker.QUALITY_COLUMNS
     track_ids: np.ndarray | None = None  # (N,) int64 when a tracker already ran
+    box_source: np.ndarray | None = None  # (N,) uint8 BOX_SCAN / BOX_REGION; None = all BOX_SCAN
+    embed: np.ndarray | None = None  # (N,) uint8 1 = embed this face; None = all
+    scanned: bool = True  # a full-frame detector ran on this frame
+
+    def __post_init__(self) -> None:
+        _default_face_flags(self)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -155,8 +170,14 @@ class DescriptorsMessage:
     scores: np.ndarray  # (N,) float32 or float64
     landmarks: np.ndarray  # (N,5,2) int64
     quality: np.ndarray  # (N,k) float32
-    descriptors: np.ndarray  # (N,128) float32
+    descriptors: np.ndarray  # (N,128) float32; NaN rows where embed is 0
     track_ids: np.ndarray | None = None  # (N,) int64
+    box_source: np.ndarray | None = None  # (N,) uint8 as in FacesMessage
+    embed: np.ndarray | None = None  # (N,) uint8 1 = the row holds a descriptor
+    scanned: bool = True
+
+    def __post_init__(self) -> None:
+        _default_face_flags(self)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -166,8 +187,22 @@ class DescriptorsMessage:
         """The embed stage's output: ``faces`` without its chips, plus their (N,128) descriptors."""
         return cls(
             faces.stream_id, faces.frame_index, faces.timestamp, faces.width, faces.height, faces.boxes,
-            faces.scores, faces.landmarks, faces.quality, descriptors, faces.track_ids,
+            faces.scores, faces.landmarks, faces.quality, descriptors, faces.track_ids, faces.box_source,
+            faces.embed, faces.scanned,
         )  # fmt: skip
+
+
+BOX_SCAN = 0  # box_source: a full-frame detector run on this very frame
+BOX_REGION = 1  # box_source: region detection around a followed face, on this very frame
+
+
+def _default_face_flags(message: FacesMessage | DescriptorsMessage) -> None:
+    """Fill box_source (all BOX_SCAN) and embed (all 1) when a constructor left them out."""
+    count = len(message.boxes)
+    if message.box_source is None:
+        message.box_source = np.full(count, BOX_SCAN, np.uint8)
+    if message.embed is None:
+        message.embed = np.ones(count, np.uint8)
 
 
 @dataclass(eq=False)
@@ -289,6 +324,7 @@ class _Schema:
 _U8, _I8, _F4, _F8 = (np.dtype(code) for code in ("<u1", "<i8", "<f4", "<f8"))
 _FACE_METADATA: dict[str, _Check] = {
     "stream_id": _stream_id, "frame_index": _count, "timestamp": _seconds, "width": _pixels, "height": _pixels,
+    "scanned": _flag,
 }  # fmt: skip
 _BOXES = _ArraySlot("boxes", (_I8,), ("N", 4))
 _SCORES = _ArraySlot("scores", (_F8, _F4), ("N",))
@@ -297,6 +333,8 @@ _QUALITY = _ArraySlot("quality", (_F4,), ("N", "K"))
 _CHIPS = _ArraySlot("chips", (_U8,), ("N", CHIP_SIZE, CHIP_SIZE, 3))
 _DESCRIPTORS = _ArraySlot("descriptors", (_F4,), ("N", DESCRIPTOR_SIZE))
 _TRACK_IDS = _ArraySlot("track_ids", (_I8,), ("N",), optional=True)
+_BOX_SOURCE = _ArraySlot("box_source", (_U8,), ("N",))
+_EMBED = _ArraySlot("embed", (_U8,), ("N",))
 
 _SCHEMAS: dict[MessageType, _Schema] = {
     MessageType.FRAME: _Schema(
@@ -305,10 +343,12 @@ _SCHEMAS: dict[MessageType, _Schema] = {
         (_ArraySlot("image", (_U8,), ("H", "W", 3)),),
     ),
     MessageType.FACES: _Schema(
-        FacesMessage, _FACE_METADATA, (_BOXES, _SCORES, _LANDMARKS, _CHIPS, _QUALITY, _TRACK_IDS)
+        FacesMessage, _FACE_METADATA, (_BOXES, _SCORES, _LANDMARKS, _CHIPS, _QUALITY, _BOX_SOURCE, _EMBED, _TRACK_IDS)
     ),
     MessageType.DESCRIPTORS: _Schema(
-        DescriptorsMessage, _FACE_METADATA, (_BOXES, _SCORES, _LANDMARKS, _QUALITY, _DESCRIPTORS, _TRACK_IDS)
+        DescriptorsMessage,
+        _FACE_METADATA,
+        (_BOXES, _SCORES, _LANDMARKS, _QUALITY, _DESCRIPTORS, _BOX_SOURCE, _EMBED, _TRACK_IDS),
     ),
     MessageType.END_OF_STREAM: _Schema(EndOfStream, {"stream_id": _stream_id, "frame_count": _count}, ()),
     MessageType.CONTROL: _Schema(Control, {"command": _command, "stream_id": _any_stream_id}, ()),

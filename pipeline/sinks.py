@@ -31,11 +31,16 @@ Outputs, all optional:
   ``summary`` line: per identity, its on-screen intervals (frames and seconds). On the PUB socket each
   event is two frames: the event name (subscribe to a prefix of it) and the same JSON;
 * detections (``--detections FILE``): one line per processed frame, every face in it: ``{"stream_id",
-  "frame_index", "timestamp", "detected", "faces": [{"box", "score", "track_id", "identity",
-  "distance", "match": {"identity", "distance"}}]}``; ``detected`` is false on frames the detector
-  skipped (boxes are the tracker's predictions, ``score`` and ``match`` null); ``identity`` is the
-  track's current decision ("unknown" while undecided, ``distance`` then null), ``match`` this frame's
-  own gallery answer;
+  "frame_index", "timestamp", "detected", "scanned", "faces": [{"box", "box_source", "score", "track_id",
+  "identity", "distance", "match": {"identity", "distance"}}]}``; ``box_source`` tells where each box
+  came from: ``"scan"`` (a full-frame detector run on that very frame), ``"region"`` (region detection
+  around a followed face, on that very frame, see pipeline/follow.py) or ``"carried"`` (the tracker's
+  prediction: no detector ran for it on this frame; ``score`` and ``match`` null); ``scanned`` is true
+  when a full-frame detector ran on the frame, ``detected`` when a detector produced any box on it (or
+  scanned it); ``identity`` is the track's current decision ("unknown" while undecided, ``distance``
+  then null), ``match`` this frame's own gallery answer (null for a face that was not embedded on this
+  frame). The sink's stats count the faces of each kind (``faces_scan``, ``faces_region``,
+  ``faces_carried``);
 * annotated video (``--output FILE``, mp4v): every processed frame with boxes, names, distances and
   track ids (several streams: ``FILE`` becomes ``STEM-<stream>.SUFFIX`` per stream); a live window
   (``--show``) shows the same frames.
@@ -178,8 +183,9 @@ class FaceResult:
     identity: str  # the track's decided identity, "unknown" while undecided
     distance: float | None
     score: float | None = None  # None on frames the detector skipped
-    match_identity: str | None = None  # this frame's own gallery answer (detected frames)
+    match_identity: str | None = None  # this frame's own gallery answer (detected and embedded faces)
     match_distance: float | None = None
+    box_source: str = "carried"  # "scan" | "region" | "carried" (BOX_SOURCES)
 
 
 @dataclass
@@ -193,6 +199,10 @@ class FrameResult:
     height: int
     detected: bool
     faces: list[FaceResult] = field(default_factory=list)
+    scanned: bool = False  # a full-frame detector ran on this frame
+
+
+BOX_SOURCES = {messages.BOX_SCAN: "scan", messages.BOX_REGION: "region"}  # else "carried"
 
 
 def _number(value: float | None, digits: int = 6) -> float | None:
@@ -227,6 +237,7 @@ def detection_record(result: FrameResult) -> dict[str, Any]:
         faces.append(
             {
                 "box": face.box,
+                "box_source": face.box_source,
                 "score": _number(face.score),
                 "track_id": face.track_id,
                 "identity": face.identity,
@@ -241,6 +252,7 @@ def detection_record(result: FrameResult) -> dict[str, Any]:
         "width": result.width,
         "height": result.height,
         "detected": result.detected,
+        "scanned": result.scanned,
         "faces": faces,
     }
 
@@ -710,6 +722,29 @@ def live_reorder_s(pipeline: PipelineConfig, endpoints: dict[str, str]) -> float
     return float(pipeline.live_reorder_ms) / 1000 if parallel or joinable else 0.0
 
 
+def tracker_max_age_s(tracker_config: TrackerConfig, live: bool, fps: float, detect_every: int = 1) -> float | None:
+    """How long a track survives unseen, in seconds of the frames' timestamps (media time for files,
+    wall-clock capture time for live streams): ``tracker.max_age_s`` (files) or ``live_max_age_s`` (live),
+    at least the time of the detect_every frames the tracker carries boxes over. None when an old config
+    sets ``tracker.max_age`` > 0: ages then count frames, exactly as before that key was replaced."""
+    if int(tracker_config.max_age) > 0:
+        return None
+    seconds = float(tracker_config.live_max_age_s if live else tracker_config.max_age_s)
+    return max(seconds, detect_every / fps)
+
+
+def embedded_part(message: DescriptorsMessage, rows: np.ndarray) -> DescriptorsMessage:
+    """The message restricted to `rows` (the faces that carry a descriptor); the message itself when all do."""
+    if len(rows) == len(message):
+        return message
+    return DescriptorsMessage(
+        message.stream_id, message.frame_index, message.timestamp, message.width, message.height,
+        message.boxes[rows], message.scores[rows], message.landmarks[rows], message.quality[rows],
+        message.descriptors[rows], None if message.track_ids is None else message.track_ids[rows],
+        message.box_source[rows], message.embed[rows], message.scanned,
+    )  # fmt: skip
+
+
 class SinkCore:
     """Messages in (any order, duplicates allowed), processed frames and events out, in order per stream."""
 
@@ -726,6 +761,7 @@ class SinkCore:
         unknowns: UnknownTracks | None = None,
         kiosk: KioskDecider | None = None,
         event_descriptors: bool = False,
+        stream_fps: dict[str, float] | None = None,
     ) -> None:
         self.matcher, self.outputs = matcher, outputs
         self.unknowns, self.kiosk = unknowns, kiosk
@@ -748,10 +784,12 @@ class SinkCore:
         }
         # Frame images: for the annotated outputs, and for the chips of the unknown tracks' kept faces.
         need_images = outputs.wants_images or (unknowns is not None and unknowns.chip_dir is not None)
+        fps = stream_fps or {}
         self.streams = {
-            sid: StreamSink(sid, live, FaceTracker(sid, gate=gate, **options), need_images, live_hold_s)
+            sid: StreamSink(sid, live, FaceTracker(sid, gate=gate, **options, max_age_s=tracker_max_age_s(
+                tracker_config, live, float(fps.get(sid) or 25.0), int(detect_every))), need_images, live_hold_s)
             for sid, live in streams.items()
-        }
+        }  # fmt: skip
         self.cut_distance = float(tracker_config.scene_cut_distance)
         self.summaries: dict[str, dict[str, Any]] = {}
         self._at: dict[str, tuple[int, float]] = {}  # per stream: the last frame processed (index, timestamp)
@@ -835,28 +873,38 @@ class SinkCore:
     def _process(self, stream: StreamSink, frame_index: int, item: _Pending, image: np.ndarray | None) -> None:
         message, tracker = item.message, stream.tracker
         faces: list[FaceResult] = []
+        scanned = bool(item.detected and message.scanned)
         if item.detected:
             assert isinstance(message, DescriptorsMessage)
-            self._end_tracks_at_a_cut(stream, frame_index, message)
-            chips = None if image is None else FrameChips(image, message.landmarks)
+            # Faces the detect worker did not send to the embedder (embed 0) are tracked but not matched.
+            embedded = np.flatnonzero(np.asarray(message.embed, bool))
+            part = embedded_part(message, embedded)
+            self._end_tracks_at_a_cut(stream, frame_index, part)
             track_ids = tracker.update(frame_index, message.timestamp, message.boxes, message.scores, message.quality)
-            for i, track_id in enumerate(track_ids.tolist()):
-                stream.last_descriptor[track_id] = np.array(message.descriptors[i], np.float32)
-            identities: list[str] = []
-            distances = np.zeros(0)
-            if len(message):
-                matches = self.matcher.identify(np.asarray(message.descriptors, np.float32))
-                identities, distances = list(matches.identities), np.asarray(matches.distances, np.float64)
-                self._observe_faces(stream, frame_index, message, track_ids, matches, chips)
-            observed_identities, observed_distances = identities, distances
-            if tracker.decision == "mean" and len(message):
-                observed_identities, observed_distances = self._match_track_means(tracker, track_ids, message)
-            for i, track_id in enumerate(track_ids.tolist()):
+            part_ids = track_ids[embedded]
+            for i, track_id in enumerate(part_ids.tolist()):
+                stream.last_descriptor[track_id] = np.array(part.descriptors[i], np.float32)
+            identities = [UNKNOWN] * len(message)
+            distances = np.full(len(message), np.nan)
+            chips = None if image is None else FrameChips(image, part.landmarks)
+            if len(part):
+                matches = self.matcher.identify(np.asarray(part.descriptors, np.float32))
+                for row, i in enumerate(embedded.tolist()):
+                    identities[i], distances[i] = matches.identities[row], float(matches.distances[row])
+                self._observe_faces(stream, frame_index, part, part_ids, matches, chips)
+            observed_identities, observed_distances = list(identities), distances.copy()
+            if tracker.decision == "mean" and len(part):
+                mean_identities, mean_distances = self._match_track_means(tracker, part_ids, part)
+                for row, i in enumerate(embedded.tolist()):
+                    observed_identities[i], observed_distances[i] = mean_identities[row], mean_distances[row]
+            for i in embedded.tolist():
                 if math.isfinite(observed_distances[i]):  # NaN: nobody in the gallery (or face gated out)
-                    tracker.add_observation(track_id, observed_identities[i], float(observed_distances[i]),
+                    tracker.add_observation(int(track_ids[i]), observed_identities[i], float(observed_distances[i]),
                                             message.quality[i], float(message.scores[i]))  # fmt: skip
+            chosen = set(embedded.tolist())
             for i, track_id in enumerate(track_ids.tolist()):
                 track = tracker.tracks[track_id]
+                source = BOX_SOURCES.get(int(message.box_source[i]), "carried")
                 faces.append(
                     FaceResult(
                         [int(v) for v in message.boxes[i]],
@@ -864,28 +912,32 @@ class SinkCore:
                         track.identity or UNKNOWN,
                         track.distance if track.identity else None,
                         float(message.scores[i]),
-                        identities[i],
-                        float(distances[i]),
+                        identities[i] if i in chosen else None,
+                        float(distances[i]) if i in chosen else None,
+                        source,
                     )
                 )
+                self.stats.count(f"faces_{source}")
             self.stats.count("faces", len(message))
-            if self.outputs.web is not None and len(message):
-                weights = tracker.gate.weights(message.quality, message.scores)
-                self.outputs.web.faces(stream.stream_id, message, faces, weights, chips)
+            if self.outputs.web is not None and len(part):
+                weights = tracker.gate.weights(part.quality, part.scores)
+                self.outputs.web.faces(stream.stream_id, part, [faces[i] for i in embedded.tolist()], weights, chips)
         else:
-            track_ids, boxes = tracker.predict_only(frame_index)
+            track_ids, boxes = tracker.predict_only(frame_index, message.timestamp)
             for track_id, box in zip(track_ids.tolist(), boxes.tolist()):
                 track = tracker.tracks[track_id]
                 faces.append(
                     FaceResult(box, track_id, track.identity or UNKNOWN, track.distance if track.identity else None)
                 )
+                self.stats.count("faces_carried")
             self.stats.count("skipped_detection")
         self._emit(stream, tracker.pop_events(), (frame_index, message.timestamp))
         if self.kiosk is not None:
             for decision in self.kiosk.advance(stream.stream_id, message.timestamp):
                 self.outputs.event(decision.to_record())
+        detected = item.detected and (scanned or len(message) > 0)
         result = FrameResult(
-            stream.stream_id, frame_index, message.timestamp, message.width, message.height, item.detected, faces
+            stream.stream_id, frame_index, message.timestamp, message.width, message.height, detected, faces, scanned
         )
         self.outputs.frame(result, image)
         stream.processed += 1
@@ -973,7 +1025,7 @@ class SinkCore:
         if self.cut_distance <= 0 or not len(message) or not stream.last_descriptor:
             return
         tracker = stream.tracker
-        track_ids, predicted = tracker.predict_only(frame_index)
+        track_ids, predicted = tracker.predict_only(frame_index, message.timestamp)
         if not len(track_ids):
             return
         rows, columns = greedy_assignment(box_iou(predicted, message.boxes), tracker.iou_threshold)
@@ -1082,6 +1134,7 @@ class SinkStage(StageProcess):
             unknowns=unknowns,
             kiosk=kiosk,
             event_descriptors=bool(self.config.outputs.event_descriptors),
+            stream_fps=fps,
         )
         self.extra_stats = self._extra_stats
         refresh_every = float(pipeline.gallery_refresh_s)

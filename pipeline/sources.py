@@ -56,6 +56,7 @@ from . import messages
 from .config import Config
 from .imageio import ImageError, read_image, to_rgb8
 from .messages import EndOfStream, FacesMessage, FrameMessage, MessageError
+from .scenes import frame_thumbnail, scene_changed
 from .stages import StageProcess, decode_json, empty_faces, open_socket
 
 log = logging.getLogger(__name__)
@@ -368,23 +369,6 @@ def open_file_reader(spec: SourceSpec, config: Config) -> FrameReader:
 # live sources: newest frames win, reopen with back-off
 
 
-THUMBNAIL_SIZE = (64, 36)  # (width, height): enough to see a cut, cheap to compare (~0.1 ms a frame)
-
-
-def frame_thumbnail(image: np.ndarray) -> np.ndarray:
-    """A small grey float32 picture of an RGB frame, for `scene_changed`."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(grey, THUMBNAIL_SIZE, interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
-def scene_changed(previous: np.ndarray | None, current: np.ndarray, threshold: float) -> bool:
-    """True when two consecutive thumbnails differ by more than `threshold` grey levels on average (a cut).
-    Demo clip: its three cuts 27.7-30.5, motion within a shot at most 13.6."""
-    if previous is None or threshold <= 0 or previous.shape != current.shape:
-        return False
-    return float(np.abs(current - previous).mean()) > threshold
-
-
 def backoff_delay(failures: int, initial: float, maximum: float, factor: float = 2.0) -> float:
     """Seconds to wait after `failures` (>= 1) consecutive failures: initial, initial*factor, ... capped at maximum."""
     if failures < 1:
@@ -687,6 +671,7 @@ class StreamState:
     # re-sent (newer frames matter more), only waited for at the end so their results are not cut off
     last_detect_index: int = -1  # live: the last frame sent to the detectors
     thumbnail: np.ndarray | None = None  # of the last frame read, to see a scene cut on a frame due to be skipped
+    size: tuple[int, ...] | None = None  # (height, width) of the last frame read: a change is a scene cut
     last_checked_index: int = -1  # live: the last frame `thumbnail` was taken of ...
     held_cut: bool = False  # ... and whether it starts a new scene
     # live: skip notices wait here until every detection frame sent before them is acknowledged (or
@@ -857,8 +842,20 @@ class SourceStage(StageProcess):
 
     def _cut(self, stream: StreamState, image: np.ndarray) -> bool:
         """Whether a frame the detector would skip starts a new scene (then it is detected: the tracker
-        must not carry the last scene's boxes and names onto it). Only computed when skipping is on."""
-        if self.detect_every == 1 or self.cut_threshold <= 0:
+        must not carry the last scene's boxes and names onto it): a frame of another size than the last
+        one always does (an image folder of mixed sizes), else the thumbnail test. Only computed when
+        skipping is on."""
+        if self.detect_every == 1:
+            return False
+        size = image.shape[:2]
+        resized = stream.size is not None and stream.size != size
+        stream.size = size
+        if resized:
+            stream.count("size_changes")
+            stream.count("scene_cuts")
+            stream.thumbnail = frame_thumbnail(image) if self.cut_threshold > 0 else None
+            return True
+        if self.cut_threshold <= 0:
             return False
         thumbnail = frame_thumbnail(image)
         changed = scene_changed(stream.thumbnail, thumbnail, self.cut_threshold)

@@ -12,13 +12,14 @@ Processes and sockets (every arrow a real ZeroMQ socket; ``B`` marks the side th
     supervisor ─PUB(B) control──▶ SUB source, sink, local workers   Control("stop"), Control("resend")
     sink ─PUB(B) preview──▶ web view   annotated JPEG frames, unknown faces (run --web / --preview only)
 
-Detect and embed workers are stateless and only connect, so more of them (on this machine or another
-one) can join a running pipeline with ``facestream stage detect|embed --config FILE``: a detect worker
-connects to ``frames`` and ``faces_in``, an embed worker to ``faces_out`` and ``descriptors``, both to
-``stats``. Stage messages are `pipeline.messages` (versioned header + raw arrays, no pickle); the
-control plane (acks, stats) is one JSON frame behind a 4-byte magic, see `encode_json`. A message that
-does not decode is dropped, logged (rate-limited) and counted in the stage's ``malformed`` counter,
-never fatal.
+Detect and embed workers only connect and keep no state a run depends on (with ``detector.follow`` a
+detect worker follows the faces of the frames it receives, see `pipeline.follow`), so more of them (on
+this machine or another one) can join a running pipeline with ``facestream stage detect|embed --config
+FILE``: a detect worker connects to ``frames`` and ``faces_in``, an embed worker to ``faces_out`` and
+``descriptors``, both to ``stats``. Stage messages are `pipeline.messages` (versioned header + raw
+arrays, no pickle); the control plane (acks, stats) is one JSON frame behind a 4-byte magic, see
+`encode_json`. A message that does not decode is dropped, logged (rate-limited) and counted in the
+stage's ``malformed`` counter, never fatal.
 
 A process started by the supervisor gets the run's spec (a JSON file in the run directory) and its
 role; it installs SIGTERM/SIGINT handlers first thing, asks the kernel to send it SIGTERM when the
@@ -202,6 +203,7 @@ def empty_faces(stream_id: str, frame_index: int, timestamp: float, width: int, 
         np.zeros((0, 5, 2), np.int64),
         np.zeros((0, messages.CHIP_SIZE, messages.CHIP_SIZE, 3), np.uint8),
         np.zeros((0, EMPTY_QUALITY_COLUMNS), np.float32),
+        scanned=False,
     )
 
 
@@ -468,46 +470,59 @@ def _cache_dir(config: Config) -> Path:
 
 
 def detect_and_align(detector: Any, predictor: Any, frame: FrameMessage) -> FacesMessage:
-    """Faces, landmarks, chips and quality of one frame (the frame itself goes no further)."""
-    from ..engines.chips import extract_face_chips
-    from ..engines.quality import face_quality
+    """Full-frame detection: faces, landmarks, chips and quality of one frame (the frame itself goes no further)."""
+    from .follow import faces_message
 
-    image = frame.image
-    height, width = image.shape[:2]
-    boxes, scores = detector.detect(image)
-    if len(boxes) == 0:
-        return empty_faces(frame.stream_id, frame.frame_index, frame.timestamp, width, height)
-    landmarks = predictor.predict(image, boxes)
-    chips = extract_face_chips(image, landmarks)
-    quality = face_quality(chips, boxes, scores)
-    return FacesMessage(
-        frame.stream_id, frame.frame_index, frame.timestamp, width, height, boxes, scores, landmarks, chips, quality
-    )
+    boxes, scores = detector.detect(frame.image)
+    return faces_message(frame, predictor, boxes, scores, np.full(len(boxes), messages.BOX_SCAN), None, True)
 
 
 class DetectWorker(StageProcess):
-    """PULL frames -> detector, 5-point landmarks, chips, quality -> PUSH faces. Stateless; any number may run."""
+    """PULL frames -> detector, 5-point landmarks, chips, quality -> PUSH faces. Any number may run.
+
+    With ``detector.follow`` off every frame gets full-frame detection and the worker is stateless; else
+    the worker follows the faces of each stream it sees with region detection and scans the full frame on
+    a schedule (`pipeline.follow.Follower`; background scans on a second session with
+    ``detector.scan_threads`` threads, the follower session gets the rest of the worker's threads).
+    """
 
     role = "detect"
 
     def run(self) -> int:
         """Frames in, faces (boxes, landmarks, 150x150 chips, quality) out, until stopped."""
-        from ..engines.detector import FaceDetector
+        from ..engines.detector import FaceDetector, detector_options
         from ..engines.landmarks import ShapePredictor
         from ..engines.models import model_path
+        from .follow import Follower, FollowSettings
+        from .tracker import QualityGate
 
         config, threads = self.config, worker_threads(self.config, "detect")
         cache = _cache_dir(config)
-        detector = FaceDetector.from_file(
-            model_path("detector", config.models.detector),
-            cache,
-            threads,
-            upsample=config.detector.upsample,
-            threshold=config.detector.threshold,
-            engine=config.engine,
-        )
+        settings = FollowSettings.from_config(config)
+        scan_threads = max(1, int(config.detector.scan_threads)) if settings.mode != "off" else 0
+
+        def make_detector(count: int) -> Any:
+            return FaceDetector.from_file(
+                model_path("detector", config.models.detector),
+                cache,
+                count,
+                upsample=config.detector.upsample,
+                threshold=config.detector.threshold,
+                engine=config.engine,
+                **detector_options(config.detector),
+            )
+
+        detector = make_detector(max(1, threads - scan_threads))
         self.models.append(detector)
         predictor = ShapePredictor.from_file(model_path("landmarks", config.models.landmarks), cache)
+        self.follower: Follower | None = None
+        if settings.mode != "off":
+            tracker = config.tracker
+            gate = QualityGate(float(tracker.min_face_size), float(tracker.min_sharpness),
+                               float(tracker.min_score))  # fmt: skip
+            scanner = make_detector(scan_threads)
+            self.models.append(scanner)
+            self.follower = Follower(settings, detector, predictor, gate, scanner, self.stats)
         hwm = int(config.pipeline.frame_hwm)
         self.frames = open_socket(self.context, zmq.PULL, self.endpoints["frames"], bind=False, hwm=hwm)
         self.faces = open_socket(
@@ -530,6 +545,8 @@ class DetectWorker(StageProcess):
                 if frame is not None:
                     self._one_frame(detector, predictor, self._newest(frame) if frame.live else frame)
             self.send_stats()
+        if self.follower is not None:
+            self.follower.close()
         return 0
 
     def _receive(self) -> FrameMessage | None:
@@ -560,7 +577,10 @@ class DetectWorker(StageProcess):
     def _one_frame(self, detector: Any, predictor: Any, frame: FrameMessage) -> None:
         started = time.perf_counter()
         try:
-            faces = detect_and_align(detector, predictor, frame)
+            if self.follower is not None and self.follower.settings.applies(frame.live):
+                faces = self.follower.process(frame)
+            else:
+                faces = detect_and_align(detector, predictor, frame)
         except (ValueError, MessageError) as error:  # e.g. an image the detector cannot take
             self.malformed(f"frame {frame.stream_id}#{frame.frame_index}: {error}")
             return
@@ -662,18 +682,20 @@ class EmbedWorker(StageProcess):
         return batch
 
     def _embed(self, embedder: Any, batch: list[FacesMessage]) -> None:
-        faces = sum(len(message) for message in batch)
+        # Only the faces the detect worker chose (embed 1); the others' rows stay NaN.
+        chosen = np.concatenate([np.asarray(m.embed, bool) for m in batch]) if batch else np.zeros(0, bool)
+        faces = int(chosen.sum())
+        self.stats.count("not_embedded", int(len(chosen) - faces))
+        descriptors = np.full((len(chosen), messages.DESCRIPTOR_SIZE), np.nan, np.float32)
         if faces:
             started = time.perf_counter()
-            chips = np.concatenate([message.chips for message in batch if len(message)])
-            descriptors = embedder.embed_chips(chips)
+            chips = np.concatenate([m.chips[np.asarray(m.embed, bool)] for m in batch if len(m)])
+            descriptors[chosen] = embedder.embed_chips(chips)
             elapsed = time.perf_counter() - started
             self.stats.latency("embed_batch", elapsed)
             self.stats.latency("embed_face", elapsed / faces)
             self.stats.count("batches")
             self.stats.count("faces", faces)
-        else:
-            descriptors = np.zeros((0, messages.DESCRIPTOR_SIZE), np.float32)
         for message in split_descriptors(batch, descriptors):
             if not self.send_until_stopped(self.descriptors, message):
                 return

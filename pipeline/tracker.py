@@ -7,9 +7,13 @@ the Hungarian assignment's answer whenever a face and its own prediction are eac
 which holds for faces at video frame rates, and needs no scipy. A detection left over starts a track; a track unseen for
 more than ``max_age`` frames ends. Only ``update`` (a frame where the detector ran) starts or ends
 tracks; ``predict_only`` carries the boxes through frames where detection is skipped (detect every k-th
-frame: keep ``max_age >= k``). Without appearance the tracker cannot tell a scene cut that puts a new
-face where the old one was (IoU above the threshold): the track goes on, and its identity is corrected
-only once the new face's observations outvote the old ones (below), not while they are too blurry to vote.
+frame: keep ``max_age >= k``). With ``max_age_s`` set, age is time instead of frames: a track unseen
+for more than ``max_age_s`` seconds of the frames' own timestamps ends (media time for files, wall-clock
+capture time for live streams, so frames a live source dropped do not age a track), and the summary
+merges an identity's stretches at most ``max_age_s`` apart. Without appearance the tracker cannot tell
+a scene cut that puts a new face where the old one was (IoU above the threshold): the track goes on,
+and its identity is corrected only once the new face's observations outvote the old ones (below), not
+while they are too blurry to vote.
 
 Identity: a track's identity is decided over its observations (one per embedded face: the match
 stage's identity or ``"unknown"`` and its distance), never from one frame:
@@ -297,6 +301,7 @@ class FaceTracker:
         velocity_smoothing: float = 0.5,
         decision: str = "vote",
         best_faces: int = 16,
+        max_age_s: float | None = None,
     ) -> None:
         if not 0 < iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
@@ -306,6 +311,9 @@ class FaceTracker:
             raise ValueError("need switch_ratio >= 1, 0 < vote_decay <= 1, improve_factor > 1, 0 < smoothing <= 1")
         if decision not in ("vote", "mean") or best_faces < 1:
             raise ValueError(f"decision must be 'vote' or 'mean' and best_faces >= 1, got {decision!r}, {best_faces}")
+        if max_age_s is not None and not max_age_s >= 0:
+            raise ValueError(f"max_age_s must be >= 0, got {max_age_s}")
+        self.max_age_s = max_age_s  # None: max_age counts frames
         self.decision = decision
         self.best_faces = best_faces
         self.stream_id = stream_id
@@ -347,7 +355,7 @@ class FaceTracker:
         self._last_update_frame = frame_index
 
         # Tracks unseen for too long end before matching, so they cannot take a new face's detection.
-        for track in [t for t in self.tracks.values() if frame_index - t.last_frame > self.max_age]:
+        for track in [t for t in self.tracks.values() if self._too_old(t, frame_index, timestamp)]:
             self._end(track)
 
         live = list(self.tracks.values())
@@ -366,9 +374,14 @@ class FaceTracker:
             track_ids[column] = self._start(frame_index, timestamp, boxes[column], scores[column], quality[column])
         return track_ids
 
-    def predict_only(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _too_old(self, track: Track, frame_index: int, timestamp: float | None) -> bool:
+        if self.max_age_s is not None and timestamp is not None:
+            return timestamp - track.last_timestamp > self.max_age_s
+        return frame_index - track.last_frame > self.max_age
+
+    def predict_only(self, frame_index: int, timestamp: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(T,) track ids and (T,4) int64 predicted boxes of the tracks the last detection saw, for a frame
-        without detection.
+        without detection (`timestamp`: its time, for ``max_age_s``; None: ages count frames).
 
         Changes nothing: tracks end only in `update`, where there is evidence that a face is gone.
         """
@@ -379,7 +392,7 @@ class FaceTracker:
         # its box over skipped frames would name a face that has left (e.g. across a scene cut).
         live = [
             t for t in self.tracks.values()
-            if t.last_frame == self._last_update_frame and frame_index - t.last_frame <= self.max_age
+            if t.last_frame == self._last_update_frame and not self._too_old(t, frame_index, timestamp)
         ]  # fmt: skip
         ids = np.array([track.track_id for track in live], np.int64)
         if not live:
@@ -568,7 +581,7 @@ class FaceTracker:
 
         Each track contributes its stretches under each identity it held (a change splits the track at
         the detection where the vote switched). Stretches of one identity merge when they overlap or are
-        at most `max_age` frames apart, the gap the tracker itself bridges.
+        at most `max_age` frames (with `max_age_s`: that many seconds) apart, the gap the tracker itself bridges.
         """
         stretches = list(self._ended_stretches)
         for track in self.tracks.values():
@@ -581,11 +594,16 @@ class FaceTracker:
         for identity, intervals in sorted(by_identity.items()):
             merged: list[OnScreenInterval] = []
             for interval in sorted(intervals, key=lambda i: (i.first_frame, i.track_ids)):
-                if merged and interval.first_frame <= merged[-1].last_frame + self.max_age + 1:
+                if merged and self._bridged(merged[-1], interval):
                     interval = _merge_intervals(merged.pop(), interval)
                 merged.append(interval)
             summary[identity] = merged
         return summary
+
+    def _bridged(self, earlier: OnScreenInterval, later: OnScreenInterval) -> bool:
+        if self.max_age_s is not None:
+            return later.first_timestamp - earlier.last_timestamp <= self.max_age_s + 1e-6
+        return later.first_frame <= earlier.last_frame + self.max_age + 1
 
     @staticmethod
     def _stretches(track: Track) -> list[tuple[str | None, OnScreenInterval]]:

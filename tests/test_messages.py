@@ -122,20 +122,22 @@ def test_header_layout_is_the_documented_one() -> None:
     frames = encode(faces_message(2))
     header = bytes(frames[0])
     magic, version, kind, n_arrays, meta_len = PREFIX.unpack_from(header)
-    assert (magic, version, kind, n_arrays) == (b"FSTM", 1, messages.MessageType.FACES, 6)
+    assert (magic, version, kind, n_arrays) == (b"FSTM", 2, messages.MessageType.FACES, 8)
     assert len(frames) == 1 + n_arrays
-    assert len(header) == 12 + 6 * 18 + meta_len < 300  # small: the arrays travel in their own frames
+    assert len(header) == 12 + 8 * 18 + meta_len < 300  # small: the arrays travel in their own frames
     assert ARRAY.unpack_from(header, 12) == (2, 2, 2, 4, 0, 0)  # boxes: int64 (2,4)
     assert ARRAY.unpack_from(header, 12 + 3 * 18) == (1, 4, 2, 150, 150, 3)  # chips: uint8 (2,150,150,3)
-    assert json.loads(header[12 + 6 * 18 :]) == {
+    assert ARRAY.unpack_from(header, 12 + 5 * 18) == (1, 1, 2, 0, 0, 0)  # box_source: uint8 (2,)
+    assert json.loads(header[12 + 8 * 18 :]) == {
         "stream_id": "cam-1", "frame_index": 41, "timestamp": 1712.25, "width": 640, "height": 480,
+        "scanned": True,
     }  # fmt: skip
 
 
 def test_no_faces_still_travels() -> None:
     message = faces_message(0)
     frames = encode(message)
-    assert [len(memoryview(frame)) for frame in frames[1:]] == [0] * 6
+    assert [len(memoryview(frame)) for frame in frames[1:]] == [0] * 8
     decoded = decode(frames)
     assert len(decoded) == 0 and decoded.chips.shape == (0, 150, 150, 3) and decoded.quality.shape == (0, 2)
 
@@ -235,18 +237,18 @@ def test_encode_refuses_other_objects_and_bad_commands() -> None:
 
 def test_decode_errors_name_the_reason() -> None:
     good = encode(faces_message(2))
-    metadata = bytes(good[0])[12 + 6 * 18 :]
+    metadata = bytes(good[0])[12 + 8 * 18 :]
     valid_metadata = json.loads(metadata)
     cases = {
         "not a list": (b"FSTM", "expected a list of frames"),
         "no frames": ([], "no frames"),
         "short header": ([b"FSTM\x01"], "shorter than the 12-byte prefix"),
         "magic": (rebuild(good, magic=b"JPEG"), "wrong magic"),
-        "version": (rebuild(good, version=2), "unsupported format version 2"),
+        "version": (rebuild(good, version=1), "unsupported format version 1"),
         "type": (rebuild(good, kind=9), "unknown message type 9"),
-        "array count": (rebuild(good, n_arrays=7), "declares 7 arrays"),
-        "frame count": (as_bytes(good)[:-1], "has 6 frames, its header declares 7"),
-        "extra frame": ([*as_bytes(good), b""], "has 8 frames"),
+        "array count": (rebuild(good, n_arrays=9), "declares 9 arrays"),
+        "frame count": (as_bytes(good)[:-1], "has 8 frames, its header declares 9"),
+        "extra frame": ([*as_bytes(good), b""], "has 10 frames"),
         "header length": (rebuild(good, meta_len=len(metadata) + 1), "lengths add up to"),
         "huge metadata": (rebuild(good, meta_len=1 << 30), "more than 4096"),
         "dtype code": (rebuild(good, descriptors={0: [9, 2, 2, 4, 0, 0]}), "unknown dtype code 9"),
@@ -284,8 +286,8 @@ def test_decode_accepts_optional_array_omitted_but_not_a_required_one() -> None:
     without_ids = as_bytes(encode(faces_message(2, track_ids=False)))
     assert decode(without_ids).track_ids is None
     assert len(with_ids) == len(without_ids) + 1
-    with pytest.raises(MessageError, match="declares 4 arrays"):
-        decode(rebuild(without_ids[:-1], n_arrays=4))
+    with pytest.raises(MessageError, match="declares 6 arrays"):
+        decode(rebuild(without_ids[:-1], n_arrays=6))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import itertools
 import json
 import os
 import re
@@ -84,11 +85,13 @@ def gallery(work: Path) -> Path:
 class Run:
     """One `facestream run` in a subprocess, with its own short private run directory."""
 
-    def __init__(self, work: Path, name: str, args: list[str], **pipeline: object) -> None:
+    def __init__(
+        self, work: Path, name: str, args: list[str], sections: dict | None = None, **pipeline: object
+    ) -> None:
         self.out = work / name
         self.out.mkdir()
         self.run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))  # ipc paths must stay short
-        config = {"pipeline": {"run_dir": str(self.run_dir), "report_interval_s": 2.0, **pipeline}}
+        config = {**(sections or {}), "pipeline": {"run_dir": str(self.run_dir), "report_interval_s": 2.0, **pipeline}}
         (self.out / "config.yaml").write_text(yaml.safe_dump(config))
         self.argv = [*FACESTREAM, "--config", str(self.out / "config.yaml"), "run", *args]
         self.process: subprocess.Popen | None = None
@@ -492,9 +495,10 @@ def test_a_source_that_cannot_be_opened_is_reported_while_the_others_go_on(
 
 class MjpegCamera:
     """An IP camera on the loopback interface: an MJPEG stream of the clip's first frames at 25 frames/s that
-    hangs up after `per_connection` frames (a dropped camera, to be reopened)."""
+    hangs up after `per_connection` frames (a dropped camera, to be reopened); with `stall_after`, it stops
+    sending for `stall_s` seconds after that many frames of a connection (a network hiccup)."""
 
-    def __init__(self, per_connection: int) -> None:
+    def __init__(self, per_connection: int, stall_after: int = 0, stall_s: float = 0.0) -> None:
         capture = cv2.VideoCapture(str(CLIP))
         self.jpegs = [cv2.imencode(".jpg", capture.read()[1])[1].tobytes() for _ in range(FRAMES)]
         capture.release()
@@ -512,6 +516,8 @@ class MjpegCamera:
                 self.end_headers()
                 try:
                     for index in range(per_connection):
+                        if stall_after and index == stall_after:
+                            time.sleep(stall_s)
                         data = camera.jpegs[index % len(camera.jpegs)]
                         head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data)
                         self.wfile.write(head + data + b"\r\n")
@@ -556,6 +562,81 @@ def test_a_live_camera_drops_its_oldest_frames_and_is_reopened(work: Path, galle
     assert "stopped delivering frames; trying again in 0.5 s" in run.log and "reconnected" in run.log
     assert run.lines("events.jsonl")[-1]["event"] == "summary"
     run.assert_no_process_left()
+
+
+def test_live_followers_mark_each_box_and_a_track_survives_a_2_s_stall(
+    work: Path, gallery: Path, runs: list[Run]
+) -> None:
+    """detector.follow live on a camera that stalls 2.2 s: every face record says where its box came from,
+    the stats count them, and the track lives on across the stall (tracker.live_max_age_s: 3 s of
+    wall-clock time, not frames)."""
+    camera = MjpegCamera(per_connection=60, stall_after=30, stall_s=2.2)
+    try:
+        args = ["--source", f"door={camera.url}", "--max-frames", "60", "--gallery", str(gallery),
+                "--events", "events.jsonl", "--detections", "detections.jsonl", "--stats", "stats.json"]  # fmt: skip
+        run = Run(work, "follow", args, sections={"detector": {"follow": "live"}})
+        runs.append(run)
+        assert run.run() == 0, run.log
+    finally:
+        camera.close()
+    records = run.lines("detections.jsonl")
+    sources = [f["box_source"] for r in records for f in r["faces"]]
+    # Live, every scan runs in the background and its faces are followed from the next frame on: every box
+    # sent is a region box of its own frame, and no frame waited for a scan.
+    assert sources and set(sources) == {"region"}, sources
+    assert not any(r["scanned"] for r in records)
+    stages = run.stats()["stages"]
+    counters = stages["sink"]["counters"]
+    assert counters["faces_region"] == len(sources) and counters.get("faces_scan", 0) == 0
+    assert counters.get("faces_carried", 0) == 0
+    assert stages["detect"]["counters"]["scan_first_frame"] == 1 and stages["detect"]["counters"]["scans_finished"] >= 1
+    gaps = [(a, b) for a, b in itertools.pairwise(records) if b["timestamp"] - a["timestamp"] >= 2.0]
+    assert gaps, [r["timestamp"] for r in records]
+    for before, after in gaps:
+        if before["faces"] and after["faces"]:
+            assert [f["track_id"] for f in before["faces"]] == [f["track_id"] for f in after["faces"]], (before, after)
+    ended = [e for e in run.lines("events.jsonl") if e["event"] == "track_ended"]
+    assert all(e["frame_index"] >= records[-1]["frame_index"] or e["frame_index"] < gaps[0][0]["frame_index"]
+               for e in ended), ended  # fmt: skip
+    run.assert_no_process_left()
+
+
+def test_a_change_of_frame_size_is_detected_never_carried(work: Path, gallery: Path, runs: list[Run]) -> None:
+    """--detect-every 2 over an image folder whose second picture is larger: frame 1 is due to be skipped, but
+    a box carried from a 640x360 picture onto a 1280x720 one would be wrong, so it is detected (and, with
+    detector.follow all, scanned in full: the detect worker's followers belong to the old size)."""
+    folder = work / "sizes"
+    folder.mkdir()
+    capture = cv2.VideoCapture(str(CLIP))
+    for index in range(4):
+        frame = capture.read()[1]
+        if index:
+            frame = cv2.resize(frame, (1280, 720), interpolation=cv2.INTER_LINEAR)
+        cv2.imwrite(str(folder / f"frame{index}.png"), frame)
+    capture.release()
+    run = Run(work, "sizes-run", ["--source", f"sizes={folder}", "--gallery", str(gallery), "--detect-every", "2",
+                                  "--detections", "detections.jsonl", "--stats", "stats.json"],
+              sections={"detector": {"follow": "all", "scan_interval_s": 100.0}})  # fmt: skip
+    runs.append(run)
+    assert run.run() == 0, run.log
+    records = run.lines("detections.jsonl")
+    assert [(r["width"], r["detected"]) for r in records] == [(640, True), (1280, True), (1280, True), (1280, False)]
+    # follow all: the detect worker too sees the new size and scans frame 1; frame 2 is followed (region
+    # boxes), frame 3 is carried by the tracker (--detect-every 2). Each face says which, the stats count each.
+    assert [r["scanned"] for r in records] == [True, True, False, False]
+    assert records[1]["faces"] and {f["box_source"] for f in records[1]["faces"]} == {"scan"}
+    assert records[2]["faces"] and {f["box_source"] for f in records[2]["faces"]} == {"region"}
+    counters = run.stats()["stages"]["sink"]["counters"]
+    for kind in ("scan", "region", "carried"):
+        assert counters[f"faces_{kind}"] == sum(f["box_source"] == kind for r in records for f in r["faces"])
+    assert run.stats()["stages"]["detect"]["counters"]["scan_size_change"] == 1
+    # The detector's own boxes of the 1280x720 picture: Lin-Manuel Miranda at x ~519 of 640 is at ~1040 now.
+    assert any(f["box"][0] > 900 for f in records[1]["faces"]) and [519, 48, 567, 95] not in [
+        f["box"] for f in records[1]["faces"]
+    ]
+    assert {f["box_source"] for f in records[3]["faces"]} == {"carried"}
+    stream = run.stats()["streams"]["sizes"]
+    assert stream["size_changes"] == 1 and stream["scene_cuts"] == 1
 
 
 def test_a_replayed_video_runs_live_after_the_workers_are_ready(work: Path, gallery: Path, runs: list[Run]) -> None:

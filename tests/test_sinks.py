@@ -20,7 +20,14 @@ from facestream.enroll.gallery import Gallery
 from facestream.pipeline import sinks
 from facestream.pipeline.config import Config, KioskConfig, PipelineConfig, TrackerConfig
 from facestream.pipeline.kiosk import KioskDecider, KioskPolicy
-from facestream.pipeline.messages import DescriptorsMessage, EndOfStream, FrameMessage, MessageError
+from facestream.pipeline.messages import (
+    BOX_REGION,
+    BOX_SCAN,
+    DescriptorsMessage,
+    EndOfStream,
+    FrameMessage,
+    MessageError,
+)
 from facestream.pipeline.sinks import (
     GalleryMatcher,
     JsonLines,
@@ -159,9 +166,10 @@ def test_file_stream_in_order_deduplicated_tracked_and_written(outputs: tuple[Si
     detections = read_lines(out / "detections.jsonl")
     assert [d["frame_index"] for d in detections] == list(range(30))
     first = detections[0]
-    assert set(first) == {"stream_id", "frame_index", "timestamp", "width", "height", "detected", "faces"}
+    assert set(first) == {"stream_id", "frame_index", "timestamp", "width", "height", "detected", "scanned", "faces"}
     assert first["faces"] == [{
-        "box": [40, 60, 119, 139], "score": 1.0, "track_id": 1, "identity": "Alice", "distance": pytest.approx(0.41),
+        "box": [40, 60, 119, 139], "box_source": "scan", "score": 1.0, "track_id": 1, "identity": "Alice",
+        "distance": pytest.approx(0.41),
         "match": {"identity": "Alice", "distance": pytest.approx(0.41)},
     }]  # fmt: skip
     assert all(d["faces"] == [] and d["detected"] for d in detections[10:15])
@@ -469,3 +477,28 @@ def test_labels_stay_inside_the_frame_and_off_other_faces() -> None:
         for other in places[:i]:  # ... and no other label
             assert min(place[2], other[2]) <= max(place[0], other[0]) or min(place[3], other[3]) <= max(
                 place[1], other[1])  # fmt: skip
+
+def test_faces_without_a_descriptor_are_tracked_but_not_matched(tmp_path: Path) -> None:
+    """The detect worker's embed choice (pipeline/follow.py): a face sent without a descriptor (embed 0, NaN
+    row) keeps its track and box, says where its box came from, and is neither matched nor averaged."""
+    outputs = SinkOutputs(detections=str(tmp_path / "d.jsonl"))
+    core = SinkCore({"cam": False}, ScriptedMatcher(), outputs, tracker_config())
+    for index in range(3):
+        message = faces_at("cam", index, [(1, [40, 60, 119, 139]), (2, [300, 60, 379, 139])])
+        embed = np.array([1, 0] if index else [1, 1], np.uint8)
+        descriptors = np.array(message.descriptors)
+        descriptors[embed == 0] = np.nan
+        message.descriptors, message.embed = descriptors, embed
+        message.box_source = np.array([BOX_SCAN if index == 0 else BOX_REGION] * 2, np.uint8)
+        message.scanned = index == 0
+        core.add(message, "descriptors")
+    core.add(EndOfStream("cam", 3), "sink_in")
+    core.pump()
+    core.close()
+    records = read_lines(tmp_path / "d.jsonl")
+    assert [r["scanned"] for r in records] == [True, False, False]
+    assert [[f["box_source"] for f in r["faces"]] for r in records] == [["scan"] * 2, ["region"] * 2, ["region"] * 2]
+    assert [[f["track_id"] for f in r["faces"]] for r in records] == [[1, 2]] * 3
+    assert [f["match"] for f in records[2]["faces"]][1] is None and records[2]["faces"][0]["match"] is not None
+    assert records[2]["faces"][1]["identity"] == "Bob"  # decided from frame 0, its one embedded face
+    assert core.stats.counters["faces_scan"] == 2 and core.stats.counters["faces_region"] == 4

@@ -177,6 +177,22 @@ def test_face_leaving_and_returning_becomes_a_new_track() -> None:
     assert kinds(tracker.pop_events()) == [("track_started", 2, 40), ("track_ended", 2, 49)]
 
 
+def test_ages_in_seconds_survive_dropped_frames_that_frame_counts_do_not() -> None:
+    """A live stream processed at ~0.5 frames/s: 60 capture frames (2 s) between processed frames. Counted in
+    frames (max_age 15) the track dies at every processed frame; counted in seconds (3 s) it lives on.
+    (FPS 25: 60 frames are 2.4 s.)"""
+    box = square(200, 100)
+    by_frames, by_time = FaceTracker("s", max_age=15), FaceTracker("s", max_age_s=3.0)
+    for frame in range(0, 300, 60):
+        frames_ids, time_ids = step(by_frames, frame, [box]), step(by_time, frame, [box])
+    assert frames_ids == [5] and time_ids == [1]
+    assert by_time.predict_only(310, 310 / FPS)[0].tolist() == [1]  # 2.8 s later: still carried
+    assert by_time.predict_only(320, 320 / FPS)[0].tolist() == []  # 3.2 s: too old to carry
+    assert step(by_time, 320, [box]) == [2]
+    # The summary merges stretches at most max_age_s apart: frames 0-240 and 320 are 3.2 s apart.
+    assert [(i.first_frame, i.last_frame) for i in by_time.identity_summary()["unknown"]] == [(0, 240), (320, 320)]
+
+
 def test_detect_every_kth_frame_carries_the_boxes() -> None:
     # Two faces at 6 and 9 px a frame, the detector runs every 4th frame; between, the tracker predicts.
     def truth(frame: int) -> list[list[int]]:
