@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import resource
 import sys
 from pathlib import Path
@@ -27,8 +28,13 @@ if TYPE_CHECKING:
 
 
 def max_rss_mb() -> float:
-    """This process's resident-set high-water mark (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's own resident-set high-water mark: VmHWM, which starts afresh at exec (ru_maxrss keeps
+    the high-water mark of the process that forked us, e.g. a large server)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        return round(int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024, 1)
+    except (OSError, AttributeError):  # no /proc: the portable, pessimistic figure
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def enrol_upload(request: dict[str, Any]) -> dict[str, Any]:

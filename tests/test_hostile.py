@@ -166,9 +166,11 @@ def test_analyze_refuses_an_image_over_the_work_budget_clearly_and_cheaply(tmp_p
     which admits the same image at upsample 0): refused on its header, before decoding or loading models."""
     path = tmp_path / "big.png"
     path.write_bytes(bomb_png(6000, 6000))
-    code = ("import resource, runpy, sys; sys.argv = ['facestream', 'analyze', '--upsample', '1', sys.argv[1]]\n"
+    # VmHWM, not ru_maxrss: the latter keeps the high-water mark of pytest, which forked this child.
+    code = ("import re, runpy, sys; sys.argv = ['facestream', 'analyze', '--upsample', '1', sys.argv[1]]\n"
             "try:\n    runpy.run_module('facestream.pipeline.cli', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    print('rc', e.code, 'hwm', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")  # fmt: skip
+            "    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "    print('rc', e.code, 'hwm', int(hwm) // 1024)")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
     assert "detector.max_work_pixels" in result.stderr and "6000x6000 at upsample 1" in result.stderr, result.stderr
     assert "refused before decoding" in result.stderr, result.stderr
