@@ -13,7 +13,7 @@ import pytest
 from facestream.engines.detector import FaceDetector, region_levels, upsample_for_min_face
 from facestream.engines.models import model_path
 
-from conftest import DATA, golden_images, golden_video, load_rgb_as_dlib
+from conftest import DATA, QUICK_GOLDEN, golden_images, golden_video, load_rgb_as_dlib, sweep
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def assert_regions_match_full_frame(detector: FaceDetector, image: np.ndarray, s
     return len(boxes)
 
 
-@pytest.mark.parametrize("relpath", sorted(golden_images()))
+@pytest.mark.parametrize("relpath", sweep(sorted(golden_images()), QUICK_GOLDEN))
 def test_regions_give_the_full_frame_faces_on_golden_images(detector: FaceDetector, relpath: str) -> None:
     image = load_rgb_as_dlib(DATA / relpath)
     golden = np.array([face["rect"] for face in golden_images()[relpath]["cnn_faces"]]).reshape(-1, 5)
@@ -77,8 +77,10 @@ def _variants(image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    "relpath", ["dlib_faces/2008_002470.jpg", "fr_examples/two_people.jpg", "dlib_faces/2008_004176.jpg"]
-)
+    "relpath",
+    sweep(["dlib_faces/2008_002470.jpg", "fr_examples/two_people.jpg", "dlib_faces/2008_004176.jpg"],
+          ["dlib_faces/2008_002470.jpg"]),
+)  # fmt: skip
 def test_regions_give_the_full_frame_faces_on_generated_frames(detector: FaceDetector, relpath: str) -> None:
     faces = 0
     for name, image in _variants(load_rgb_as_dlib(DATA / relpath)).items():
@@ -134,8 +136,9 @@ def test_kiosk_setting_does_not_upsample(detector: FaceDetector) -> None:
     np.testing.assert_array_equal(found[1], scores[big])
 
 
-@pytest.mark.parametrize("relpath", ["dlib_faces/bald_guys.jpg", "dlib_faces/2007_007763.jpg",
-                                     "dlib_faces/2008_004176.jpg", "fr_examples/obama-1080p.jpg"])  # fmt: skip
+@pytest.mark.parametrize("relpath", sweep(["dlib_faces/bald_guys.jpg", "dlib_faces/2007_007763.jpg",
+                                           "dlib_faces/2008_004176.jpg", "fr_examples/obama-1080p.jpg"],
+                                          ["dlib_faces/2007_007763.jpg", "dlib_faces/2008_004176.jpg"]))  # fmt: skip
 def test_scale_limits_keep_exactly_the_full_frame_faces_in_range(detector: FaceDetector, relpath: str) -> None:
     image = load_rgb_as_dlib(DATA / relpath)
     boxes, scores = detector.detect(image, upsample=1)

@@ -19,7 +19,7 @@ from facestream.engines import pyramid_windows as pw
 from facestream.engines.detector import FaceDetector
 from facestream.engines.models import model_path
 
-from conftest import DATA, golden_images, load_rgb_as_dlib
+from conftest import DATA, QUICK_GOLDEN, golden_images, load_rgb_as_dlib, sweep
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_misaligned_window_is_refused() -> None:
         pw.window_outputs(4, 400, 1000)
 
 
-@pytest.mark.parametrize("relpath", sorted(golden_images()))
+@pytest.mark.parametrize("relpath", sweep(sorted(golden_images()), QUICK_GOLDEN))
 def test_tiled_detection_equals_untiled_on_golden_images(detector: FaceDetector, relpath: str) -> None:
     image = load_rgb_as_dlib(DATA / relpath)
     boxes, scores = detector.detect(image, upsample=1)
