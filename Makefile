@@ -50,7 +50,7 @@ broker:
 
 test: $(STAMP) browser broker
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: $(STAMP)
 	$(BIN)/python bench/embedder.py
