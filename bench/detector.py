@@ -33,9 +33,9 @@ import numpy as np
 from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
 from facestream.engines.hog import HogFaceDetector
+from facestream.engines.imageio import read_image
 from facestream.engines.models import model_path
 from facestream.engines.onnx_cache import cached_onnx
-from facestream.pipeline.imageio import read_image
 
 from common import best_time, emit, graph_flops, machine, peak_gflops
 

@@ -18,9 +18,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from facestream.engines.chips import extract_face_chips
 from facestream.engines.embedder import FaceEmbedder
+from facestream.engines.imageio import read_image
 from facestream.engines.models import model_path
 from facestream.engines.onnx_cache import cached_onnx
-from facestream.pipeline.imageio import read_image
 
 from common import best_time, emit, graph_flops, machine, peak_gflops
 

@@ -54,7 +54,7 @@ def main() -> None:
     from facestream.engines.runtime import OnnxRuntimeSession
     from facestream.engines.tensorrt_backend import TensorRTSession, profile_for
     from facestream.pipeline.config import EngineConfig
-    from facestream.pipeline.tracker import box_iou
+    from facestream.pipeline.domain.tracker import box_iou
 
     cache = Path(tempfile.gettempdir()) / "facestream-bench-gpu"
     embedder_onnx = cached_onnx(model_path("embedder", ""), "embedder", cache)

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report.update(device=found.device_name, compute_capability=list(found.compute_capability),
                   tensorrt=found.tensorrt_version)  # fmt: skip
-    cli = [sys.executable, "-m", "facestream.pipeline.cli"]
+    cli = [sys.executable, "-m", "facestream.pipeline.cli.main"]
     steps = [
         step("engines build", [*cli, "engines", "build", "--precision", "both", "--json"], 3600),
         gpu_tests(3600),

@@ -69,7 +69,7 @@ READY = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*: ready \(")
 
 def facestream_command() -> list[str]:
     script = Path(sys.executable).parent / "facestream"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "facestream.pipeline.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "facestream.pipeline.cli.main"]
 
 
 def enroll(gallery: Path) -> float:

@@ -82,7 +82,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fs-soak-"))
     run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     (work / "config.yaml").write_text(json.dumps({"pipeline": {"run_dir": str(run_dir)}}))
-    argv = [sys.executable, "-m", "facestream.pipeline.cli", "--config", str(work / "config.yaml"), "run",
+    argv = [sys.executable, "-m", "facestream.pipeline.cli.main", "--config", str(work / "config.yaml"), "run",
             "--source", f"loop:{args.video}", "--events", str(work / "events.jsonl"), "--stats",
             str(work / "stats.json"), "--no-progress"]  # fmt: skip
     log = open(work / "stderr.txt", "w")  # noqa: SIM115

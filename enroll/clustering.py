@@ -24,7 +24,7 @@ weights allowed, like ``dlib.chinese_whispers(edges)``.
 `cluster_unknowns(faces)` applies it to unknown faces seen by a run (`UnknownFace`: descriptor, stream,
 frame, timestamp, track, optional chip path) and returns `UnknownCluster`s numbered "unknown person 1,
 2, ..." by how many tracks (visits) they hold, with face counts, first and last seen and the faces
-nearest the cluster's mean as representatives. Pure: no files, no gallery (see pipeline/unknowns.py).
+nearest the cluster's mean as representatives. Pure: no files, no gallery (see pipeline/domain/unknowns.py).
 """
 
 from __future__ import annotations

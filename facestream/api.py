@@ -37,12 +37,12 @@ from facestream.engines.chips import extract_face_chips
 from facestream.engines.detector import FaceDetector
 from facestream.engines.embedder import FaceEmbedder
 from facestream.engines.faces import FaceBatch
+from facestream.engines.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from facestream.engines.jitter import jittered_descriptors
 from facestream.engines.landmarks import ShapePredictor, default_model_path
 from facestream.engines.models import model_path
 from facestream.enroll.gallery import Gallery as _Gallery
 from facestream.enroll.matching import Matches
-from facestream.pipeline.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 __all__ = [
     "FaceBatch",

@@ -1,7 +1,7 @@
 """facestream's exceptions: one root, `FacestreamError`, and a small hierarchy under it.
 
 Callers catch `FacestreamError` for "facestream refused or failed, and said why"; `exit_code` (below,
-used by pipeline/cli_runner.py) is the one place that maps the classes to exit codes. Module-specific
+used by pipeline/cli/runner.py) is the one place that maps the classes to exit codes. Module-specific
 errors (e.g. `ImageError`, `GalleryBusyError`) subclass one of these; some keep ValueError/RuntimeError
 as a second base because callers and tests catch those.
 """

@@ -139,7 +139,7 @@ class DetectorConfig:
     )
     follow: str = setting(
         "off",
-        "followers and scans (pipeline/follow.py): off = full-frame detection on every\n"
+        "followers and scans (pipeline/domain/follow.py): off = full-frame detection on every\n"
         "frame; live = on live streams, follow known faces with region detection every\n"
         "frame and scan the whole frame on a schedule; all = every stream (files scan\n"
         "synchronously, so results do not depend on timing)",
@@ -302,7 +302,7 @@ class PipelineConfig:
         EndpointsConfig,
         '"" = ipc://<run_dir>/<name>; tcp://ADDRESS:PORT lets workers on other machines join with\n'
         "`facestream stage detect|embed` (use an address of the machine that binds, not tcp://*).\n"
-        'Who binds what: pipeline/stages.py, README "Running the pipeline"',
+        'Who binds what: pipeline/runtime/stages.py, README "Running the pipeline"',
     )
 
 
@@ -346,7 +346,7 @@ class TrackerConfig:
     decision: str = setting(
         "mean",
         "mean: the match of the mean descriptor of the track's best faces decides;\n"
-        "vote: a weighted vote over per-face matches (pipeline/tracker.py)",
+        "vote: a weighted vote over per-face matches (pipeline/domain/tracker.py)",
         choices=("mean", "vote"),
     )
     best_faces: int = setting(
@@ -508,23 +508,25 @@ class Config:
     enrolment: EnrolmentConfig = section(EnrolmentConfig)
     pipeline: PipelineConfig = section(
         PipelineConfig,
-        "`facestream run`: each stage is its own process, connected by ZeroMQ sockets (see pipeline/stages.py).",
+        "`facestream run`: each stage is its own process, connected by ZeroMQ sockets "
+        "(see pipeline/runtime/stages.py).",
     )
     sources: SourcesConfig = section(SourcesConfig)
     tracker: TrackerConfig = section(TrackerConfig)
     kiosk: KioskConfig = section(
         KioskConfig,
-        "Kiosk access decisions (pipeline/kiosk.py): per track, granted when k of its last n embedded faces match\n"
-        "the same enrolled person within the threshold and beat the runner-up person by the margin; else denied.",
+        "Kiosk access decisions (pipeline/domain/kiosk.py): per track, granted when k of its last n embedded faces\n"
+        "match the same enrolled person within the threshold and beat the runner-up person by the margin; else denied.",
     )
     outputs: OutputsConfig = section(OutputsConfig)
     metrics: MetricsConfig = section(
         MetricsConfig, "Prometheus metrics (pipeline/integrations/metrics.py): /metrics on the web view, or run "
         "--metrics HOST:PORT."
     )
-    web: WebConfig = section(WebConfig, "The web view (`facestream run --web`, `facestream serve`; pipeline/web.py).")
+    web: WebConfig = section(WebConfig, "The web view (`facestream run --web`, "
+        "`facestream serve`; pipeline/web/app.py).")
     security: SecurityConfig = section(
-        SecurityConfig, "tcp:// links between machines (pipeline/security.py; `facestream keys --help`)"
+        SecurityConfig, "tcp:// links between machines (pipeline/runtime/security.py; `facestream keys --help`)"
     )
     source: str = field(default="built-in defaults", compare=False, repr=False, metadata={"internal": True})
 

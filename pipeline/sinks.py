@@ -34,7 +34,7 @@ Outputs, all optional:
   "frame_index", "timestamp", "detected", "scanned", "faces": [{"box", "box_source", "score", "track_id",
   "identity", "distance", "match": {"identity", "distance"}}]}``; ``box_source`` tells where each box
   came from: ``"scan"`` (a full-frame detector run on that very frame), ``"region"`` (region detection
-  around a followed face, on that very frame, see pipeline/follow.py) or ``"carried"`` (the tracker's
+  around a followed face, on that very frame, see pipeline/domain/follow.py) or ``"carried"`` (the tracker's
   prediction: no detector ran for it on this frame; ``score`` and ``match`` null); ``scanned`` is true
   when a full-frame detector ran on the frame, ``detected`` when a detector produced any box on it (or
   scanned it); ``identity`` is the track's current decision ("unknown" while undecided, ``distance``
@@ -65,13 +65,9 @@ import cv2
 import numpy as np
 import zmq
 
-from . import messages
 from .config import Config, GalleryConfig, PipelineConfig, TrackerConfig
-from .kiosk import KioskDecider, evidence_from_matches
-from .messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
-from .sources import LIVE_KINDS
-from .stages import PipelineError, StageProcess, StageStats, encode_json, open_socket
-from .tracker import (
+from .domain.kiosk import KioskDecider, evidence_from_matches
+from .domain.tracker import (
     UNKNOWN,
     FaceTracker,
     OnScreenInterval,
@@ -82,7 +78,11 @@ from .tracker import (
     box_iou,
     greedy_assignment,
 )
-from .unknowns import UnknownTracks, chips_dir
+from .domain.unknowns import UnknownTracks, chips_dir
+from .runtime import messages
+from .runtime.messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
+from .runtime.stages import PipelineError, StageProcess, StageStats, encode_json, open_socket
+from .sources import LIVE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ class FrameChips:
 
 
 class WebFeed:
-    """`run --web` / `--preview`: what the web view (pipeline/web.py) needs from the sink, published on the
+    """`run --web` / `--preview`: what the web view (pipeline/web/app.py) needs from the sink, published on the
     private ``preview`` PUB socket and nowhere else.
 
     * annotated frames: ``[b"frame:" + stream_id, JPEG]`` at most `fps` a second per stream (0: none);
@@ -1120,7 +1120,7 @@ class SinkStage(StageProcess):
                                      chip_dir=chips_dir(outputs_spec["unknowns"]))  # fmt: skip
         kiosk = None
         if self.config.kiosk.enabled:
-            from .kiosk import KioskPolicy
+            from .domain.kiosk import KioskPolicy
 
             kiosk = KioskDecider(KioskPolicy.from_config(self.config.kiosk))
         self.core = SinkCore(

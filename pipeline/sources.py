@@ -51,13 +51,13 @@ import cv2
 import numpy as np
 import zmq
 
+from ..engines.imageio import ImageError, read_image, to_rgb8
 from ..errors import InputError
-from . import messages
 from .config import Config
-from .imageio import ImageError, read_image, to_rgb8
-from .messages import EndOfStream, FacesMessage, FrameMessage, MessageError
-from .scenes import frame_thumbnail, scene_changed
-from .stages import StageProcess, decode_json, empty_faces, open_socket
+from .domain.scenes import frame_thumbnail, scene_changed
+from .runtime import messages
+from .runtime.messages import EndOfStream, FacesMessage, FrameMessage, MessageError
+from .runtime.stages import StageProcess, decode_json, empty_faces, open_socket
 
 log = logging.getLogger(__name__)
 

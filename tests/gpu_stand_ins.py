@@ -406,6 +406,6 @@ def write_sitecustomize(folder: Path, version: str = "10.3.0") -> Path:
 
 if __name__ == "__main__":
     install(os.environ.get("STAND_IN_TENSORRT", "10.3.0"))
-    from facestream.pipeline.cli import main
+    from facestream.pipeline.cli.main import main
 
     sys.exit(main(sys.argv[1:]))

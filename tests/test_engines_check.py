@@ -105,7 +105,7 @@ def test_the_fp16_embedder_graph_runs_in_half_precision_within_the_bar(graphs: d
 
 def test_engines_check_fp16_json_on_a_subset_keeps_the_bar(capsys: pytest.CaptureFixture[str]) -> None:
     from facestream.engines.backend import probe_gpu
-    from facestream.pipeline.cli import main
+    from facestream.pipeline.cli.main import main
 
     if probe_gpu().available:  # pragma: no cover - a GPU machine runs the real engines (make gpu-check)
         pytest.skip("TensorRT runs here: the check would build engines")
@@ -126,7 +126,7 @@ def test_engines_check_fp16_json_on_a_subset_keeps_the_bar(capsys: pytest.Captur
 
 
 def test_engines_check_refuses_an_unreadable_image(tmp_path: Path) -> None:
-    from facestream.pipeline.cli import main
+    from facestream.pipeline.cli.main import main
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")

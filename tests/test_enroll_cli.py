@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from facestream.enroll.gallery import Gallery
-from facestream.pipeline.cli import main
+from facestream.pipeline.cli.main import main
 
 from conftest import DATA, golden_images
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facestream.pipeline.cli import main
+from facestream.pipeline.cli.main import main
 
 from conftest import DATA, GOLDEN, golden_images, golden_video
 

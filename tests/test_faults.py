@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from facestream.pipeline.runtime.stages import PipelineError
 from facestream.pipeline.sinks import JsonLines, VideoOutput
-from facestream.pipeline.stages import PipelineError
 
 RECORD = {"event": "track_identified", "stream_id": "door", "frame_index": 0, "box": [1, 2, 3, 4], "note": "x" * 300}
 
@@ -87,7 +87,7 @@ def test_a_full_disk_while_writing_video_stops_it_playable(video_disk: Path) -> 
 
 def test_stage_processes_get_a_fixed_mmap_threshold_unless_the_environment_has_one() -> None:
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.supervisor import malloc_environment
+    from facestream.pipeline.runtime.supervisor import malloc_environment
 
     pipeline = load_config(None).pipeline
     assert malloc_environment(pipeline, {}) == {"MALLOC_MMAP_THRESHOLD_": str(512 << 20)}  # config.yaml's default
@@ -121,7 +121,7 @@ def test_kill_9_of_the_supervisor_leaves_no_run_directory(tmp_path: Path) -> Non
     run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp")) / "run"  # ipc paths must stay short
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"run_dir": str(run_dir)}}))
     clip = Path(__file__).parent / "data" / "video" / "short_hamilton_clip.mp4"
-    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from facestream.pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))"
     argv = [sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
             f"loop:{clip}", "--gallery", str(tmp_path / "g.db")]  # fmt: skip
     with open(tmp_path / "stderr.txt", "w") as stderr:

@@ -1,4 +1,4 @@
-"""pipeline/follow.py: the detect worker's followers and scans, on real frames of the demo clip with the real
+"""pipeline/domain/follow.py: the detect worker's followers and scans, on real frames of the demo clip with the real
 models (in process: the ZeroMQ side is tests/test_pipeline.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facestream.pipeline.follow import (
+from facestream.pipeline.domain.follow import (
     Follower,
     FollowSettings,
     StreamState,
@@ -19,8 +19,8 @@ from facestream.pipeline.follow import (
     motion_image,
     motion_outside,
 )
-from facestream.pipeline.messages import BOX_REGION, BOX_SCAN, FrameMessage
-from facestream.pipeline.tracker import QualityGate
+from facestream.pipeline.domain.tracker import QualityGate
+from facestream.pipeline.runtime.messages import BOX_REGION, BOX_SCAN, FrameMessage
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
@@ -126,7 +126,7 @@ def test_followers_boxes_equal_full_frame_boxes_on_the_demo_clip(models: tuple) 
 
 
 def test_embedding_schedule_first_faces_then_better_ones_or_after_the_interval() -> None:
-    from facestream.pipeline.follow import Followed
+    from facestream.pipeline.domain.follow import Followed
 
     follower = Follower(FollowSettings(embed_first=2, improve_factor=1.5, reembed_interval_s=1.0), None, None,
                         QualityGate())  # fmt: skip

@@ -457,7 +457,7 @@ def test_no_documented_install_puts_faiss_cpu_and_faiss_gpu_side_by_side() -> No
 def test_engines_info_and_build_say_what_runs_here(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from facestream.pipeline.cli import main
+    from facestream.pipeline.cli.main import main
 
     if probe_gpu().available:  # pragma: no cover
         pytest.skip("this machine has TensorRT and a GPU")
@@ -513,7 +513,7 @@ def test_tensorrt_descriptors_match_onnxruntime(
 @pytest.mark.gpu
 def test_tensorrt_detector_boxes_match_onnxruntime(tmp_path: Path) -> None:  # pragma: no cover - needs a GPU
     from facestream.engines.detector import FaceDetector
-    from facestream.pipeline.tracker import box_iou
+    from facestream.pipeline.domain.tracker import box_iou
 
     from conftest import DATA, load_rgb_as_dlib
 
@@ -639,7 +639,7 @@ def test_the_analyzer_on_tensorrt_closes_both_sessions(
     """FaceAnalyzer (detector + embedder) on the stand-in TensorRT gives ONNX Runtime's faces, and `with` closes
     both sessions: pycuda's exit check (the fixture) passes."""
     from facestream.engines.faces import FaceAnalyzer
-    from facestream.pipeline.imageio import read_image
+    from facestream.engines.imageio import read_image
 
     from conftest import DATA
 
@@ -679,7 +679,7 @@ def test_cli_commands_on_tensorrt_exit_cleanly_and_a_leaked_context_would_abort(
 
     env = _stand_in_python(tmp_path)
     image = str(DATA / "fr_examples" / "obama.jpg")
-    command = [sys.executable, "-m", "facestream.pipeline.cli", "--config", env["FACESTREAM_TEST_CONFIG"]]
+    command = [sys.executable, "-m", "facestream.pipeline.cli.main", "--config", env["FACESTREAM_TEST_CONFIG"]]
     done = subprocess.run([*command, "analyze", "--json", image], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -769,7 +769,7 @@ def _run_demo(tmp_path: Path, config: Path, env: dict[str, str]) -> tuple[subpro
 
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "facestream.pipeline.cli", "--config", str(config), "run", "--source",
+        [sys.executable, "-m", "facestream.pipeline.cli.main", "--config", str(config), "run", "--source",
          str(DATA / "video" / "short_hamilton_clip.mp4"), "--events", str(tmp_path / "events.jsonl"),
          "--stats", str(tmp_path / "stats.json")],
         env=env, capture_output=True, text=True, timeout=600,

@@ -1,6 +1,6 @@
 """A hostile user against `facestream serve` and the CLI: bodies, decompression-bomb-like photos, names.
 
-The server runs as a real process (`python -m facestream.pipeline.web_cli serve`) so its memory can be read
+The server runs as a real process (`python -m facestream.pipeline.cli.serve serve`) so its memory can be read
 from its own high-water mark (VmHWM in /proc/PID/status), the figure an out-of-memory killer looks at.
 """
 
@@ -101,7 +101,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     with Gallery(gallery):
         pass
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"web": {"address": "127.0.0.1:0"}}))
-    argv = [sys.executable, "-m", "facestream.pipeline.web_cli", "--config", str(tmp_path / "config.yaml"), "serve",
+    argv = [sys.executable, "-m", "facestream.pipeline.cli.serve", "--config", str(tmp_path / "config.yaml"), "serve",
             "--gallery", str(gallery)]  # fmt: skip
     log = tmp_path / "serve.log"
     with open(log, "w") as stderr:
@@ -168,7 +168,7 @@ def test_analyze_refuses_an_image_over_the_work_budget_clearly_and_cheaply(tmp_p
     path.write_bytes(bomb_png(6000, 6000))
     # VmHWM, not ru_maxrss: the latter keeps the high-water mark of pytest, which forked this child.
     code = ("import re, runpy, sys; sys.argv = ['facestream', 'analyze', '--upsample', '1', sys.argv[1]]\n"
-            "try:\n    runpy.run_module('facestream.pipeline.cli', run_name='__main__')\nexcept SystemExit as e:\n"
+            "try:\n    runpy.run_module('facestream.pipeline.cli.main', run_name='__main__')\nexcept SystemExit as e:\n"
             "    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
             "    print('rc', e.code, 'hwm', int(hwm) // 1024)")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
@@ -182,8 +182,8 @@ def test_analyze_refuses_an_image_over_the_work_budget_clearly_and_cheaply(tmp_p
 def test_the_default_work_budget_admits_36_megapixels_at_upsample_0_only() -> None:
     """The stated rule: detector.max_work_pixels defaults to max_image_pixels (40 M), so a 6000x6000 photo
     passes at upsample 0 and is refused at upsample 1; the check reads only the header's size."""
+    from facestream.engines.imageio import ImageError, check_work
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.imageio import ImageError, check_work
 
     config = load_config(None)
     assert config.detector.max_work_pixels == config.detector.max_image_pixels == 40_000_000
@@ -196,7 +196,7 @@ def test_the_default_work_budget_admits_36_megapixels_at_upsample_0_only() -> No
 
 
 def facestream(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from facestream.pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
@@ -217,7 +217,7 @@ def test_reading_commands_refuse_a_mistyped_gallery_and_create_nothing(tmp_path:
 
 
 def test_run_unknowns_on_an_existing_file_makes_it_private_and_keeps_what_it_held(tmp_path: Path) -> None:
-    from facestream.pipeline.unknowns import UnknownTracks, chips_dir, read_unknowns
+    from facestream.pipeline.domain.unknowns import UnknownTracks, chips_dir, read_unknowns
 
     path = tmp_path / "unknowns.jsonl"
     chips = chips_dir(path)
@@ -261,7 +261,7 @@ def test_a_name_with_a_slash_can_be_renamed_and_deleted_from_the_page(served) ->
 
 @pytest.mark.parametrize("name", [b"caf\xe9", "evil\u202egpj.exe".encode(), "csi\u009b31m".encode(), b"tab\there"])
 def test_names_that_cannot_be_shown_as_they_are_are_refused_before_the_models_load(tmp_path: Path, name: bytes) -> None:
-    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from facestream.pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))"
     photo = str(DATA / "fr_examples" / "obama-1080p.jpg").encode()
     gallery = str(tmp_path / "g.db").encode()
     argv = [sys.executable.encode(), b"-c", code.encode(), b"enroll", b"add", name, photo, b"--gallery", gallery]
@@ -288,7 +288,7 @@ def test_bad_query_values_framing_and_the_no_pipeline_badge(served) -> None:
 
 def test_weak_tokens_are_refused_and_guessing_is_rate_limited(tmp_path: Path) -> None:
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.web import WebError, WebServer, check_binding
+    from facestream.pipeline.web.app import WebError, WebServer, check_binding
 
     for weak in ("aaaaaaaaaaaaaaaa", "abababababababab", "0123456789"):
         with pytest.raises(WebError, match="too short or too regular"):
@@ -307,8 +307,8 @@ def test_weak_tokens_are_refused_and_guessing_is_rate_limited(tmp_path: Path) ->
 
 
 def test_unknowns_enroll_keeps_the_chips_as_the_new_samples_thumbnails(tmp_path: Path) -> None:
-    from facestream.pipeline.cli import main
-    from facestream.pipeline.unknowns import UnknownTracks, chips_dir
+    from facestream.pipeline.cli.main import main
+    from facestream.pipeline.domain.unknowns import UnknownTracks, chips_dir
 
     path = tmp_path / "unknowns.jsonl"
     rng = np.random.default_rng(3)
@@ -336,7 +336,7 @@ def test_unknowns_enroll_keeps_the_chips_as_the_new_samples_thumbnails(tmp_path:
 
 
 def test_keys_in_folders_others_can_write_are_refused(tmp_path: Path) -> None:
-    from facestream.pipeline import security
+    from facestream.pipeline.runtime import security
 
     shared = tmp_path / "shared"
     _, secret = security.create_key_pair(shared, "server")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facestream.pipeline.imageio import ImageError, declared_size, decode_image, read_image
+from facestream.engines.imageio import ImageError, declared_size, decode_image, read_image
 
 from conftest import DATA
 

@@ -12,7 +12,7 @@ import pytest
 from facestream.enroll.gallery import Gallery
 from facestream.enroll.matching import decide
 from facestream.pipeline.config import KioskConfig
-from facestream.pipeline.kiosk import (
+from facestream.pipeline.domain.kiosk import (
     DENIED,
     GRANTED,
     FrameEvidence,

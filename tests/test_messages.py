@@ -1,4 +1,5 @@
-"""pipeline/messages.py: round trips of every message type, zero-copy, strict decoding, fuzzing, real sockets."""
+"""pipeline/runtime/messages.py: round trips of every message type, zero-copy, strict decoding, fuzzing,
+real sockets."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facestream.pipeline import messages
-from facestream.pipeline.messages import (
+from facestream.pipeline.runtime import messages
+from facestream.pipeline.runtime.messages import (
     Control,
     DescriptorsMessage,
     EndOfStream,

@@ -23,7 +23,7 @@ from facestream.pipeline.integrations.metrics import render
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
-FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli"]
+FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli.main"]
 LIN = "Lin_Manuel_Miranda"
 
 
@@ -77,8 +77,8 @@ def test_render_is_valid_prometheus_text_even_before_any_figure() -> None:
 
 
 def test_stage_histograms_count_each_value_in_its_bucket_and_add_up_over_processes() -> None:
-    from facestream.pipeline.stages import HISTOGRAM_BOUNDS_MS, StageStats
-    from facestream.pipeline.supervisor import StatsBoard
+    from facestream.pipeline.runtime.stages import HISTOGRAM_BOUNDS_MS, StageStats
+    from facestream.pipeline.runtime.supervisor import StatsBoard
 
     board = StatsBoard()
     for instance, values_ms in (("detect-1:1", [0.5, 1.0, 1.5, 40000.0]), ("detect-1:2", [1.0, 250.0])):
@@ -183,7 +183,7 @@ def test_a_run_serves_metrics_that_agree_with_stats_and_webhooks_do_not_hold_it_
 def test_the_web_view_serves_metrics(tmp_path: Path, health: dict | None) -> None:
     """`facestream serve` (no supervisor): /metrics from the health snapshot it reads."""
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.web import WebServer
+    from facestream.pipeline.web.app import WebServer
 
     server = WebServer(load_config(None), {}, address="127.0.0.1:0", gallery=tmp_path / "g.db")
     if health is not None:

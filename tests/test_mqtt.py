@@ -30,7 +30,7 @@ from facestream.pipeline.integrations.mqtt import Presence, parse_broker_url, re
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
 GALLERY_PHOTOS = DATA / "video" / "gallery"
-FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli"]
+FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli.main"]
 LIN, ALEX = "Lin_Manuel_Miranda", "Alex_Lacamoire"
 
 # ------------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ import pytest
 import yaml
 import zmq
 
-from facestream.pipeline import messages
-from facestream.pipeline.messages import DescriptorsMessage, FrameMessage
+from facestream.pipeline.runtime import messages
+from facestream.pipeline.runtime.messages import DescriptorsMessage, FrameMessage
 
 from conftest import wait_until
 
@@ -39,8 +39,8 @@ DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
 GOLDEN = DATA / "golden" / "dlib-20.0.1-video-up1-every-frame.jsonl"
 GOLDEN_VIDEO = DATA / "golden" / "dlib-20.0.1-video.json"  # frames 0-29: dlib's boxes, landmarks, chips
-# The same handlers `facestream run` calls (pipeline/cli.py wires them in with add_run_commands).
-FACESTREAM = [sys.executable, "-m", "facestream.pipeline.run_cli"]
+# The same handlers `facestream run` calls (pipeline/cli/main.py wires them in with add_run_commands).
+FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli.run"]
 FRAMES = 20
 LIN = "Lin_Manuel_Miranda"
 ALEX = "Alex_Lacamoire"
@@ -67,9 +67,9 @@ def clip(work: Path) -> Path:
 def gallery(work: Path) -> Path:
     """tests/data/video/gallery enrolled: one descriptor per person, from our own analyzer."""
     from facestream.engines.faces import FaceAnalyzer
+    from facestream.engines.imageio import read_image
     from facestream.enroll.gallery import Gallery
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.imageio import read_image
 
     analyzer = FaceAnalyzer.from_config(load_config(None))
     path = work / "gallery.db"
@@ -668,7 +668,7 @@ def test_a_replayed_video_runs_live_after_the_workers_are_ready(work: Path, gall
     assert latency["capture_to_result_carried"]["count"] == len(carried)
     assert latency["capture_to_result"]["p50_ms"] <= latency["capture_to_result"]["p99_ms"]
     # Capture started once the models were loaded: the first frame's capture time follows "workers ready".
-    ready = re.search(r"^(\S+ \S+) INFO facestream.pipeline.supervisor: workers ready", run.log, re.M)
+    ready = re.search(r"^(\S+ \S+) INFO facestream.pipeline.runtime.supervisor: workers ready", run.log, re.M)
     assert ready, run.log
     ready_at = datetime.strptime(ready.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     assert records[0]["timestamp"] >= ready_at - 0.01
@@ -763,7 +763,7 @@ def test_the_facestream_command_has_run_and_stage() -> None:
     facestream = str(Path(sys.executable).parent / "facestream")
     listing = subprocess.run([facestream, "--help"], capture_output=True, text=True, timeout=60).stdout
     if " run " not in listing:
-        pytest.skip("pipeline/cli.py does not call add_run_commands(commands) yet")
+        pytest.skip("pipeline/cli/main.py does not call add_run_commands(commands) yet")
     for command in ("run", "stage"):
         result = subprocess.run([facestream, command, "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "--config" in result.stdout

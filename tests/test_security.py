@@ -21,16 +21,16 @@ import pytest
 import yaml
 import zmq
 
-from facestream.pipeline import messages, security
 from facestream.pipeline.config import load_config
-from facestream.pipeline.messages import DescriptorsMessage
-from facestream.pipeline.stages import ENDPOINTS, PipelineError, open_socket
+from facestream.pipeline.runtime import messages, security
+from facestream.pipeline.runtime.messages import DescriptorsMessage
+from facestream.pipeline.runtime.stages import ENDPOINTS, PipelineError, open_socket
 
 from conftest import wait_until
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
-FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli"]
+FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli.main"]
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE support")
 
@@ -161,7 +161,7 @@ def test_only_allowed_peers_can_push_or_subscribe_and_refusals_are_logged(
     config = settings(keys, server_secret_key=str(keys["server_secret"]), allowed_clients_dir=str(keys["clients"]))
     security.configure(security.load_security(config, tcp, binds=True))
     server_context, peers = zmq.Context(), zmq.Context()
-    caplog.set_level(logging.WARNING, logger="facestream.pipeline.security")
+    caplog.set_level(logging.WARNING, logger="facestream.pipeline.runtime.security")
     try:
         inbox = open_socket(server_context, zmq.PULL, tcp["descriptors"], bind=True)
         events = open_socket(server_context, zmq.PUB, tcp["events"], bind=True)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from facestream.pipeline.logs import JournalFormatter
-from facestream.pipeline.supervisor import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
+from facestream.pipeline.runtime.logs import JournalFormatter
+from facestream.pipeline.runtime.supervisor import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "docs" / "systemd" / "facestream.service"
-FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli"]
+FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli.main"]
 
 
 def test_journal_lines_carry_the_syslog_priority_and_no_timestamp() -> None:

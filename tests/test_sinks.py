@@ -19,8 +19,9 @@ import pytest
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline import sinks
 from facestream.pipeline.config import Config, KioskConfig, PipelineConfig, TrackerConfig
-from facestream.pipeline.kiosk import KioskDecider, KioskPolicy
-from facestream.pipeline.messages import (
+from facestream.pipeline.domain.kiosk import KioskDecider, KioskPolicy
+from facestream.pipeline.domain.unknowns import UnknownTracks, read_unknowns
+from facestream.pipeline.runtime.messages import (
     BOX_REGION,
     BOX_SCAN,
     DescriptorsMessage,
@@ -28,6 +29,7 @@ from facestream.pipeline.messages import (
     FrameMessage,
     MessageError,
 )
+from facestream.pipeline.runtime.stages import empty_faces
 from facestream.pipeline.sinks import (
     GalleryMatcher,
     JsonLines,
@@ -39,8 +41,6 @@ from facestream.pipeline.sinks import (
     open_matcher,
     video_paths,
 )
-from facestream.pipeline.stages import empty_faces
-from facestream.pipeline.unknowns import UnknownTracks, read_unknowns
 
 from conftest import golden_images, golden_video, wait_until
 
@@ -369,7 +369,7 @@ def test_summary_times_are_positions_in_files_and_clock_times_live() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# unknown tracks and kiosk decisions (pipeline/unknowns.py, pipeline/kiosk.py)
+# unknown tracks and kiosk decisions (pipeline/domain/unknowns.py, pipeline/domain/kiosk.py)
 
 LIN_PHOTO = "video/gallery/Lin_Manuel_Miranda/lin-manuel-miranda.png"
 
@@ -479,7 +479,7 @@ def test_labels_stay_inside_the_frame_and_off_other_faces() -> None:
                 place[1], other[1])  # fmt: skip
 
 def test_faces_without_a_descriptor_are_tracked_but_not_matched(tmp_path: Path) -> None:
-    """The detect worker's embed choice (pipeline/follow.py): a face sent without a descriptor (embed 0, NaN
+    """The detect worker's embed choice (pipeline/domain/follow.py): a face sent without a descriptor (embed 0, NaN
     row) keeps its track and box, says where its box came from, and is neither matched nor averaged."""
     outputs = SinkOutputs(detections=str(tmp_path / "d.jsonl"))
     core = SinkCore({"cam": False}, ScriptedMatcher(), outputs, tracker_config())

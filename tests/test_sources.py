@@ -438,7 +438,7 @@ def test_a_camera_that_comes_up_30_s_late_is_picked_up_by_a_running_pipeline(tmp
             {"pipeline": {"run_dir": str(run_dir)}, "sources": {"reconnect_initial_s": 0.5, "reconnect_max_s": 4.0}}
         )
     )
-    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from facestream.pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))"
     argv = [sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
             f"door=http://127.0.0.1:{port}/stream.mjpg", "--max-frames", "20", "--stats", "stats.json",
             "--gallery", str(tmp_path / "gallery.db")]  # fmt: skip
@@ -483,7 +483,7 @@ def test_a_folder_where_every_image_fails_is_a_failed_stream_and_the_run_exits_1
         reader.read()
     run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pipeline": {"run_dir": str(run_dir)}}))
-    code = "import sys; from facestream.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from facestream.pipeline.cli.main import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run([sys.executable, "-c", code, "--config", str(tmp_path / "config.yaml"), "run", "--source",
                              str(folder), "--gallery", str(tmp_path / "g.db")], capture_output=True, text=True,
                             timeout=180, cwd=tmp_path)  # fmt: skip

@@ -143,6 +143,25 @@ def test_dependencies_point_one_way() -> None:
     assert wrong == []
 
 
+# Inside pipeline/: the domain logic knows no processes, sockets, web or command line (it may use the typed
+# messages, which are plain data); only the command line imports the command line.
+DOMAIN_MAY_IMPORT = ("facestream.pipeline.domain", "facestream.pipeline.config", "facestream.pipeline.runtime.messages")
+
+
+def test_pipeline_domain_and_cli_sit_at_their_layers() -> None:
+    modules = package_modules()
+    wrong = []
+    for name, path in modules.items():
+        for target in imports_of(name, path, modules):
+            if not target.startswith("facestream.pipeline.") or target in PACKAGES:
+                continue
+            if name.startswith("facestream.pipeline.domain") and not target.startswith(DOMAIN_MAY_IMPORT):
+                wrong.append(f"{name} -> {target}")
+            if target.startswith("facestream.pipeline.cli") and not name.startswith("facestream.pipeline.cli"):
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+
+
 def test_every_exception_class_derives_from_facestream_error() -> None:
     offenders, seen = [], 0
     for name in package_modules():
@@ -157,7 +176,10 @@ def test_every_exception_class_derives_from_facestream_error() -> None:
 
 
 # The stage interfaces: what a new stage, source or output is written against.
-DOCUMENTED = ["stages", "stage_main", "messages", "sources", "sinks", "supervisor", "config", "cli_runner"]
+DOCUMENTED = [
+    "runtime/stages", "runtime/stage_main", "runtime/messages", "sources", "sinks", "runtime/supervisor", "config",
+    "cli/runner",
+]
 
 
 def _is_stub(node: ast.AST) -> bool:

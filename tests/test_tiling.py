@@ -117,7 +117,7 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
     probe = (
         "import re, runpy, sys\n"
         "sys.argv = ['facestream', 'analyze', '--upsample', '0', sys.argv[1]]\n"
-        "try:\n    runpy.run_module('facestream.pipeline.cli', run_name='__main__')\n"
+        "try:\n    runpy.run_module('facestream.pipeline.cli.main', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
         "print('MAXRSS_KB', hwm, 'EXIT', code)\n"

@@ -1,4 +1,5 @@
-"""pipeline/tracker.py: scripted scenes for the tracking, the identity vote, the embedding schedule, the summary."""
+"""pipeline/domain/tracker.py: scripted scenes for the tracking, the identity vote, the embedding schedule,
+the summary."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from facestream.engines.quality import QUALITY_COLUMNS, face_quality
-from facestream.pipeline.tracker import (
+from facestream.pipeline.domain.tracker import (
     QUALITY_FACE_SIZE,
     QUALITY_SHARPNESS,
     FaceTracker,

@@ -12,15 +12,15 @@ import pytest
 
 from facestream.enroll.clustering import chinese_whispers
 from facestream.enroll.gallery import Gallery
-from facestream.pipeline.cli import main
-from facestream.pipeline.unknowns import (
+from facestream.pipeline.cli.main import main
+from facestream.pipeline.cli.unknowns import enroll_cluster, list_clusters
+from facestream.pipeline.domain.unknowns import (
     UnknownsFileError,
     UnknownTracks,
     read_unknowns,
     track_record,
     write_records,
 )
-from facestream.pipeline.unknowns_cli import enroll_cluster, list_clusters
 
 from conftest import DATA, golden_images, golden_video, require_dlib
 

@@ -1,4 +1,4 @@
-"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web.py, sinks.WebFeed).
+"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/app.py, sinks.WebFeed).
 
 Real parts throughout: the HTTP server on a free localhost port, ZeroMQ PUB sockets over ipc:// feeding it,
 a real SQLite gallery, dlib's golden descriptors of the demo clip, and at the end the whole pipeline with
@@ -35,9 +35,9 @@ import zmq
 
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
-from facestream.pipeline.messages import DescriptorsMessage
+from facestream.pipeline.runtime.messages import DescriptorsMessage
 from facestream.pipeline.sinks import FaceResult, FrameChips, WebFeed
-from facestream.pipeline.web import WebError, WebServer, check_binding, parse_address, resolve_token
+from facestream.pipeline.web.app import WebError, WebServer, check_binding, parse_address, resolve_token
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
@@ -499,7 +499,7 @@ def test_facestream_serve_attaches_to_a_run_directory(
                      "counters": {}} for role in ("source", "detect", "embed", "sink")}  # fmt: skip
     (sockets.dir / "health.json").write_text(json.dumps({"time": 1.0, "stages": stages, "streams": {}}))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"web": {"address": "127.0.0.1:0"}}))
-    argv = [sys.executable, "-m", "facestream.pipeline.web_cli", "--config", str(tmp_path / "config.yaml"), "serve",
+    argv = [sys.executable, "-m", "facestream.pipeline.cli.serve", "--config", str(tmp_path / "config.yaml"), "serve",
             "--run-dir", str(sockets.dir), "--gallery", str(gallery_path)]  # fmt: skip
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
@@ -524,10 +524,10 @@ def test_facestream_serve_attaches_to_a_run_directory(
         if process.poll() is None:
             process.kill()
             process.wait()
-    result = subprocess.run([sys.executable, "-m", "facestream.pipeline.web_cli", "serve", "--run-dir",
+    result = subprocess.run([sys.executable, "-m", "facestream.pipeline.cli.serve", "serve", "--run-dir",
                              str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "no such directory" in result.stderr
-    public = [sys.executable, "-m", "facestream.pipeline.web_cli", "serve", "--address", "0.0.0.0:0"]
+    public = [sys.executable, "-m", "facestream.pipeline.cli.serve", "serve", "--address", "0.0.0.0:0"]
     environment = {**os.environ, "FACESTREAM_WEB_TOKEN": ""}
     result = subprocess.run(public, capture_output=True, text=True, timeout=60, env=environment)
     assert result.returncode == 2 and "without a token" in result.stderr
@@ -565,7 +565,7 @@ def test_in_chromium_the_page_shows_events_and_enrolling_an_unknown_face_names_h
     from selenium.webdriver.common.by import By
 
     from facestream.engines.faces import FaceAnalyzer
-    from facestream.pipeline.imageio import read_image
+    from facestream.engines.imageio import read_image
 
     clip = tmp_path / "clip.avi"  # lossless, so every pass decodes to the same pixels
     capture = cv2.VideoCapture(str(CLIP))
@@ -582,7 +582,7 @@ def test_in_chromium_the_page_shows_events_and_enrolling_an_unknown_face_names_h
     run_dir = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))
     config = {"pipeline": {"run_dir": str(run_dir), "gallery_refresh_s": 0.5, "report_interval_s": 5.0}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "facestream.pipeline.run_cli", "--config", str(tmp_path / "config.yaml"), "run",
+    argv = [sys.executable, "-m", "facestream.pipeline.cli.run", "--config", str(tmp_path / "config.yaml"), "run",
             "--source", f"hall=loop:{clip}", "--max-frames", "4000", "--gallery", str(gallery_path),
             "--events", str(tmp_path / "events.jsonl"), "--web", "127.0.0.1:0"]  # fmt: skip
     stderr = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115

@@ -35,8 +35,8 @@ import numpy as np
 
 from facestream import api
 from facestream.engines.chips import extract_face_chips
+from facestream.engines.imageio import decode_image
 from facestream.engines.jitter import DlibRand, jittered_descriptors
-from facestream.pipeline.imageio import decode_image
 
 __all__ = [
     "batch_face_locations",

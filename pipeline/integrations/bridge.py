@@ -85,7 +85,7 @@ class EventBridge:
     def _run(self) -> None:
         import zmq
 
-        from ..stages import open_socket
+        from ..runtime.stages import open_socket
 
         context = zmq.Context()
         try:

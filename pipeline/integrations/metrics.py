@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..stages import HISTOGRAM_BOUNDS_MS
+from ..runtime.stages import HISTOGRAM_BOUNDS_MS
 
 GAUGE_STREAM_FIELDS = ("in_flight", "waiting")
 

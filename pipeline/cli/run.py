@@ -1,7 +1,7 @@
 """`facestream run` and `facestream stage`: the streaming pipeline's commands.
 
-Wired into the `facestream` command by pipeline/cli.py (``add_run_commands(commands)``); every handler
-is ``handler(args, config) -> exit code``. ``python -m facestream.pipeline.run_cli run ...`` runs the
+Wired into the `facestream` command by pipeline/cli/main.py (``add_run_commands(commands)``); every handler
+is ``handler(args, config) -> exit code``. ``python -m facestream.pipeline.cli.run run ...`` runs the
 same commands without the rest of the CLI.
 """
 
@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger("facestream")
 
@@ -67,7 +67,7 @@ def _log_level() -> str:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from .supervisor import RunOptions, run_pipeline
+    from ..runtime.supervisor import RunOptions, run_pipeline
 
     if not args.source:
         log.error("no source: give at least one --source (video file, image folder, camera index or URL)")
@@ -108,8 +108,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_stage(args: argparse.Namespace, config: Config) -> int:
-    from .stage_main import run_stage
-    from .stages import PipelineError, resolve_endpoints
+    from ..runtime.stage_main import run_stage
+    from ..runtime.stages import PipelineError, resolve_endpoints
 
     if args.threads is not None:
         config.set("pipeline.worker_threads", args.threads, "--threads")
@@ -210,7 +210,7 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The same commands without the rest of the CLI (global options as `facestream`'s)."""
-    from .cli_runner import standalone_main
+    from .runner import standalone_main
 
     return standalone_main(add_run_commands, argv)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger("facestream")
 
@@ -28,7 +28,7 @@ Secret key files never leave their machine.
 
 
 def cmd_keys(args: argparse.Namespace, config: Config) -> int:
-    from .security import SecurityError, create_key_pair, load_key_file
+    from ..runtime.security import SecurityError, create_key_pair, load_key_file
 
     try:
         if args.action == "create":

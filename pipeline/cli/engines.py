@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,16 @@ without `engines build` the first run builds them.
 
 
 def _cache(config: Config) -> Path:
-    from ..engines.cachedir import default_cache_dir
+    from ...engines.cachedir import default_cache_dir
 
     return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
 
 def cmd_info(args: argparse.Namespace, config: Config) -> int:
-    from ..engines.backend import BackendError, choose_backend
-    from ..engines.precision import resolve_precision
-    from ..engines.tensorrt_backend import profile_for
-    from ..enroll.index import faiss_gpu_status, gpu_mode
+    from ...engines.backend import BackendError, choose_backend
+    from ...engines.precision import resolve_precision
+    from ...engines.tensorrt_backend import profile_for
+    from ...enroll.index import faiss_gpu_status, gpu_mode
 
     engine = config.engine
     try:
@@ -69,17 +69,17 @@ def cmd_info(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_build(args: argparse.Namespace, config: Config) -> int:
-    from ..engines.backend import probe_gpu
-    from ..engines.models import model_path
-    from ..engines.onnx_cache import cached_onnx
-    from ..engines.tensorrt_backend import EngineError, cached_engine, profile_for
+    from ...engines.backend import probe_gpu
+    from ...engines.models import model_path
+    from ...engines.onnx_cache import cached_onnx
+    from ...engines.tensorrt_backend import EngineError, cached_engine, profile_for
 
     found = probe_gpu()
     if not found.available:
         log.error("cannot build TensorRT engines here: %s", found.reason)
         return 2
     engine, cache = config.engine, _cache(config)
-    from ..engines.precision import resolve_precision
+    from ...engines.precision import resolve_precision
 
     wanted = args.precision or engine.precision
     built: list[dict[str, Any]] = []
@@ -114,8 +114,8 @@ def _bundled_samples(config: dict, every: int) -> tuple[list, list[Path]]:
     `every`-th frame of the demo clip; the golden chips."""
     import cv2
 
-    from ..engines.precision import Sample
-    from .imageio import read_image
+    from ...engines.imageio import read_image
+    from ...engines.precision import Sample
 
     upsample = int(config.detector.upsample)
     golden = json.loads((DATA / "golden" / "dlib-20.0.1.json").read_text())["images"]
@@ -145,17 +145,17 @@ def cmd_check(args: argparse.Namespace, config: dict) -> int:
     import numpy as np
     import onnx
 
-    from ..engines.backend import probe_gpu
-    from ..engines.chips import extract_face_chips
-    from ..engines.detector import DetectorParams, FaceDetector
-    from ..engines.embedder import FaceEmbedder
-    from ..engines.landmarks import ShapePredictor
-    from ..engines.models import model_path
-    from ..engines.onnx_cache import cached_onnx
-    from ..engines.precision import KEEP_FP32, Sample, compare, resolve_precision, simulate_fp16
-    from ..engines.runtime import OnnxRuntimeSession
-    from ..engines.tensorrt_backend import TensorRTSession, profile_for
-    from .imageio import ImageError, read_image
+    from ...engines.backend import probe_gpu
+    from ...engines.chips import extract_face_chips
+    from ...engines.detector import DetectorParams, FaceDetector
+    from ...engines.embedder import FaceEmbedder
+    from ...engines.imageio import ImageError, read_image
+    from ...engines.landmarks import ShapePredictor
+    from ...engines.models import model_path
+    from ...engines.onnx_cache import cached_onnx
+    from ...engines.precision import KEEP_FP32, Sample, compare, resolve_precision, simulate_fp16
+    from ...engines.runtime import OnnxRuntimeSession
+    from ...engines.tensorrt_backend import TensorRTSession, profile_for
 
     engine, cache = config.engine, _cache(config)
     setting = args.precision or engine.precision

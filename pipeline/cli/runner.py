@@ -1,7 +1,7 @@
 """Running a `facestream` command: logging, the configuration, and the one place errors become exit codes.
 
-Used by the full command line (pipeline/cli.py) and by the modules that can run their commands alone
-(``python -m facestream.pipeline.run_cli ...``), so those need not import cli.py (which imports them).
+Used by the full command line (pipeline/cli/main.py) and by the modules that can run their commands alone
+(``python -m facestream.pipeline.cli.run ...``), so those need not import cli.py (which imports them).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ..errors import FacestreamError, exit_code
-from .config import load_config
-from .logs import use_journal_logging
+from ...errors import FacestreamError, exit_code
+from ..config import load_config
+from ..runtime.logs import use_journal_logging
 
 log = logging.getLogger("facestream")
 
@@ -50,7 +50,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _release_gpu() -> None:
     """Every command leaves with its TensorRT sessions closed (pycuda aborts a process holding a context)."""
-    from ..engines.backend import close_gpu_sessions
+    from ...engines.backend import close_gpu_sessions
 
     close_gpu_sessions()
 

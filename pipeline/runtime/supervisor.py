@@ -9,7 +9,7 @@ The supervisor is the process the user started. It
   and runs the faces queue — a ZeroMQ streamer between ``faces_in`` and ``faces_out`` in a thread — so
   any number of detect and embed workers, local or remote, only ever connect;
 * starts the sink, the embed workers, the detect workers and the source, each as
-  ``facestream.pipeline.stage_main ROLE`` (STAGE_COMMAND) in its own process group (a Ctrl-C at the terminal
+  ``facestream.pipeline.runtime.stage_main ROLE`` (STAGE_COMMAND) in its own process group (a Ctrl-C at the terminal
   reaches only the supervisor, which then stops the others in order);
 * restarts a detect or embed worker that dies (up to ``pipeline.max_restarts`` per worker slot) and
   tells the source to re-send every frame still in flight, since it cannot know which ones the dead
@@ -47,10 +47,10 @@ from typing import Any
 
 import zmq
 
+from ..config import Config, PipelineConfig
+from ..sources import SourceError, SourceSpec, parse_sources, probe_source
 from . import messages, security
-from .config import Config, PipelineConfig
 from .messages import Control
-from .sources import SourceError, SourceSpec, parse_sources, probe_source
 from .stages import (
     ENDPOINTS,
     MessageError,
@@ -79,8 +79,8 @@ class RunOptions:
     workers: int | None = None
     show: bool = False
     stats: str | None = None
-    unknowns: str | None = None  # unknown tracks' best faces, JSON lines (pipeline/unknowns.py)
-    web: str | None = None  # serve the web view here (HOST:PORT; "" = web.address); pipeline/web.py
+    unknowns: str | None = None  # unknown tracks' best faces, JSON lines (pipeline/domain/unknowns.py)
+    web: str | None = None  # serve the web view here (HOST:PORT; "" = web.address); pipeline/web/app.py
     web_token: str | None = None
     preview: bool = False  # publish annotated frames and unknown faces on `preview` (for `facestream serve`)
     progress: bool = True  # a tqdm bar on stderr when it is a terminal
@@ -372,7 +372,7 @@ def malloc_environment(pipeline: PipelineConfig, environ: Mapping[str, str]) -> 
 # package. The bootstrap drops that entry before importing anything (works on 3.10, unlike `-P`).
 STAGE_BOOTSTRAP = (
     "import sys; sys.path[:] = [p for p in sys.path[:1] if p != ''] + sys.path[1:]; "
-    "from facestream.pipeline.stage_main import main; sys.exit(main(sys.argv[1:]))"
+    "from facestream.pipeline.runtime.stage_main import main; sys.exit(main(sys.argv[1:]))"
 )
 STAGE_COMMAND = (sys.executable, "-c", STAGE_BOOTSTRAP)
 
@@ -407,13 +407,13 @@ class Supervisor:
     # -- set-up ----------------------------------------------------------------------------------
 
     def _prepare(self) -> tuple[list[SourceSpec], dict[str, Any]]:
-        from ..engines.models import model_path
+        from ...engines.models import model_path
 
         specs = parse_sources(self.options.sources)
         for kind in ("detector", "landmarks", "embedder"):  # a missing model file: say so before starting anything
             model_path(kind, getattr(self.config.models, kind))
         if self.config.engine.backend == "tensorrt":  # TensorRT asked for but absent: before any worker starts
-            from ..engines.backend import BackendError, choose_backend
+            from ...engines.backend import BackendError, choose_backend
 
             try:
                 choose_backend("tensorrt")
@@ -423,7 +423,7 @@ class Supervisor:
             if path:
                 _check_writable(Path(path))
         if self.options.gallery is not None or self.config.gallery.path:
-            from .sinks import open_matcher
+            from ..sinks import open_matcher
 
             open_matcher(self.config, self.options.gallery).close()  # a corrupt gallery fails here, clearly
         self.run_dir, self.created_run_dir = make_run_dir(self.pipeline.run_dir)
@@ -489,7 +489,7 @@ class Supervisor:
         try:
             specs, spec = self._prepare()
         except BaseException as error:
-            from ..errors import GalleryError
+            from ...errors import GalleryError
 
             if self.created_run_dir and self.run_dir is not None:  # refused before starting: leave nothing behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -614,7 +614,7 @@ class Supervisor:
         """--web: the web view in threads of this process, fed by the sink's events and preview sockets."""
         if self.options.web is None:
             return
-        from .web import WebError, WebServer
+        from ..web.app import WebError, WebServer
 
         try:
             self.web = WebServer(self.config, endpoints, address=self.options.web or None, token=self.options.web_token,
@@ -629,8 +629,8 @@ class Supervisor:
 
     def _start_integrations(self, endpoints: dict[str, str], streams: list[str]) -> None:
         """MQTT and webhooks (a thread reading the events PUB socket) and the Prometheus metrics server."""
-        from .integrations.bridge import start_integrations
-        from .integrations.metrics import MetricsServer
+        from ..integrations.bridge import start_integrations
+        from ..integrations.metrics import MetricsServer
 
         address = self.options.metrics or self.config.metrics.address
         outputs = self.config.outputs
@@ -645,7 +645,7 @@ class Supervisor:
         except ValueError as error:
             raise PipelineError(str(error)) from None
         if address:
-            from .web import WebError, parse_address
+            from ..web.app import WebError, parse_address
 
             try:
                 host, port = parse_address(address, default_port=9108)
@@ -668,7 +668,7 @@ class Supervisor:
         path = self.config.metrics.textfile
         if not path or self.metrics_snapshot is None:
             return
-        from .integrations.metrics import render
+        from ..integrations.metrics import render
 
         target = Path(path).expanduser()
         try:
@@ -832,7 +832,7 @@ class Supervisor:
             resent = sum(info.get("resent", 0) for info in streams.values())
             self._say(f"  {self.board.processed()} frames processed, {dropped} dropped (live), {resent} re-sent, "
                       f"{restarts} worker restarts")  # fmt: skip
-        from .sinks import describe_summary
+        from ..sinks import describe_summary
 
         for record in summaries.values():
             print("\n".join(describe_summary(record)), flush=True)

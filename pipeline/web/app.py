@@ -1,6 +1,6 @@
 """The web view: live annotated streams, events, per-stage health and gallery management in a browser.
 
-One small ASGI app (Starlette, served by uvicorn) and one static page (pipeline/web_static: plain HTML
+One small ASGI app (Starlette, served by uvicorn) and one static page (pipeline/web/static: plain HTML
 and JavaScript, no build). It runs inside `facestream run --web` (a thread of the supervisor, which hands
 it the health of every stage) or alone as `facestream serve`, attached to a running pipeline's endpoints
 (its run directory) and gallery.
@@ -55,13 +55,13 @@ from typing import Any
 
 import numpy as np
 
-from ..enroll.store import POSITIVE
-from ..errors import InputError
-from .config import Config
+from ...enroll.store import POSITIVE
+from ...errors import InputError
+from ..config import Config
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).parent / "web_static"
+STATIC = Path(__file__).parent / "static"
 TOKEN_ENV = "FACESTREAM_WEB_TOKEN"
 COOKIE = "facestream_token"
 CHANGE_HEADER = "x-facestream"
@@ -313,7 +313,7 @@ class Feed:
     def _run(self) -> None:
         import zmq
 
-        from .stages import open_socket
+        from ..runtime.stages import open_socket
 
         context = zmq.Context()
         sockets = []
@@ -403,7 +403,7 @@ class GalleryService:
     # everything below runs in the worker thread
 
     def gallery(self) -> Any:
-        from ..enroll.gallery import Gallery
+        from ...enroll.gallery import Gallery
 
         if self._gallery is None:
             self._gallery = Gallery.from_config(self.config.gallery, path=self.path, threads=1)
@@ -452,7 +452,7 @@ class GalleryService:
                               "photo": str(photo), "display": safe}, default=str).encode()  # fmt: skip
         async with self._upload_lock:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "facestream.pipeline.upload_worker", stdin=asyncio.subprocess.PIPE,
+                sys.executable, "-m", "facestream.pipeline.web.upload_worker", stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             try:
@@ -521,7 +521,7 @@ class UnknownPeople:
         self._file_faces: tuple[tuple[float, ...], list[dict[str, Any]]] = ((), [])
 
     def _from_files(self) -> list[dict[str, Any]]:
-        from .unknowns import UnknownsFileError, read_unknowns
+        from ..domain.unknowns import UnknownsFileError, read_unknowns
 
         existing = [p for p in self.files if p.is_file()]
         stamp = tuple(p.stat().st_mtime for p in existing)
@@ -568,7 +568,7 @@ class UnknownPeople:
 
     def listing(self) -> dict[str, Any]:
         """Clusters as JSON-ready dicts: "unknown person N" with its tracks (each a snapshot), most tracks first."""
-        from ..enroll.clustering import UnknownFace, cluster_unknowns
+        from ...enroll.clustering import UnknownFace, cluster_unknowns
 
         faces = self.faces()
         records = [UnknownFace(descriptor=f["descriptor"], stream_id=f["stream_id"], frame_index=f["frame_index"],
@@ -890,7 +890,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def gallery_change(function: Callable[..., Any], *args: Any) -> Response:
-        from ..enroll.store import DuplicatePersonError, GalleryError, UnknownPersonError
+        from ...enroll.store import DuplicatePersonError, GalleryError, UnknownPersonError
 
         try:
             return JSONResponse(await gallery.call(function, *args))
@@ -969,7 +969,7 @@ def create_app(state: LiveState, gallery: GalleryService, unknowns: UnknownPeopl
             return error(404, str(problem))
 
     async def metrics_text(_: Request) -> Response:
-        from .integrations.metrics import CONTENT_TYPE, render
+        from ..integrations.metrics import CONTENT_TYPE, render
 
         return Response(render(metrics() if metrics is not None else state.health), media_type=CONTENT_TYPE)
 

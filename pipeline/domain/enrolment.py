@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ..engines.faces import FaceAnalyzer
-from ..engines.quality import DETECTOR_SCORE, FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS, face_quality
-from ..enroll.store import NEGATIVE, POSITIVE
-from ..enroll.thumbnails import Thumbnails, face_thumbnail
-from .imageio import ImageError, decode_image
+from ...engines.faces import FaceAnalyzer
+from ...engines.imageio import ImageError, decode_image
+from ...engines.quality import DETECTOR_SCORE, FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS, face_quality
+from ...enroll.store import NEGATIVE, POSITIVE
+from ...enroll.thumbnails import Thumbnails, face_thumbnail
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 

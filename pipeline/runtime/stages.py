@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..errors import PipelineError
+from ...errors import PipelineError
+from ..config import Config
 from . import messages, security
-from .config import Config
 from .messages import Control, DescriptorsMessage, FacesMessage, FrameMessage, MessageError
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def open_socket(
     if subscribe is not None:
         socket.setsockopt(zmq.SUBSCRIBE, subscribe)
     try:
-        security.apply(context, socket, endpoint, bind=bind)  # CURVE on tcp:// (pipeline/security.py)
+        security.apply(context, socket, endpoint, bind=bind)  # CURVE on tcp:// (pipeline/runtime/security.py)
         if bind:
             socket.bind(endpoint)
             security.restrict_ipc_file(endpoint)
@@ -407,7 +407,7 @@ class StageProcess:
     def close(self) -> None:
         """Close the models (a TensorRT session holds GPU memory), then every socket (the stats socket lingers up
         to 1 s so the final stats arrive) and the context."""
-        from ..engines.backend import close_gpu_sessions
+        from ...engines.backend import close_gpu_sessions
 
         for model in self.models:
             try:
@@ -452,7 +452,7 @@ def worker_threads(config: Config, role: str) -> int:
     configured = int(config.pipeline.worker_threads)
     if configured > 0:
         return configured
-    from ..engines.runtime import default_threads
+    from ...engines.runtime import default_threads
 
     if role == "embed":
         return 1  # ~3 ms a face: one thread keeps up with several detect workers and leaves them the cores
@@ -460,7 +460,7 @@ def worker_threads(config: Config, role: str) -> int:
 
 
 def _cache_dir(config: Config) -> Path:
-    from ..engines.cachedir import default_cache_dir
+    from ...engines.cachedir import default_cache_dir
 
     return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
@@ -471,7 +471,7 @@ def _cache_dir(config: Config) -> Path:
 
 def detect_and_align(detector: Any, predictor: Any, frame: FrameMessage) -> FacesMessage:
     """Full-frame detection: faces, landmarks, chips and quality of one frame (the frame itself goes no further)."""
-    from .follow import faces_message
+    from ..domain.follow import faces_message
 
     boxes, scores = detector.detect(frame.image)
     return faces_message(frame, predictor, boxes, scores, np.full(len(boxes), messages.BOX_SCAN), None, True)
@@ -490,11 +490,11 @@ class DetectWorker(StageProcess):
 
     def run(self) -> int:
         """Frames in, faces (boxes, landmarks, 150x150 chips, quality) out, until stopped."""
-        from ..engines.detector import FaceDetector, detector_options
-        from ..engines.landmarks import ShapePredictor
-        from ..engines.models import model_path
-        from .follow import Follower, FollowSettings
-        from .tracker import QualityGate
+        from ...engines.detector import FaceDetector, detector_options
+        from ...engines.landmarks import ShapePredictor
+        from ...engines.models import model_path
+        from ..domain.follow import Follower, FollowSettings
+        from ..domain.tracker import QualityGate
 
         config, threads = self.config, worker_threads(self.config, "detect")
         cache = _cache_dir(config)
@@ -612,8 +612,8 @@ class EmbedWorker(StageProcess):
 
     def run(self) -> int:
         """Faces in, batched across frames and streams, descriptors out, until stopped."""
-        from ..engines.embedder import FaceEmbedder
-        from ..engines.models import model_path
+        from ...engines.embedder import FaceEmbedder
+        from ...engines.models import model_path
 
         config, threads = self.config, worker_threads(self.config, "embed")
         self.max_batch = max(1, int(config.embedder.max_batch))

@@ -1,7 +1,7 @@
 """`facestream serve`: the web view of a running pipeline (`run --web` serves the same page from the run itself).
 
-Wired into the `facestream` command by pipeline/cli.py (``add_web_commands(commands)``). ``python -m
-facestream.pipeline.web_cli serve ...`` runs the same command without the rest of the CLI.
+Wired into the `facestream` command by pipeline/cli/main.py (``add_web_commands(commands)``). ``python -m
+facestream.pipeline.cli.serve serve ...`` runs the same command without the rest of the CLI.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger("facestream")
 
@@ -38,8 +38,8 @@ Security: 127.0.0.1 by default. Any other address needs a token ($FACESTREAM_WEB
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from .stages import PipelineError, resolve_endpoints
-    from .web import WebError, WebServer
+    from ..runtime.stages import PipelineError, resolve_endpoints
+    from ..web.app import WebError, WebServer
 
     run_dir = args.run_dir or config.pipeline.run_dir
     endpoints: dict[str, str] = {}
@@ -93,7 +93,7 @@ def add_web_commands(commands: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The same commands without the rest of the CLI (global options as `facestream`'s)."""
-    from .cli_runner import standalone_main
+    from .runner import standalone_main
 
     return standalone_main(add_web_commands, argv)
 

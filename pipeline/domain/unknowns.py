@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from ..enroll.clustering import UnknownFace
-from ..errors import InputError
+from ...enroll.clustering import UnknownFace
+from ...errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`facestream unknowns`: the unknown faces a run saw, grouped into people, and one-step enrolment.
 
-Wired into the `facestream` command by pipeline/cli.py (``add_unknowns_commands(commands)``). The work
+Wired into the `facestream` command by pipeline/cli/main.py (``add_unknowns_commands(commands)``). The work
 is done by two functions a web page can call as well: `list_clusters` (files -> clusters as JSON-ready
 dicts) and `enroll_cluster` (one cluster -> gallery samples).
 """
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..enroll.clustering import UnknownCluster, UnknownFace, cluster_unknowns
-from .config import Config
-from .unknowns import ReadReport, UnknownsFileError, read_unknowns
+from ...enroll.clustering import UnknownCluster, UnknownFace, cluster_unknowns
+from ..config import Config
+from ..domain.unknowns import ReadReport, UnknownsFileError, read_unknowns
 
 log = logging.getLogger("facestream")
 
@@ -219,7 +219,7 @@ def enroll_cluster(
 
 
 def _describe(cluster: dict[str, Any]) -> list[str]:
-    from .sinks import format_time  # m:ss.ss into a file, the time of day for live sources
+    from ..sinks import format_time  # m:ss.ss into a file, the time of day for live sources
 
     def when(seen: dict[str, Any]) -> str:
         clock = format_time(seen["timestamp"])
@@ -242,12 +242,12 @@ def _add_images(args: argparse.Namespace, config: Config) -> int:
     """Analyse photos and append their unknown faces to the file (each face its own track): each named by its
     photo (stream id = the file name), weighed by the pipeline's quality gate (faces it rejects get weight 0,
     so clustering leaves them out unless --all-faces), its chip saved in FILE.chips/ like `run --unknowns`."""
-    from ..engines.faces import FaceAnalyzer
-    from ..engines.quality import face_quality
-    from .enroll_cli import open_gallery
-    from .imageio import ImageError, read_image
-    from .tracker import QualityGate
-    from .unknowns import chips_dir, save_chip, unknowns_from_faces, write_records
+    from ...engines.faces import FaceAnalyzer
+    from ...engines.imageio import ImageError, read_image
+    from ...engines.quality import face_quality
+    from ..domain.tracker import QualityGate
+    from ..domain.unknowns import chips_dir, save_chip, unknowns_from_faces, write_records
+    from .enroll import open_gallery
 
     section = config.tracker
     gate = QualityGate(float(section.min_face_size), float(section.min_sharpness), float(section.min_score))
@@ -305,7 +305,7 @@ def cmd_unknowns(args: argparse.Namespace, config: Config) -> int:
 
     if args.enroll:
         which, name = args.enroll
-        from .enroll_cli import open_gallery
+        from .enroll import open_gallery
 
         try:
             with open_gallery(args, config, create=True) as gallery:

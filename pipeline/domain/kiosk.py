@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import KioskConfig
+    from ..config import KioskConfig
 
 __all__ = [
     "DENIED",

@@ -59,7 +59,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 __all__ = [
     "BOX_REGION",

@@ -52,13 +52,13 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from ..errors import ConfigError
-from .messages import BOX_REGION, BOX_SCAN, CHIP_SIZE, FacesMessage, FrameMessage
+from ...errors import ConfigError
+from ..runtime.messages import BOX_REGION, BOX_SCAN, CHIP_SIZE, FacesMessage, FrameMessage
 from .scenes import frame_thumbnail, scene_changed
 from .tracker import QualityGate, box_iou, greedy_assignment
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def faces_message(
 ) -> FacesMessage:  # fmt: skip
     """Landmarks, chips and quality of `boxes` on the frame, as one FacesMessage. `embed` None: decided by
     nobody yet (every face embedded)."""
-    from ..engines.chips import extract_face_chips
-    from ..engines.quality import face_quality
+    from ...engines.chips import extract_face_chips
+    from ...engines.quality import face_quality
 
     image = frame.image
     height, width = image.shape[:2]

@@ -29,8 +29,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from ..errors import ConfigError
-from .config import Config
+from ...errors import ConfigError
+from ..config import Config
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from typing import ClassVar, TypeAlias
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..engines.quality import FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS
+from ...engines.quality import FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS
 
 __all__ = [
     "QUALITY_COLUMNS",

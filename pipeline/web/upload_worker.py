@@ -3,7 +3,7 @@
 Decoding a photo and running the detector on it can take gigabytes for an image that is small on the wire
 (a PNG of one colour declaring 2500x2500 is 18 KB). The web view lives in the supervisor under
 `run --web`, so it never decodes an upload itself: it saves the body to a private temporary folder and
-runs ``python -m facestream.pipeline.upload_worker``, which reads one JSON request on stdin::
+runs ``python -m facestream.pipeline.web.upload_worker``, which reads one JSON request on stdin::
 
     {"config": {...}, "gallery": PATH, "name": NAME, "photo": PATH, "display": FILENAME}
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..config import Config
 
 
 def max_rss_mb() -> float:
@@ -40,9 +40,9 @@ def max_rss_mb() -> float:
 def enrol_upload(request: dict[str, Any]) -> dict[str, Any]:
     """Enrol the photo of `request` (see the module docstring) and return the report as a dict. The work
     budget is the stricter of detector.max_work_pixels and web.upload_max_work_pixels."""
-    from ..enroll.gallery import Gallery
-    from .config import Config
-    from .enrolment import enrol_image, policy_from_config
+    from ...enroll.gallery import Gallery
+    from ..config import Config
+    from ..domain.enrolment import enrol_image, policy_from_config
 
     config = Config.from_dict(request["config"], "the upload request")
     photo, display = Path(request["photo"]), str(request["display"])
@@ -62,7 +62,7 @@ class _Lazy:
 
     def __getattr__(self, name: str) -> Any:
         if self._analyzer is None:
-            from ..engines.faces import FaceAnalyzer
+            from ...engines.faces import FaceAnalyzer
 
             self._analyzer = FaceAnalyzer.from_config(self._config)
         return getattr(self._analyzer, name)

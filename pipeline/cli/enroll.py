@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..engines.faces import FaceAnalyzer
-from ..enroll.gallery import Gallery
-from ..enroll.store import GalleryError, check_name, check_threshold
-from .config import Config
-from .enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
-from .imageio import ImageError, read_image
+from ...engines.faces import FaceAnalyzer
+from ...engines.imageio import ImageError, read_image
+from ...enroll.gallery import Gallery
+from ...enroll.store import GalleryError, check_name, check_threshold
+from ..config import Config
+from ..domain.enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
 
 log = logging.getLogger("facestream")
 

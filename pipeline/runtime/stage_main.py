@@ -1,7 +1,7 @@
-"""A stage process's entry point: ``python -m facestream.pipeline.stage_main ROLE --spec FILE --name NAME``.
+"""A stage process's entry point: ``python -m facestream.pipeline.runtime.stage_main ROLE --spec FILE --name NAME``.
 
-The supervisor (pipeline/supervisor.py) starts each stage this way; `facestream stage` calls `run_stage`
-in its own process. Kept apart from pipeline/stages.py (the stage base class and the detect and embed
+The supervisor (pipeline/runtime/supervisor.py) starts each stage this way; `facestream stage` calls `run_stage`
+in its own process. Kept apart from pipeline/runtime/stages.py (the stage base class and the detect and embed
 workers) so that the base module does not import the source and sink stages built on it.
 """
 
@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import FacestreamError, PipelineError
+from ...errors import FacestreamError, PipelineError
+from ..sinks import SinkStage
+from ..sources import SourceStage
 from .logs import configure_stage_logging
-from .sinks import SinkStage
-from .sources import SourceStage
 from .stages import ROLES, DetectWorker, EmbedWorker, StageProcess, die_with_parent
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ _EARLY_STOP: list[int] = []  # signals that arrived before the stage installed i
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m facestream.pipeline.stage_main ROLE --spec FILE --name NAME`: how the supervisor starts a stage."""
+    """`python -m facestream.pipeline.runtime.stage_main ROLE --spec FILE --name NAME`: how the supervisor starts
+    a stage."""
     # A handler before anything slow: a SIGTERM during start-up must not leave a traceback or half-written files.
     signal.signal(signal.SIGTERM, lambda signum, _frame: _EARLY_STOP.append(signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle

@@ -1,7 +1,7 @@
 """Scene cuts: a small grey thumbnail of each frame and the mean difference between consecutive ones.
 
 Pure functions shared by the sources (detect-every: a cut forces detection) and the detect worker's
-followers (pipeline/follow.py: a cut forces a scan); a module of its own so that neither imports the other.
+followers (pipeline/domain/follow.py: a cut forces a scan); a module of its own so that neither imports the other.
 """
 
 from __future__ import annotations

