@@ -82,7 +82,7 @@ from .domain.unknowns import UnknownTracks, chips_dir
 from .runtime import messages
 from .runtime.messages import DescriptorsMessage, EndOfStream, FacesMessage, FrameMessage, MessageError
 from .runtime.stages import PipelineError, StageProcess, StageStats, encode_json, open_socket
-from .sources import LIVE_KINDS
+from .sources.spec import LIVE_KINDS
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""pipeline/sources.py: what a --source means, file readers, live capture (drop oldest, reopen with back-off)."""
+"""pipeline/sources/: what a --source means, file readers, live capture (drop oldest, reopen with back-off)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,17 @@ import numpy as np
 import pytest
 
 from facestream.pipeline.config import Config
-from facestream.pipeline.sources import (
-    ImageFolderReader,
+from facestream.pipeline.domain.scenes import frame_thumbnail, scene_changed
+from facestream.pipeline.sources.files import ImageFolderReader, VideoFileReader
+from facestream.pipeline.sources.live import (
     LatestFrames,
     LiveCapture,
     LiveFrame,
     LiveReader,
     PacedVideoCapture,
-    SourceError,
-    SourceSpec,
-    VideoFileReader,
     backoff_delay,
-    classify,
-    frame_thumbnail,
-    natural_key,
-    parse_sources,
-    probe_source,
-    scene_changed,
 )
+from facestream.pipeline.sources.spec import SourceError, SourceSpec, classify, natural_key, parse_sources, probe_source
 
 from conftest import wait_until
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ...errors import FacestreamError, PipelineError
 from ..sinks import SinkStage
-from ..sources import SourceStage
+from ..sources.process import SourceStage
 from .logs import configure_stage_logging
 from .stages import ROLES, DetectWorker, EmbedWorker, StageProcess, die_with_parent
 

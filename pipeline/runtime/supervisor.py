@@ -48,7 +48,7 @@ from typing import Any
 import zmq
 
 from ..config import Config, PipelineConfig
-from ..sources import SourceError, SourceSpec, parse_sources, probe_source
+from ..sources.spec import SourceError, SourceSpec, parse_sources, probe_source
 from . import messages, security
 from .messages import Control
 from .stages import (
