@@ -87,7 +87,7 @@ def test_a_full_disk_while_writing_video_stops_it_playable(video_disk: Path) -> 
 
 def test_stage_processes_get_a_fixed_mmap_threshold_unless_the_environment_has_one() -> None:
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.runtime.supervisor import malloc_environment
+    from facestream.pipeline.runtime.children import malloc_environment
 
     pipeline = load_config(None).pipeline
     assert malloc_environment(pipeline, {}) == {"MALLOC_MMAP_THRESHOLD_": str(512 << 20)}  # config.yaml's default

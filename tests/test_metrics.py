@@ -77,8 +77,8 @@ def test_render_is_valid_prometheus_text_even_before_any_figure() -> None:
 
 
 def test_stage_histograms_count_each_value_in_its_bucket_and_add_up_over_processes() -> None:
+    from facestream.pipeline.runtime.reports import StatsBoard
     from facestream.pipeline.runtime.stages import HISTOGRAM_BOUNDS_MS, StageStats
-    from facestream.pipeline.runtime.supervisor import StatsBoard
 
     board = StatsBoard()
     for instance, values_ms in (("detect-1:1", [0.5, 1.0, 1.5, 40000.0]), ("detect-1:2", [1.0, 250.0])):

@@ -27,6 +27,9 @@ The supervisor is the process the user started. It
 Queue depth per stage is measured, not guessed: messages sent to the stage minus messages the
 stage's processes received (ZeroMQ does not expose its queues); messages lost with a killed worker
 count as queued until the run ends.
+
+Its parts in this package: `children` (a stage process's slot, command and environment), `faces_queue`,
+`reports` (the stats board and report lines) and `preflight` (checks before anything starts).
 """
 
 from __future__ import annotations
@@ -38,19 +41,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from ..config import Config, PipelineConfig
+from ..config import Config
 from ..sources.spec import SourceError, SourceSpec, parse_sources, probe_source
 from . import messages, security
+from .children import STAGE_COMMAND, Child, malloc_environment
+from .faces_queue import FacesQueue
 from .messages import Control
+from .preflight import check_not_in_use, check_writable
+from .reports import StatsBoard, format_report
 from .stages import (
     ENDPOINTS,
     MessageError,
@@ -88,293 +93,6 @@ class RunOptions:
     log_level: str = "warning"
     mqtt: str | None = None  # broker URL (outputs.mqtt.url); pipeline/integrations/mqtt.py
     metrics: str | None = None  # serve Prometheus metrics on HOST:PORT (metrics.address); integrations/metrics.py
-
-
-@dataclass
-class Child:
-    """One stage process slot; a restart gives the slot a new process."""
-
-    name: str
-    role: str
-    process: subprocess.Popen | None = None
-    restarts: int = 0
-    pids: list[int] = field(default_factory=list)
-    ready: bool = False
-    exit_code: int | None = None
-
-    @property
-    def alive(self) -> bool:
-        """Whether its process is running."""
-        return self.process is not None and self.process.poll() is None
-
-
-class FacesQueue:
-    """The ZeroMQ streamer between detect workers (PUSH -> faces_in) and embed workers (faces_out -> PULL)."""
-
-    def __init__(self, context: zmq.Context, endpoints: dict[str, str], hwm: int) -> None:
-        self.context, self.endpoints, self.hwm = context, endpoints, hwm
-        self.error: str | None = None
-        self._bound = threading.Event()
-        self._control = f"inproc://faces-queue-{id(self)}"
-        self.thread = threading.Thread(target=self._run, name="faces queue", daemon=True)
-
-    def start(self) -> FacesQueue:
-        """Start the streamer thread; returns self."""
-        self.thread.start()
-        self._bound.wait(10)
-        if self.error:
-            raise PipelineError(self.error)
-        return self
-
-    def _run(self) -> None:
-        sockets = []
-        try:
-            frontend = open_socket(self.context, zmq.PULL, self.endpoints["faces_in"], bind=True, hwm=self.hwm)
-            sockets.append(frontend)
-            backend = open_socket(self.context, zmq.PUSH, self.endpoints["faces_out"], bind=True, hwm=self.hwm)
-            sockets.append(backend)
-            control = self.context.socket(zmq.PAIR)
-            control.bind(self._control)
-            sockets.append(control)
-        except PipelineError as error:
-            self.error = str(error)
-            self._bound.set()
-            for socket in sockets:
-                socket.close(0)
-            return
-        self._bound.set()
-        try:
-            self._forward(frontend, backend, control)
-        except zmq.ZMQError as error:
-            if error.errno != zmq.ETERM:
-                log.error("faces queue stopped: %s", error)
-        finally:
-            for socket in sockets:
-                socket.close(0)
-
-    @staticmethod
-    def _forward(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> None:
-        """Detect workers' messages to embed workers, one at a time, until TERMINATE. Unlike zmq.proxy it
-        never blocks in a send: with every embed worker gone or full (back-pressure) it still hears the
-        stop, so the thread always ends before the context is destroyed (closing sockets under a running
-        thread aborts libzmq)."""
-        taking, sending = zmq.Poller(), zmq.Poller()
-        taking.register(control, zmq.POLLIN)
-        taking.register(frontend, zmq.POLLIN)
-        sending.register(control, zmq.POLLIN)
-        sending.register(backend, zmq.POLLOUT)
-        pending: list | None = None
-        while True:
-            ready = dict((sending if pending is not None else taking).poll(200))
-            if control in ready and control.recv() == b"TERMINATE":
-                return
-            if pending is None and frontend in ready:
-                pending = frontend.recv_multipart(copy=False)
-            if pending is not None:
-                try:
-                    backend.send_multipart(pending, zmq.NOBLOCK, copy=False)
-                    pending = None
-                except zmq.Again:  # every embed worker is full (or gone): wait for room, hearing the stop
-                    pass
-
-    def stop(self) -> None:
-        """Stop the streamer thread and close its sockets."""
-        if not self.thread.is_alive():
-            return
-        control = self.context.socket(zmq.PAIR)
-        control.connect(self._control)
-        control.send(b"TERMINATE")
-        control.close(linger=1000)
-        self.thread.join(5)
-        if self.thread.is_alive():  # never seen; destroying the context under it would abort the process
-            log.error("the faces queue thread did not stop")
-
-
-# ------------------------------------------------------------------------------------------------
-# statistics
-
-
-def _sum_counters(snapshots: list[dict[str, Any]]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for snapshot in snapshots:
-        for name, value in snapshot.get("counters", {}).items():
-            totals[name] = totals.get(name, 0) + int(value)
-    return totals
-
-
-def _mean_latency(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per latency name, the mean over processes of each figure (p50, p95, p99, max, mean, count)."""
-    collected: dict[str, list[dict[str, float]]] = {}
-    for snapshot in snapshots:
-        for name, figures in snapshot.get("latency", {}).items():
-            collected.setdefault(name, []).append(figures)
-    return {
-        name: {key: round(sum(f[key] for f in values) / len(values), 2) for key in values[0]}
-        for name, values in collected.items()
-    }
-
-
-def _sum_histograms(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per latency name, the whole-life histogram of every process instance added up (Prometheus)."""
-    totals: dict[str, dict[str, Any]] = {}
-    for snapshot in snapshots:
-        for name, histogram in snapshot.get("histograms", {}).items():
-            total = totals.setdefault(name, {"counts": [0] * len(histogram["counts"]), "sum_ms": 0.0})
-            total["counts"] = [a + int(b) for a, b in zip(total["counts"], histogram["counts"])]
-            total["sum_ms"] = round(total["sum_ms"] + float(histogram["sum_ms"]), 3)
-    return totals
-
-
-def _by_process(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Counters per process name (a restarted worker's instances added up)."""
-    named: dict[str, list[dict[str, Any]]] = {}
-    for snapshot in snapshots:
-        named.setdefault(str(snapshot.get("name")), []).append(snapshot)
-    return {name: _sum_counters(group) for name, group in sorted(named.items())}
-
-
-class StatsBoard:
-    """The latest snapshot of every process instance (dead ones keep their last counts)."""
-
-    def __init__(self) -> None:
-        self.snapshots: dict[str, dict[str, Any]] = {}
-        self.started = time.monotonic()
-        self._previous: tuple[float, dict[str, dict[str, int]]] | None = None
-
-    def update(self, payload: dict[str, Any]) -> None:
-        """Take one process's stats message (the latest per process instance is kept)."""
-        instance = payload.get("instance")
-        if isinstance(instance, str):
-            self.snapshots[instance] = payload
-
-    def of_role(self, role: str) -> list[dict[str, Any]]:
-        """The latest stats of every process of a role."""
-        return [s for s in self.snapshots.values() if s.get("role") == role]
-
-    def stream_stats(self) -> dict[str, dict[str, Any]]:
-        """Per stream: the source's and the sink's counters, merged."""
-        streams: dict[str, dict[str, Any]] = {}
-        for role in ("source", "sink"):
-            for snapshot in self.of_role(role):
-                for sid, info in snapshot.get("streams", {}).items():
-                    streams.setdefault(sid, {}).update(info)
-        return streams
-
-    def summaries(self) -> dict[str, Any]:
-        """The sink's per-stream summaries (each identity's on-screen intervals)."""
-        found: dict[str, Any] = {}
-        for snapshot in self.of_role("sink"):
-            found.update(snapshot.get("summaries", {}))
-        return found
-
-    def errors(self) -> list[str]:
-        """The sources' error messages (streams that could not be opened or failed)."""
-        return [e for s in self.of_role("source") for e in s.get("errors", [])]
-
-    def processed(self) -> int:
-        """Frames processed by the sink, all streams."""
-        return sum(info.get("processed", 0) for s in self.of_role("sink") for info in s.get("streams", {}).values())
-
-    def stages(self, now: float | None = None) -> dict[str, dict[str, Any]]:
-        """Per role: counters, throughput over the run and since the last call, latency, queue depth, workers."""
-        now = time.monotonic() if now is None else now
-        elapsed = max(1e-9, now - self.started)
-        counters = {role: _sum_counters(self.of_role(role)) for role in ("source", "detect", "embed", "sink")}
-        sent_frames = sum(info.get("sent", 0) for s in self.of_role("source") for info in s.get("streams", {}).values())
-        queues = {
-            "detect": sent_frames - counters["detect"].get("received", 0),
-            "embed": counters["detect"].get("sent", 0) - counters["embed"].get("received", 0),
-            "sink": counters["embed"].get("sent", 0) - counters["sink"].get("received", 0),
-        }
-        units = {"source": ("frames", sent_frames), "detect": ("frames", counters["detect"].get("frames", 0)),
-                 "embed": ("faces", counters["embed"].get("faces", 0)),
-                 "sink": ("frames", counters["sink"].get("frames", 0))}  # fmt: skip
-        recent: dict[str, float] = {}
-        if self._previous is not None:
-            then, before = self._previous
-            for role, (_, total) in units.items():
-                recent[role] = (total - before.get(role, {}).get("total", 0)) / max(1e-9, now - then)
-        self._previous = (now, {role: {"total": total} for role, (_, total) in units.items()})
-        report = {}
-        for role, (unit, total) in units.items():
-            report[role] = {
-                "processes": len({s.get("name") for s in self.of_role(role)}),
-                "unit": unit,
-                "total": total,
-                "per_second": round(total / elapsed, 3),
-                "recent_per_second": round(recent.get(role, total / elapsed), 3),
-                "latency": _mean_latency(self.of_role(role)),
-                "histograms": _sum_histograms(self.of_role(role)),
-                "counters": counters[role],
-                "by_process": _by_process(self.of_role(role)),
-            }
-            if role in queues:
-                report[role]["queue_depth"] = max(0, queues[role])
-        return report
-
-
-def format_report(stages: dict[str, dict[str, Any]], elapsed: float, final: bool = False) -> str:
-    """Per-stage throughput, latency and queue depth: one line, or (final) one line per stage, averaged over the run.
-
-    source: frames sent to the detectors and their latency (sent -> result at the sink, queues included);
-    detect, embed: their rate, time per frame / face, and the messages waiting for them; sink: frames written.
-    """
-    rate = "per_second" if final else "recent_per_second"
-
-    def p50(role: str, name: str) -> float | None:
-        figures = stages[role]["latency"].get(name)
-        return figures["p50_ms"] if figures else None
-
-    parts = []
-    for role in ("source", "detect", "embed", "sink"):
-        info = stages[role]
-        name = role if role in ("source", "sink") else f"{role} x{info['processes']}"
-        text = f"{name}: {info[rate]:.1f} {info['unit']}/s"
-        if role == "source" and p50("source", "frame") is not None:
-            figures = stages["source"]["latency"]["frame"]
-            text += f", latency {figures['p50_ms'] / 1000:.2f} s p50 / {figures['p99_ms'] / 1000:.2f} s p99"
-        if role == "sink" and p50("sink", "capture_to_result") is not None:
-            figures = stages["sink"]["latency"]["capture_to_result"]
-            text += f", capture->result {figures['p50_ms']:.0f} ms p50 / {figures['p99_ms']:.0f} ms p99"
-        if role == "detect" and p50("detect", "detect") is not None:
-            text += f", {p50('detect', 'detect'):.0f} ms/frame"
-        if role == "embed" and p50("embed", "embed_face") is not None:
-            text += f", {p50('embed', 'embed_face'):.1f} ms/face"
-        if "queue_depth" in info and not final:
-            text += f", queue {info['queue_depth']}"
-        counters = info["counters"]
-        for counter in ("malformed", "duplicates", "late", "stale"):
-            if counters.get(counter):
-                text += f", {counters[counter]} {counter}"
-        parts.append(text)
-    return f"[{elapsed:6.1f} s] " + ("\n  " if final else " | ").join(parts)
-
-
-# ------------------------------------------------------------------------------------------------
-# the supervisor
-
-
-def malloc_environment(pipeline: PipelineConfig, environ: Mapping[str, str]) -> dict[str, str]:
-    """MALLOC_MMAP_THRESHOLD_ for a stage process from `pipeline.malloc_mmap_threshold_mb` (unless the
-    environment sets it). A fixed threshold stops glibc's dynamic one from growing the heap with fragments
-    (the detect worker's RSS crept 8% in a 10-minute soak without it); a large one keeps the detector's
-    per-frame arrays (~40 MB: the tiled pyramid and its levels) on the reused heap: at 0.25 MB each one was
-    mapped and page-faulted afresh every frame and detection took twice as long (bench/pipeline.py)."""
-    megabytes = float(pipeline.malloc_mmap_threshold_mb)
-    if "MALLOC_MMAP_THRESHOLD_" in environ or megabytes <= 0:
-        return {}
-    return {"MALLOC_MMAP_THRESHOLD_": str(int(megabytes * (1 << 20)))}
-
-
-# How a stage process starts: the installed facestream, whatever the working directory. `python -m` (and
-# `-c`) would put the working directory first on sys.path, and inside a checkout its facestream/ folder
-# (only the top-level __init__.py: the subpackages live elsewhere in the tree) would shadow the installed
-# package. The bootstrap drops that entry before importing anything (works on 3.10, unlike `-P`).
-STAGE_BOOTSTRAP = (
-    "import sys; sys.path[:] = [p for p in sys.path[:1] if p != ''] + sys.path[1:]; "
-    "from facestream.pipeline.runtime.stage_main import main; sys.exit(main(sys.argv[1:]))"
-)
-STAGE_COMMAND = (sys.executable, "-c", STAGE_BOOTSTRAP)
 
 
 class Supervisor:
@@ -421,13 +139,13 @@ class Supervisor:
                 raise PipelineError(str(error)) from None
         for path in (self.options.events, self.options.detections, self.options.output, self.options.stats):
             if path:
-                _check_writable(Path(path))
+                check_writable(Path(path))
         if self.options.gallery is not None or self.config.gallery.path:
             from ..sinks import open_matcher
 
             open_matcher(self.config, self.options.gallery).close()  # a corrupt gallery fails here, clearly
         self.run_dir, self.created_run_dir = make_run_dir(self.pipeline.run_dir)
-        _check_not_in_use(self.run_dir)
+        check_not_in_use(self.run_dir)
         endpoints = resolve_endpoints(self.config, self.run_dir)
         try:  # keys are checked before anything starts; this process binds stats, control and the faces queue
             security.configure(security.load_security(self.config, endpoints, binds=True))
@@ -530,25 +248,29 @@ class Supervisor:
             self._stop("error")
             code = EXIT_USAGE
         finally:
-            if self.integrations is not None:  # after the sink: its last events are delivered
-                self.integrations.stop()
-            if self.web is not None:
-                self.web.stop()
-            if faces_queue is not None:
-                faces_queue.stop()
-            self._drain_stats(0)
-            security.stop(context)
-            context.destroy(linger=0)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            if self.progress is not None:
-                self.progress.close()
+            self._release(context, faces_queue, previous)
         code = self._finish(code)
         if self.metrics_server is not None:
             self.metrics_server.stop()
         if self.created_run_dir and self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return code
+
+    def _release(self, context: zmq.Context, faces_queue: FacesQueue | None, previous: dict[int, Any]) -> None:
+        """What this process started for the run, stopped in order; the signal handlers it replaced, back."""
+        if self.integrations is not None:  # after the sink: its last events are delivered
+            self.integrations.stop()
+        if self.web is not None:
+            self.web.stop()
+        if faces_queue is not None:
+            faces_queue.stop()
+        self._drain_stats(0)
+        security.stop(context)
+        context.destroy(linger=0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if self.progress is not None:
+            self.progress.close()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.signal_received is not None:  # the second Ctrl-C: no more waiting
@@ -838,34 +560,6 @@ class Supervisor:
             print("\n".join(describe_summary(record)), flush=True)
         return code
 
-
-def _check_writable(path: Path) -> None:
-    """Fail before starting anything when an output cannot be written (not after minutes of work)."""
-    if path.is_dir():
-        raise PipelineError(f"{path}: is a directory; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab"):
-            pass
-    except OSError as error:
-        raise PipelineError(f"{path}: cannot write: {error.strerror or error}") from None
-
-
-def _check_not_in_use(run_dir: Path) -> None:
-    """Two runs in one run directory would silently take over each other's ipc sockets: refuse."""
-    try:
-        pid = int(json.loads((run_dir / "processes.json").read_text(encoding="utf-8"))["supervisor"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    if pid == os.getpid():
-        return
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        pass
-    raise PipelineError(f"pipeline.run_dir {run_dir} is in use by another facestream run (pid {pid})")
 
 
 def _absolute(path: str | None) -> str | None:
