@@ -1,8 +1,9 @@
 """A stage process's entry point: ``python -m facestream.pipeline.runtime.stage_main ROLE --spec FILE --name NAME``.
 
-The supervisor (pipeline/runtime/supervisor.py) starts each stage this way; `facestream stage` calls `run_stage`
-in its own process. Kept apart from pipeline/runtime/stages.py (the stage base class and the detect and embed
-workers) so that the base module does not import the source and sink stages built on it.
+The supervisor (pipeline/runtime/supervisor.py, the command in pipeline/runtime/children.py) starts each stage
+this way; `facestream stage` calls `run_stage` in its own process. Kept apart from pipeline/runtime/stages.py
+(the stage base class and the detect and embed workers) so that the base module does not import the source and
+sink stages built on it.
 """
 
 from __future__ import annotations
