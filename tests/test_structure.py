@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import facestream
@@ -160,6 +161,15 @@ def test_pipeline_domain_and_cli_sit_at_their_layers() -> None:
             if target.startswith("facestream.pipeline.cli") and not name.startswith("facestream.pipeline.cli"):
                 wrong.append(f"{name} -> {target}")
     assert wrong == []
+
+
+def test_every_subpackage_is_listed_for_installation() -> None:
+    """pyproject.toml lists the packages explicitly: a subpackage missing there is left out of a non-editable
+    install (an editable one still finds it), so the installed `facestream run` would fail to import it."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"([^"]+)"', re.search(r"^packages = \[(.*?)\]", text, re.M | re.S).group(1)))
+    packages = {name for name, path in package_modules().items() if path.name == "__init__.py"}
+    assert "facestream.pipeline.runtime" in packages and packages - listed == set()
 
 
 def test_every_exception_class_derives_from_facestream_error() -> None:
