@@ -27,6 +27,7 @@ class Child:
         """Whether its process is running."""
         return self.process is not None and self.process.poll() is None
 
+
 def malloc_environment(pipeline: PipelineConfig, environ: Mapping[str, str]) -> dict[str, str]:
     """MALLOC_MMAP_THRESHOLD_ for a stage process from `pipeline.malloc_mmap_threshold_mb` (unless the
     environment sets it). A fixed threshold stops glibc's dynamic one from growing the heap with fragments

@@ -561,7 +561,6 @@ class Supervisor:
         return code
 
 
-
 def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().absolute()) if path else None
 

@@ -16,9 +16,6 @@ from .spec import IMAGE_SUFFIXES, SourceError, SourceSpec, list_images
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------------------------------------
-# file readers: every frame, in order
-
 
 class CaptureLike(Protocol):
     """What the sources need of cv2.VideoCapture (tests pass stand-ins with the same methods)."""

@@ -19,9 +19,6 @@ from .spec import SourceError, SourceSpec, replay_path
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------------------------------------
-# live sources: newest frames win, reopen with back-off
-
 
 def backoff_delay(failures: int, initial: float, maximum: float, factor: float = 2.0) -> float:
     """Seconds to wait after `failures` (>= 1) consecutive failures: initial, initial*factor, ... capped at maximum."""

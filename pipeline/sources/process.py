@@ -24,9 +24,6 @@ from .spec import SourceError, SourceSpec
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------------------------------------
-# the source process
-
 
 @dataclass
 class Inflight:

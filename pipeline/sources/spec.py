@@ -24,9 +24,6 @@ _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 class SourceError(InputError, RuntimeError):
     """A source that cannot be opened or read; the message names it and says why."""
 
-# ------------------------------------------------------------------------------------------------
-# what a --source argument means
-
 
 @dataclass(frozen=True)
 class SourceSpec:
