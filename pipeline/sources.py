@@ -66,6 +66,7 @@ LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 FILE_KINDS = ("video", "images", "image")
 LIVE_KINDS = ("camera", "url", "replay", "loop")
 REPLAY_PREFIXES = {"replay:": "replay", "loop:": "loop"}
+LIVE_JOIN_S = 3.0  # how long a stopping source waits for its capture threads (under pipeline.shutdown_grace_s)
 _STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -618,8 +619,18 @@ class LiveReader:
         return self
 
     def stop(self) -> None:
-        """Ask the capture thread to stop (`done` is set when it has)."""
+        """Ask the capture thread to stop (`done` is set when it has); see `join`."""
         self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the capture thread to end; True when it has (or never started).
+
+        A process must not exit with this thread inside OpenCV: at interpreter exit the thread is ended by
+        unwinding through C++ frames, which aborts ("terminate called without an active exception")."""
+        if self.thread.ident is None:
+            return True
+        self.thread.join(max(0.0, timeout))
+        return not self.thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -763,6 +774,11 @@ class SourceStage(StageProcess):
                 stream.live.stop()
             if stream.reader is not None:
                 stream.reader.close()
+        # A camera read returns within a frame interval; one that hangs longer is left to stage_main's exit.
+        deadline = time.monotonic() + LIVE_JOIN_S
+        for stream in self.streams:
+            if stream.live is not None and not stream.live.join(deadline - time.monotonic()):
+                log.warning("%s: the capture thread did not stop within %.0f s", stream.spec.stream_id, LIVE_JOIN_S)
         # EndOfStream messages must reach the sink before we go; a stopped run need not wait.
         self.to_sink.setsockopt(zmq.LINGER, 500 if self.stopping else 5000)
         self.to_sink.close()
