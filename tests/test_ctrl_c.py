@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,15 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def ctrl_c(process: subprocess.Popen) -> tuple[int, str]:
-    """SIGINT to the process group; the exit code and stderr."""
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+def ctrl_c(process: subprocess.Popen, when: Callable[[], object]) -> tuple[int, str]:
+    """SIGINT to the process group once `when()` returns; the exit code and stderr (killed if it hangs)."""
+    try:
+        when()
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     return process.returncode, stderr
 
 
@@ -76,14 +82,14 @@ def test_ctrl_c_mid_run_with_the_web_view_stops_everything_cleanly(tmp_path: Pat
     process = start(["run", "--source", f"demo=loop:{CLIP}", "--web", "127.0.0.1:0", "--no-progress",
                      "--events", str(events), "--detections", str(detections), "--gallery", str(tmp_path / "g.db")],
                     tmp_path)  # fmt: skip
-    try:
+    stages: set[int] = set()
+
+    def working() -> None:
         wait_until(lambda: detections.exists() and detections.stat().st_size > 0, "frames processed", timeout=120)
-        stages = descendants(process.pid)
-        assert len(stages) >= 4, stages  # source, detect, embed, sink
-        code, stderr = ctrl_c(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        stages.update(descendants(process.pid))
+
+    code, stderr = ctrl_c(process, working)
+    assert len(stages) >= 4, stages  # source, detect, embed, sink
     assert code == 130, stderr[-4000:]
     assert_quiet(stderr)
     wait_until(lambda: not any(alive(pid) for pid in stages), "every stage process gone", timeout=10)
@@ -92,18 +98,15 @@ def test_ctrl_c_mid_run_with_the_web_view_stops_everything_cleanly(tmp_path: Pat
     assert lines[-1]["event"] == "summary"
 
 
-@pytest.mark.parametrize("delay", [0.6, 1.5])
-def test_ctrl_c_during_start_up_is_quiet(tmp_path: Path, delay: float) -> None:
-    # While the commands' modules import (seconds on a loaded machine): formerly a KeyboardInterrupt
+@pytest.mark.parametrize(("command", "delay"), [("analyze", 0.6), ("analyze", 1.5), ("enroll", 3.0)])
+def test_ctrl_c_during_start_up_and_model_loading_is_quiet(tmp_path: Path, command: str, delay: float) -> None:
+    # While the commands' modules import (seconds on a loaded machine) this was a KeyboardInterrupt
     # traceback from wherever the import was, and death by SIGINT (-2) instead of exit code 130.
     images = sorted(str(p) for p in (ROOT / "tests" / "data" / "dlib_faces").glob("*.jpg"))
-    process = start(["analyze", "--json", *images], tmp_path)
-    try:
-        time.sleep(delay)  # the moment is the test's subject: no condition to wait for
-        code, stderr = ctrl_c(process)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    argv = ["analyze", "--json", *images] if command == "analyze" else \
+        ["enroll", "add", "someone", "--largest", "--gallery", str(tmp_path / "g.db"), *images]  # fmt: skip
+    process = start(argv, tmp_path)
+    code, stderr = ctrl_c(process, lambda: time.sleep(delay))  # the moment is the subject: no condition to wait on
     assert code == 130, stderr[-4000:]
     assert_quiet(stderr)
 
