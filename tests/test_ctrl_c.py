@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,6 +109,28 @@ def test_ctrl_c_during_start_up_and_model_loading_is_quiet(tmp_path: Path, comma
     process = start(argv, tmp_path)
     code, stderr = ctrl_c(process, lambda: time.sleep(delay))  # the moment is the subject: no condition to wait on
     assert code == 130, stderr[-4000:]
+    assert_quiet(stderr)
+
+
+def test_ctrl_c_stops_serve_quietly_with_exit_code_0(tmp_path: Path) -> None:
+    # `facestream serve --help`: exit code 0 when stopped by Ctrl-C or SIGTERM.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = start(["serve", "--address", f"127.0.0.1:{port}", "--gallery", str(tmp_path / "g.db")], tmp_path)
+
+    def answering() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return process.poll() is not None  # it exited: stop waiting, the exit code tells
+        return True
+
+    def serving() -> None:
+        wait_until(answering, "the web view answering", timeout=60)
+
+    code, stderr = ctrl_c(process, serving)
+    assert code == 0, stderr[-4000:]
     assert_quiet(stderr)
 
 
