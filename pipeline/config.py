@@ -206,6 +206,19 @@ class GalleryConfig:
 
 
 @dataclass
+class UnknownsConfig:
+    """The `unknowns:` section (keys and their meaning: config.yaml)."""
+
+    cluster_threshold: float = setting(
+        0.5,
+        "unknown faces closer than this are linked (`unknowns`, the web page): 0.5 as in\n"
+        "dlib's clustering example; at 0.6 one link chains two people into one",
+        gt=0,
+        le=_DISTANCE_MAX,
+    )
+
+
+@dataclass
 class EnrolmentConfig:
     """The `enrolment:` section (keys and their meaning: config.yaml)."""
 
@@ -506,6 +519,9 @@ class Config:
     embedder: EmbedderConfig = section(EmbedderConfig)
     gallery: GalleryConfig = section(GalleryConfig)
     enrolment: EnrolmentConfig = section(EnrolmentConfig)
+    unknowns: UnknownsConfig = section(
+        UnknownsConfig, "Unknown people: `facestream unknowns` and the web page group unknown tracks' faces."
+    )
     pipeline: PipelineConfig = section(
         PipelineConfig,
         "`facestream run`: each stage is its own process, connected by ZeroMQ sockets "

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -39,9 +40,25 @@ def test_run_from_inside_the_checkout_uses_the_installed_package(tmp_path: Path)
     # path: its .pth files (the editable install's finder) are not run, so only the new install is facestream.
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FACESTREAM_CONFIG")}
+    # Built as a wheel first (what `pip install .` does), so its build log and its contents can be checked.
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [str(python), "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    # setuptools' deprecation and "importable but absent from `packages`" warnings: none.
+    assert "Warning" not in build.stdout + build.stderr, build.stdout + build.stderr
+    (wheel,) = wheels.glob("facestream-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for folder, files in (("facestream/pipeline/web/static", ["index.html", "app.js"]),
+                          ("facestream/engines/data", ["dlib_frontal_face_detector.svm",
+                                                       "dlib_frontal_face_detector.txt"])):  # fmt: skip
+        assert {f"{folder}/{name}" for name in files} <= names, sorted(names)
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--ignore-installed",
-         str(source)], env=env, capture_output=True, text=True, timeout=600,
+         str(wheel)], env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
     where = subprocess.run([str(python), "-c", "import facestream.pipeline, sys; print(facestream.pipeline.__file__)"],

@@ -144,7 +144,7 @@ def test_bad_lines_are_reported_and_skipped(tmp_path: Path) -> None:
 def test_list_clusters_as_dlib(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "u.jsonl"
     descriptors = golden_file(path)
-    code, lines = cli(capsys, "unknowns", path, "--json")
+    code, lines = cli(capsys, "unknowns", path, "--json", "--threshold", "0.6")  # dlib's same-person rule
     assert code == 0
     *clusters, summary = map(json.loads, lines)
     assert summary["summary"] == {"faces": 31, "tracks": 27, "left_out_below_quality_gate": 0, "left_out_tracks": 0,
@@ -159,14 +159,14 @@ def test_list_clusters_as_dlib(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert [c["tracks"] for c in clusters] == sorted((c["tracks"] for c in clusters), reverse=True)
     lin = next(c for c in clusters if c["first_seen"]["stream_id"] == "clip" and c["first_seen"]["track_id"] == 1)
     assert lin["faces"] == 3 and lin["first_seen"]["frame_index"] == 0 and lin["last_seen"]["frame_index"] == 2
-    code, lines = cli(capsys, "unknowns", path)
+    code, lines = cli(capsys, "unknowns", path, "--threshold", "0.6")
     assert (
         code == 0
         and lines[0]
         == f"31 unknown faces clustered (27 tracks in the file) -> {len(clusters)} unknown people (threshold 0.6)"
     )
     assert any(line.startswith("unknown person 1 [id ") for line in lines)
-    code, lines = cli(capsys, "unknowns", path, "--min-tracks", "2")
+    code, lines = cli(capsys, "unknowns", path, "--min-tracks", "2", "--threshold", "0.6")
     assert code == 0 and lines[-1].endswith("seen in fewer than 2 tracks not shown)")
 
 

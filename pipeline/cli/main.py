@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -210,6 +211,8 @@ def _accept_config_anywhere(commands: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(signal.getsignal(signal.SIGINT), "start_up_only", False):  # pipeline/cli/entry.py's quiet exit
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here the command handles Ctrl-C (130)
     configure_logging(args)
     if not args.command:
         parser.print_help()

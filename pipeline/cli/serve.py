@@ -34,6 +34,9 @@ Security: 127.0.0.1 by default. Any other address needs a token ($FACESTREAM_WEB
 --token; at least 16 characters): the page asks for it once (a cookie), scripts send
 "Authorization: Bearer TOKEN". Plain HTTP: put it behind a TLS reverse proxy or use an SSH tunnel
 (ssh -L 8080:127.0.0.1:8080 host) when the network is not trusted.
+
+Exit code: 0 when stopped by Ctrl-C or SIGTERM once serving (open pages are disconnected, the gallery
+closed; 130 when interrupted while starting), 2 when the address or the run directory cannot be used.
 """
 
 

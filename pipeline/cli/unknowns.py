@@ -34,8 +34,9 @@ examples:
 
 The file holds one JSON line per track that ended unknown (its best faces, with descriptors):
 `facestream run ... --unknowns FILE` writes it. Faces are grouped with dlib's chinese whispers over the
-graph of faces closer than --threshold (0.6: dlib's same-person rule), exactly as
-dlib.chinese_whispers_clustering does, and numbered by visits (tracks), most first.
+graph of faces closer than --threshold (unknowns.cluster_threshold, 0.5 as in dlib's clustering
+example: at 0.6 a single link chains two people), exactly as dlib.chinese_whispers_clustering does, and numbered
+by visits (tracks), most first.
 
 Faces below the run's quality gate (blurred, small) are left out unless --all-faces: blurred faces of
 different people lie close together and chain into one cluster.
@@ -289,9 +290,9 @@ def _add_images(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_unknowns(args: argparse.Namespace, config: Config) -> int:
     if args.threshold is not None and not 0 < args.threshold < 4:
-        log.error("--threshold must be between 0 and 4 (0.6 is dlib's same-person rule)")
+        log.error("--threshold must be between 0 and 4 (0.5: dlib's clustering example; 0.6: its same-person rule)")
         return 2
-    threshold = args.threshold if args.threshold is not None else float(config.gallery.distance_threshold)
+    threshold = args.threshold if args.threshold is not None else float(config.unknowns.cluster_threshold)
     status = 0
     if args.add_images:
         status = _add_images(args, config)
@@ -356,7 +357,7 @@ def add_unknowns_commands(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="unknowns files (JSON lines)")
     parser.add_argument("--threshold", type=float, metavar="D",
-                        help="faces closer than this are linked (default gallery.distance_threshold: 0.6)")  # fmt: skip
+                        help="faces closer than this are linked (default unknowns.cluster_threshold: 0.5)")  # fmt: skip
     parser.add_argument("--json", action="store_true",
                         help='one JSON line per cluster {"number","id","label","faces","below_quality_gate",'
                              '"tracks","streams","first_seen","last_seen","spread","representatives"}, then '

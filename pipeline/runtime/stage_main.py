@@ -87,7 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     code = run_stage(args.role, args.name, spec, parent_pid=args.parent or None)
     if args.parent and os.getppid() != args.parent:
         clean_up_after_supervisor(Path(args.spec).parent, bool(spec.get("run_dir_created")))
+    exit_past_stuck_threads(code)
     return code
+
+
+def exit_past_stuck_threads(code: int) -> None:
+    """Exit now (outputs are closed and flushed) when a thread is still running, e.g. a camera read that hangs.
+
+    At interpreter exit such a thread is ended by unwinding its stack; through OpenCV's or ONNX Runtime's
+    C++ frames that aborts the process ("terminate called without an active exception"). `os._exit` ends it
+    without unwinding. With no other thread left the normal exit runs."""
+    import threading
+
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if not others:
+        return
+    log.debug("exiting past running threads: %s", ", ".join(others))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def clean_up_after_supervisor(run_dir: Path, created: bool) -> None:

@@ -269,8 +269,18 @@ class LiveReader:
         return self
 
     def stop(self) -> None:
-        """Ask the capture thread to stop (`done` is set when it has)."""
+        """Ask the capture thread to stop (`done` is set when it has); see `join`."""
         self._stop.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the capture thread to end; True when it has (or never started).
+
+        A process must not exit with this thread inside OpenCV: at interpreter exit the thread is ended by
+        unwinding through C++ frames, which aborts ("terminate called without an active exception")."""
+        if self.thread.ident is None:
+            return True
+        self.thread.join(max(0.0, timeout))
+        return not self.thread.is_alive()
 
     def _run(self) -> None:
         try:

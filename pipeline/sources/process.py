@@ -22,6 +22,8 @@ from .files import FrameReader, open_file_reader
 from .live import LatestFrames, LiveCapture, LiveFrame, LiveReader, live_capture_factory
 from .spec import SourceError, SourceSpec
 
+LIVE_JOIN_S = 3.0  # how long a stopping source waits for its capture threads (under pipeline.shutdown_grace_s)
+
 log = logging.getLogger(__name__)
 
 
@@ -129,6 +131,11 @@ class SourceStage(StageProcess):
                 stream.live.stop()
             if stream.reader is not None:
                 stream.reader.close()
+        # A camera read returns within a frame interval; one that hangs longer is left to stage_main's exit.
+        deadline = time.monotonic() + LIVE_JOIN_S
+        for stream in self.streams:
+            if stream.live is not None and not stream.live.join(deadline - time.monotonic()):
+                log.warning("%s: the capture thread did not stop within %.0f s", stream.spec.stream_id, LIVE_JOIN_S)
         # EndOfStream messages must reach the sink before we go; a stopped run need not wait.
         self.to_sink.setsockopt(zmq.LINGER, 500 if self.stopping else 5000)
         self.to_sink.close()

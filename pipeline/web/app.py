@@ -1014,7 +1014,7 @@ class WebServer:
         self.state.pipeline = bool(endpoints) or health_file is not None
         self.gallery = GalleryService(config, gallery or config.gallery.path, self.state)
         self.unknowns = UnknownPeople(self.state, self.gallery, [Path(p) for p in unknowns or []],
-                                      float(config.gallery.distance_threshold))  # fmt: skip
+                                      float(config.unknowns.cluster_threshold))  # fmt: skip
         self.feed = Feed(self.state, endpoints, health_file)
         self.socket: socket.socket | None = None
         self.server: Any = None
