@@ -39,7 +39,8 @@ Security: 127.0.0.1 by default. Any other address needs a token ($FACESTREAM_WEB
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from ..runtime.stages import PipelineError, resolve_endpoints
-    from ..web.app import WebError, WebServer
+    from ..web.address import WebError
+    from ..web.server import WebServer
 
     run_dir = args.run_dir or config.pipeline.run_dir
     endpoints: dict[str, str] = {}
