@@ -178,7 +178,7 @@ def test_every_exception_class_derives_from_facestream_error() -> None:
 # The stage interfaces: what a new stage, source or output is written against.
 DOCUMENTED = [
     "runtime/stages", "runtime/stage_main", "runtime/messages", "sources", "sinks", "runtime/supervisor", "config",
-    "cli/runner",
+    "cli/runner", "runtime/detect_worker", "runtime/embed_worker",
 ]
 
 
