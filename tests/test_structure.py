@@ -205,3 +205,19 @@ def test_stage_interfaces_have_docstrings_on_every_public_function_and_class() -
 
         visit(ast.parse(path.read_text(encoding="utf-8")).body, "")
     assert missing == []
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject.toml lists the packages one by one: a new subpackage left out of that list would be missing
+    from a non-editable install (its imports failing only when that code first runs)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    folders = set()
+    for package, folder in PACKAGES.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            if package == "facestream" and parts and parts[0] in ("engines", "enroll", "pipeline"):
+                continue
+            folders.add(".".join((package, *parts)))
+    assert folders - listed == set()
