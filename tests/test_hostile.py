@@ -288,7 +288,8 @@ def test_bad_query_values_framing_and_the_no_pipeline_badge(served) -> None:
 
 def test_weak_tokens_are_refused_and_guessing_is_rate_limited(tmp_path: Path) -> None:
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.web.app import WebError, WebServer, check_binding
+    from facestream.pipeline.web.address import WebError, check_binding
+    from facestream.pipeline.web.server import WebServer
 
     for weak in ("aaaaaaaaaaaaaaaa", "abababababababab", "0123456789"):
         with pytest.raises(WebError, match="too short or too regular"):

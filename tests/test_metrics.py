@@ -183,7 +183,7 @@ def test_a_run_serves_metrics_that_agree_with_stats_and_webhooks_do_not_hold_it_
 def test_the_web_view_serves_metrics(tmp_path: Path, health: dict | None) -> None:
     """`facestream serve` (no supervisor): /metrics from the health snapshot it reads."""
     from facestream.pipeline.config import load_config
-    from facestream.pipeline.web.app import WebServer
+    from facestream.pipeline.web.server import WebServer
 
     server = WebServer(load_config(None), {}, address="127.0.0.1:0", gallery=tmp_path / "g.db")
     if health is not None:

@@ -1,4 +1,4 @@
-"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/app.py, sinks.WebFeed).
+"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/, sinks.WebFeed).
 
 Real parts throughout: the HTTP server on a free localhost port, ZeroMQ PUB sockets over ipc:// feeding it,
 a real SQLite gallery, dlib's golden descriptors of the demo clip, and at the end the whole pipeline with
@@ -37,7 +37,8 @@ from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
 from facestream.pipeline.runtime.messages import DescriptorsMessage
 from facestream.pipeline.sinks import FaceResult, FrameChips, WebFeed
-from facestream.pipeline.web.app import WebError, WebServer, check_binding, parse_address, resolve_token
+from facestream.pipeline.web.address import WebError, check_binding, parse_address, resolve_token
+from facestream.pipeline.web.server import WebServer
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"

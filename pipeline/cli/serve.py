@@ -42,7 +42,8 @@ closed; 130 when interrupted while starting), 2 when the address or the run dire
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from ..runtime.stages import PipelineError, resolve_endpoints
-    from ..web.app import WebError, WebServer
+    from ..web.address import WebError
+    from ..web.server import WebServer
 
     run_dir = args.run_dir or config.pipeline.run_dir
     endpoints: dict[str, str] = {}

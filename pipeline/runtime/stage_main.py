@@ -2,8 +2,8 @@
 
 The supervisor (pipeline/runtime/supervisor.py, the command in pipeline/runtime/children.py) starts each stage
 this way; `facestream stage` calls `run_stage` in its own process. Kept apart from pipeline/runtime/stages.py
-(the stage base class and the detect and embed workers) so that the base module does not import the source and
-sink stages built on it.
+(the stage base class; the workers are in detect_worker.py and embed_worker.py) so that the base module does
+not import the stages built on it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import Any
 from ...errors import FacestreamError, PipelineError
 from ..sinks import SinkStage
 from ..sources.process import SourceStage
+from .detect_worker import DetectWorker
+from .embed_worker import EmbedWorker
 from .logs import configure_stage_logging
-from .stages import ROLES, DetectWorker, EmbedWorker, StageProcess, die_with_parent
+from .stages import ROLES, StageProcess, die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -336,7 +336,8 @@ class Supervisor:
         """--web: the web view in threads of this process, fed by the sink's events and preview sockets."""
         if self.options.web is None:
             return
-        from ..web.app import WebError, WebServer
+        from ..web.address import WebError
+        from ..web.server import WebServer
 
         try:
             self.web = WebServer(self.config, endpoints, address=self.options.web or None, token=self.options.web_token,
@@ -367,7 +368,7 @@ class Supervisor:
         except ValueError as error:
             raise PipelineError(str(error)) from None
         if address:
-            from ..web.app import WebError, parse_address
+            from ..web.address import WebError, parse_address
 
             try:
                 host, port = parse_address(address, default_port=9108)

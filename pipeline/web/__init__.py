@@ -1,1 +1,2 @@
-"""The web view: the ASGI app (`app`), the upload worker process, and the static page (`static/`)."""
+"""The web view: the server (`server`), its app assembled from route modules (`app`, `routes/`), the upload
+worker process, and the static page (`static/`)."""
