@@ -169,11 +169,21 @@ class FaceDetector:
         if geom is None or len(boxes) == 0:
             return _no_faces()
         allowed = self.scale_levels(geom)
-        windows = []
+        windows, chain_pixels = [], 0.0
         for box in boxes:
             for k in region_levels(box, times, len(geom.rects), margin_levels):
                 if allowed is None or k in allowed:
-                    windows.append(self._region_window(geom, box, k, pad))
+                    window = self._region_window(geom, box, k, pad)
+                    windows.append(window)
+                    # level k's window is resized from windows of levels k-1 ... 0, each 1.2x larger
+                    chain_pixels += (window[1] - window[0]) * (window[3] - window[2]) * (1.44 ** (k + 1) - 1) / 0.44
+        windows = pw.merge_windows(windows)
+        rows, cols = geom.shape
+        if chain_pixels > rows * cols / 2 and rows * cols <= self.max_tile_pixels:
+            # the windows read most of the pyramid (large faces, several faces): build it whole, once
+            p = self.params
+            tensor, _ = pyramid.build_input_tensor([image], times, p.means, p.padding, p.outer_padding)
+            return self._decode(self._run_windows([image], geom, windows, None, tensor), geom)[0]
         return self._decode(self._run_windows([image], geom, windows, None), geom)[0]
 
     def scale_levels(self, geom: pw.PyramidGeometry) -> list[int] | None:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from . import pyramid_kernels
+
 __all__ = [
     "NMS_IOU_THRESH",
     "NMS_PERCENT_COVERED_THRESH",
@@ -70,7 +72,6 @@ _PYR_RATE = 5.0 / 6.0  # pyramid_down<6>: (N-1.0)/N
 _PYR_UP = 6 / 5.0  # pyramid_down<6>::point_up: p*N/(N-1.0) + 0.3
 _MIN_LEVEL_HEIGHT = 5
 _POINT_CHUNK = 1 << 16  # candidates per block in nearest_level
-_ROW_CHUNK = 128  # output rows per block in the resizers (bounds temporaries, stays in cache)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,41 +220,31 @@ def resize_window_f32(
     of the whole resize) from ``src``, the part of the input ``(..., h, w)`` whose top-left pixel is
     input pixel ``origin`` = (row, col); it must cover ``plan.source_window(*window)``."""
     r0, r1, c0, c1 = window
-    oy, ox = origin
-    out = np.zeros((*src.shape[:-2], r1 - r0, c1 - c0), dtype=np.float32)
+    lead = src.shape[:-2]
+    out = np.zeros((*lead, r1 - r0, c1 - c0), dtype=np.float32)
     if out.size == 0:
         return out
-    top, bottom, tb = plan.top[r0:r1] - oy, plan.bottom[r0:r1] - oy, plan.tb[r0:r1]
-    n_simd = plan.n_simd
-    s0, s1 = c0, max(c0, min(c1, n_simd))  # output columns of the SIMD loop
-    if s1 > s0:
-        one = np.float32(1.0)
-        lr_s = plan.lr_s[s0:s1]
-        inv_lr_s = one - lr_s
-        tb_f = tb.astype(np.float32)[:, None]
-        inv_tb_f = (1.0 - tb).astype(np.float32)[:, None]  # simd4f(1 - tb_frac): double, then float
-        left, right = plan.left[s0:s1] - ox, plan.right[s0:s1] - ox
-        for a in range(0, r1 - r0, _ROW_CHUNK):
-            b = min(a + _ROW_CHUNK, r1 - r0)
-            # Rows, then columns, chunk by chunk: temporaries stay ~chunk x width whatever the image.
-            rows_t, rows_b = np.take(src, top[a:b], axis=-2), np.take(src, bottom[a:b], axis=-2)
-            acc = out[..., a:b, : s1 - s0]  # a view: accumulate in place, same rounding order
-            np.multiply(inv_tb_f[a:b] * inv_lr_s, np.take(rows_t, left, axis=-1), out=acc)
-            acc += (inv_tb_f[a:b] * lr_s) * np.take(rows_t, right, axis=-1)
-            acc += (tb_f[a:b] * inv_lr_s) * np.take(rows_b, left, axis=-1)
-            acc += (tb_f[a:b] * lr_s) * np.take(rows_b, right, axis=-1)
-    t0 = max(c0, n_simd)  # output columns of the scalar tail
-    if c1 > t0:
-        lr_tf = plan.lr_t[t0 - n_simd : c1 - n_simd].astype(np.float32)  # `const float lr_frac = x - left;`
-        inv_lr_tf = np.float32(1.0) - lr_tf
-        lt, rt = plan.left[t0:c1] - ox, plan.right[t0:c1] - ox
-        cols_l, cols_r = np.take(src, lt, axis=-1), np.take(src, rt, axis=-1)  # the few tail columns
-        top_x = inv_lr_tf * np.take(cols_l, top, axis=-2) + lr_tf * np.take(cols_r, top, axis=-2)  # float32
-        bot_x = inv_lr_tf * np.take(cols_l, bottom, axis=-2) + lr_tf * np.take(cols_r, bottom, axis=-2)
-        tbd = tb[:, None]
-        val = (1.0 - tbd) * top_x.astype(np.float64) + tbd * bot_x.astype(np.float64)
-        out[..., t0 - c0 :] = val.astype(np.float32)
+    rows, cols = _window_weights(plan, origin, window)
+    planes = np.ascontiguousarray(src, dtype=np.float32).reshape(-1, *src.shape[-2:])
+    pyramid_kernels.resize_f32(planes, out.reshape(-1, r1 - r0, c1 - c0), *rows, *cols)
     return out
+
+
+def _window_weights(
+    plan: _ResizePlan, origin: tuple[int, int], window: tuple[int, int, int, int]
+) -> tuple[tuple[np.ndarray, ...], tuple]:
+    """The kernels' row arguments ``(top, bottom, f32(tb), f32(1-tb), tb)`` and column arguments
+    ``(n_simd, left, right, f32(1-lr), f32(lr))`` of an output window, source indices relative to
+    ``origin``. SIMD columns carry dlib's float32 lane weights, tail columns ``float(lr)``."""
+    r0, r1, c0, c1 = window
+    oy, ox = origin
+    tb = plan.tb[r0:r1]
+    rows = (plan.top[r0:r1] - oy, plan.bottom[r0:r1] - oy, tb.astype(np.float32), (1.0 - tb).astype(np.float32), tb)
+    n_simd = int(np.clip(plan.n_simd - c0, 0, c1 - c0))
+    tail = slice(max(c0, plan.n_simd) - plan.n_simd, max(c1, plan.n_simd) - plan.n_simd)
+    lr = np.concatenate([plan.lr_s[c0 : c0 + n_simd], plan.lr_t[tail].astype(np.float32)])
+    cols = (n_simd, plan.left[c0:c1] - ox, plan.right[c0:c1] - ox, np.float32(1.0) - lr, lr)
+    return rows, cols
 
 
 def resize_bilinear_rgb_u8(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -275,38 +266,19 @@ def resize_window_rgb_u8(
     src: np.ndarray, origin: tuple[int, int], plan: _ResizePlan, window: tuple[int, int, int, int]
 ) -> np.ndarray:
     """Output window ``[r0,r1) x [c0,c1)`` of ``resize_bilinear_rgb_u8`` from ``src`` ``(h, w, 3)``, the
-    part of the input whose top-left pixel is input pixel ``origin``; as ``resize_window_f32``."""
+    part of the input whose top-left pixel is input pixel ``origin``; as ``resize_window_f32``.
+    SIMD columns: float32 weights and blend, truncated; tail columns: double, truncated."""
     r0, r1, c0, c1 = window
-    oy, ox = origin
     out = np.zeros((r1 - r0, c1 - c0, 3), dtype=np.uint8)
     if out.size == 0:
         return out
-    top, bottom, tb = plan.top[r0:r1] - oy, plan.bottom[r0:r1] - oy, plan.tb[r0:r1]
-    n_simd = plan.n_simd
-    s0, s1 = c0, max(c0, min(c1, n_simd))
-    if s1 > s0:
-        lr_s = plan.lr_s[s0:s1][:, None]
-        inv_lr_s = np.float32(1.0) - lr_s
-        tb_f = tb.astype(np.float32)[:, None, None]
-        inv_tb_f = (1.0 - tb).astype(np.float32)[:, None, None]
-        left, right = plan.left[s0:s1] - ox, plan.right[s0:s1] - ox
-        for a in range(0, r1 - r0, _ROW_CHUNK):
-            b = min(a + _ROW_CHUNK, r1 - r0)
-            rows_t, rows_b = np.take(src, top[a:b], axis=0), np.take(src, bottom[a:b], axis=0)
-            acc = (inv_tb_f[a:b] * inv_lr_s) * np.take(rows_t, left, axis=1).astype(np.float32)
-            acc += (inv_tb_f[a:b] * lr_s) * np.take(rows_t, right, axis=1).astype(np.float32)
-            acc += (tb_f[a:b] * inv_lr_s) * np.take(rows_b, left, axis=1).astype(np.float32)
-            acc += (tb_f[a:b] * lr_s) * np.take(rows_b, right, axis=1).astype(np.float32)
-            out[a:b, : s1 - s0] = acc.astype(np.int32).astype(np.uint8)  # cvttps, then (unsigned char)
-    t0 = max(c0, n_simd)
-    if c1 > t0:
-        lt, rt = plan.left[t0:c1] - ox, plan.right[t0:c1] - ox
-        lr_td = plan.lr_t[t0 - n_simd : c1 - n_simd][:, None]
-        cols_l, cols_r = src[:, lt].astype(np.float64), src[:, rt].astype(np.float64)  # the few tail columns
-        top_x = (1.0 - lr_td) * cols_l[top] + lr_td * cols_r[top]
-        bot_x = (1.0 - lr_td) * cols_l[bottom] + lr_td * cols_r[bottom]
-        tbd = tb[:, None, None]
-        out[:, t0 - c0 :] = np.trunc((1.0 - tbd) * top_x + tbd * bot_x).astype(np.uint8)
+    rows, (n_simd, left, right, ilr, lr) = _window_weights(plan, origin, window)
+    lrd = np.zeros(c1 - c0, dtype=np.float64)
+    lrd[n_simd:] = plan.lr_t[max(c0, plan.n_simd) - plan.n_simd : max(c1, plan.n_simd) - plan.n_simd]
+    channels = np.arange(3)
+    flat = (left[:n_simd, None] * 3 + channels).reshape(-1), (right[:n_simd, None] * 3 + channels).reshape(-1)
+    weights = np.repeat(ilr[:n_simd], 3), np.repeat(lr[:n_simd], 3)
+    pyramid_kernels.resize_u8(np.ascontiguousarray(src), out, *rows, n_simd, *flat, *weights, left, right, lrd)
     return out
 
 
@@ -450,18 +422,38 @@ def tiled_pyramid(
     if x.ndim != 4:
         raise ValueError(f"expected (C,H,W) or (N,C,H,W), got shape {x.shape}")
     n, k, h, w = x.shape
+    tensor, planes, rects = _empty_tensor(n, k, h, w, padding, outer_padding)
+    l, t, r, b = rects[0]
+    planes[:, t : b + 1, l : r + 1] = x.reshape(n * k, h, w)
+    _resize_levels(planes, rects)
+    return tensor, rects
+
+
+def _empty_tensor(
+    n: int, k: int, h: int, w: int, padding: int, outer_padding: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The zeroed input tensor ``(n,k,NR,NC)`` for ``h x w`` level-0 planes, its ``(n*k,NR,NC)`` view, and
+    the level rectangles; refuses the layouts dlib cannot build."""
     nr, nc, rects = tiled_pyramid_layout(h, w, padding, outer_padding)
     if len(rects) == 0:
         raise ValueError(f"dlib's tiled pyramid has no level for a {h}x{w} image (dlib fails too)")
     if is_degenerate_layout(nr, nc, rects):  # dlib would write outside the tensor or resize in place
         raise ValueError(f"degenerate dlib pyramid layout for a {h}x{w} image")
     tensor = np.zeros((n, k, nr, nc), dtype=np.float32)
-    level = x
-    for i, (l, t, r, b) in enumerate(rects):
-        if i:
-            level = resize_bilinear_f32(level, b - t + 1, r - l + 1)
-        tensor[:, :, t : b + 1, l : r + 1] = level
-    return tensor, rects
+    return tensor, tensor.reshape(n * k, nr, nc), rects
+
+
+def _resize_levels(planes: np.ndarray, rects: np.ndarray) -> None:
+    """Levels 1... of a tensor whose level 0 is in place: each resized from the one before, straight
+    into its place in the tensor."""
+    previous = None
+    for l, t, r, b in rects:
+        level = planes[:, t : b + 1, l : r + 1]
+        if previous is not None:
+            plan = resize_plan(*previous.shape[-2:], *level.shape[-2:])
+            rows, cols = _window_weights(plan, (0, 0), (0, plan.out_h, 0, plan.out_w))
+            pyramid_kernels.resize_f32(previous, level, *rows, *cols)
+        previous = level
 
 
 def build_input_tensor(
@@ -473,13 +465,20 @@ def build_input_tensor(
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 image ``(H,W[,3])`` or same-size images ``(N,H,W,3)`` / list (grey frames: a list)
     -> ``(tensor, rects)``: upsample, normalise, tile -- what dlib's Python CNN detector feeds its
-    network (``detect_mult`` for a batch)."""
+    network (``detect_mult`` for a batch). Equal to ``tiled_pyramid(normalize_rgb(upsampled))``, with
+    level 0 normalised straight into the tensor."""
     if isinstance(images, np.ndarray) and images.ndim in (2, 3):
         images = [images]
     ups = [upsample_image(im, upsample_num_times) for im in images]
     if len({u.shape for u in ups}) != 1:
         raise ValueError("all images in a batch must have the same size")
-    return tiled_pyramid(normalize_rgb(np.stack(ups), means), padding, outer_padding)
+    stack = np.stack(ups)
+    n, h, w, _ = stack.shape
+    tensor, planes, rects = _empty_tensor(n, 3, h, w, padding, outer_padding)
+    l, t, r, b = rects[0]
+    pyramid_kernels.normalize_into(stack, np.asarray(means, dtype=np.float32), planes[:, t : b + 1, l : r + 1])
+    _resize_levels(planes, rects)
+    return tensor, rects
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,6 +77,33 @@ def tiles_1d(total: int, tile: int) -> list[tuple[int, int, int, int]]:
     return spans
 
 
+def merge_windows(windows: list[Window], slack: float = 1.0) -> list[Window]:
+    """Network windows with overlapping ones joined: two windows become their bounding window when it
+    has at most ``slack`` x their summed area (a face's windows at neighbouring pyramid levels share
+    most of their receptive-field margins). A bigger window computes a superset of the exact cells of
+    its parts (`window_outputs`), so the scores of every cell the parts computed are unchanged."""
+    merged = [w for w in windows if not _empty(w)]
+    joined = True
+    while joined:
+        joined = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                a, b = merged[i], merged[j]
+                union = (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+                if _area(union) <= slack * (_area(a) + _area(b)):
+                    merged[i] = union
+                    del merged[j]
+                    joined = True
+                    break
+            if joined:
+                break
+    return merged
+
+
+def _area(w: Window) -> int:
+    return (w[1] - w[0]) * (w[3] - w[2])
+
+
 def clip_window(w: Window, h: int, wd: int) -> Window:
     return max(0, w[0]), min(h, w[1]), max(0, w[2]), min(wd, w[3])
 

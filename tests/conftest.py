@@ -86,3 +86,19 @@ def load_rgb_as_dlib(path: Path | str) -> np.ndarray:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
+
+
+def sub_clip(path: Path, first: int, count: int) -> Path:
+    """Frames first..first+count-1 of the demo clip (640x360), written losslessly (FFV1) to `path`."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(DATA / "video" / "short_hamilton_clip.mp4"))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, first)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 29.97, (640, 360))
+    for _ in range(count):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    capture.release()
+    return path

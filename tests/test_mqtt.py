@@ -27,8 +27,9 @@ from mqtt_broker import Mosquitto, Subscriber, retained, wait_until
 from facestream.pipeline.integrations.homeassistant import Discovery, person_config, topic_part
 from facestream.pipeline.integrations.mqtt import Presence, parse_broker_url, redact_url
 
+from conftest import sub_clip
+
 DATA = Path(__file__).parent / "data"
-CLIP = DATA / "video" / "short_hamilton_clip.mp4"
 GALLERY_PHOTOS = DATA / "video" / "gallery"
 FACESTREAM = [sys.executable, "-m", "facestream.pipeline.cli.main"]
 LIN, ALEX = "Lin_Manuel_Miranda", "Alex_Lacamoire"
@@ -115,20 +116,6 @@ def enroll(gallery: Path, *args: str) -> None:
 def gallery(work: Path) -> Path:
     path = work / "gallery.db"
     enroll(path, "import", str(GALLERY_PHOTOS))
-    return path
-
-
-def sub_clip(path: Path, first: int, count: int) -> Path:
-    """Frames first..first+count-1 of the demo clip, lossless (FFV1)."""
-    capture = cv2.VideoCapture(str(CLIP))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, first)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 29.97, (640, 360))
-    for _ in range(count):
-        ok, frame = capture.read()
-        assert ok
-        writer.write(frame)
-    writer.release()
-    capture.release()
     return path
 
 

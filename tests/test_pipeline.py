@@ -33,7 +33,7 @@ import zmq
 from facestream.pipeline.runtime import messages
 from facestream.pipeline.runtime.messages import DescriptorsMessage, FrameMessage
 
-from conftest import wait_until
+from conftest import sub_clip, wait_until
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
@@ -60,7 +60,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def clip(work: Path) -> Path:
     """The first FRAMES frames of the demo clip, lossless (FFV1): decoding gives OpenCV's pixels of the original."""
-    return sub_clip(work, "clip20", 0, FRAMES)
+    return sub_clip(work / "clip20.avi", 0, FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ CLOSE_UP_FIRST, CLOSE_UP_COUNT = 18, 28
 def close_up(work: Path, gallery: Path) -> Iterator[Run]:
     """Frames 18-45 of the demo clip (Lin-Manuel Miranda drifting past 0.6, then the Alex Lacamoire close-up),
     with --kiosk and --unknowns."""
-    path = sub_clip(work, "closeup", CLOSE_UP_FIRST, CLOSE_UP_COUNT)
+    path = sub_clip(work / "closeup.avi", CLOSE_UP_FIRST, CLOSE_UP_COUNT)
     outputs = ["--events", "events.jsonl", "--detections", "detections.jsonl", "--unknowns", "unknowns.jsonl"]
     run = Run(work, "closeup", ["--source", f"clip={path}", "--gallery", str(gallery), *outputs, "--kiosk"])
     assert run.run() == 0, run.log
@@ -332,26 +332,11 @@ def test_regression_pin_close_up_track_identity_and_kiosk_decisions(close_up: Ru
     assert [(d["track_id"], d["decision"]) for d in decisions] == [(1, "denied"), (2, "denied")]
 
 
-def sub_clip(work: Path, name: str, first: int, count: int) -> Path:
-    """Frames first..first+count-1 of the demo clip, lossless."""
-    path = work / f"{name}.avi"
-    capture = cv2.VideoCapture(str(CLIP))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, first)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 29.97, (640, 360))
-    for _ in range(count):
-        ok, frame = capture.read()
-        assert ok
-        writer.write(frame)
-    writer.release()
-    capture.release()
-    return path
-
-
 def test_a_scene_cut_on_a_frame_due_to_be_skipped_is_detected(work: Path, gallery: Path, runs: list[Run]) -> None:
     """--detect-every 2 on frames 206-215: the cut to the audience falls on frame 211, an odd frame the
     detector would skip, where the tracker would carry Lin-Manuel Miranda's box and name onto the audience."""
     first = 206
-    path = sub_clip(work, "cut", first, 10)
+    path = sub_clip(work / "cut.avi", first, 10)
     run = Run(work, "cut", ["--source", f"clip={path}", "--gallery", str(gallery), "--detect-every", "2",
                             "--detections", "detections.jsonl", "--stats", "stats.json"])  # fmt: skip
     runs.append(run)

@@ -152,3 +152,15 @@ def test_scale_limits_keep_exactly_the_full_frame_faces_in_range(detector: FaceD
         np.testing.assert_array_equal(found[1], scores[inside], err_msg=f"{relpath} [{low}, {high}]")
         skipped = set(range(40)) - set(limited.scale_levels(limited._geometry(image, 1)))  # type: ignore[arg-type]
         assert low <= 0 or skipped, "a lower limit skips the largest levels"
+
+
+def test_overlapping_network_windows_are_merged_only_when_that_costs_no_more_pixels() -> None:
+    """A face's windows at neighbouring levels overlap through their receptive-field margins: one bounding
+    window computes no more pixels than the two; far-apart windows stay apart."""
+    from facestream.engines.pyramid_windows import merge_windows
+
+    a, b = (0, 300, 0, 300), (100, 400, 40, 320)  # union 400x320 = 128,000 <= 90,000 + 84,000
+    far = (1000, 1300, 0, 300)
+    assert merge_windows([a, b, far]) == [(0, 400, 0, 320), far]
+    assert merge_windows([a, far]) == [a, far]
+    assert merge_windows([(0, 0, 0, 10), a]) == [a]  # empty windows are dropped
