@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from facestream.pipeline.cli.main import main
-from facestream.pipeline.config import load_config
 from facestream.pipeline.cli.unknowns import list_clusters
+from facestream.pipeline.config import load_config
 
 from conftest import DATA
 
