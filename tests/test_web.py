@@ -1,4 +1,5 @@
-"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/app.py, sinks.WebFeed).
+"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/app.py,
+pipeline/sinks/web_feed.py).
 
 Real parts throughout: the HTTP server on a free localhost port, ZeroMQ PUB sockets over ipc:// feeding it,
 a real SQLite gallery, dlib's golden descriptors of the demo clip, and at the end the whole pipeline with
@@ -36,7 +37,8 @@ import zmq
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
 from facestream.pipeline.runtime.messages import DescriptorsMessage
-from facestream.pipeline.sinks import FaceResult, FrameChips, WebFeed
+from facestream.pipeline.sinks.records import FaceResult
+from facestream.pipeline.sinks.web_feed import FrameChips, WebFeed
 from facestream.pipeline.web.app import WebError, WebServer, check_binding, parse_address, resolve_token
 
 DATA = Path(__file__).parent / "data"
@@ -151,7 +153,7 @@ def test_addresses_tokens_and_the_refusal_to_serve_beyond_localhost_without_a_to
 
 
 # ------------------------------------------------------------------------------------------------
-# the sink's side: sinks.WebFeed
+# the sink's side: sinks.web_feed.WebFeed
 
 
 def descriptors_message(frame: int, stream: str = "hall") -> DescriptorsMessage:
@@ -408,7 +410,7 @@ def test_an_unknown_track_is_enrolled_in_one_step_then_renamed_and_deleted(
 def test_enrolling_from_the_page_creates_a_missing_gallery_which_the_running_sink_picks_up(
     sockets: PipelineSockets, tmp_path: Path
 ) -> None:
-    from facestream.pipeline.sinks import open_matcher
+    from facestream.pipeline.sinks.matcher import open_matcher
 
     config = load_config(None)
     gallery_path = tmp_path / "new" / "gallery.db"

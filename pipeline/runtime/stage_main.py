@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import FacestreamError, PipelineError
-from ..sinks import SinkStage
+from ..sinks.process import SinkStage
 from ..sources import SourceStage
 from .logs import configure_stage_logging
 from .stages import ROLES, DetectWorker, EmbedWorker, StageProcess, die_with_parent
