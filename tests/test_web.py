@@ -37,7 +37,7 @@ import zmq
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
 from facestream.pipeline.runtime.messages import DescriptorsMessage
-from facestream.pipeline.sinks.records import FaceResult
+from facestream.pipeline.sinks.records import TrackedFaces
 from facestream.pipeline.sinks.web_feed import FrameChips, WebFeed
 from facestream.pipeline.web.app import WebError, WebServer, check_binding, parse_address, resolve_token
 
@@ -165,6 +165,14 @@ def descriptors_message(frame: int, stream: str = "hall") -> DescriptorsMessage:
     )  # fmt: skip
 
 
+def tracked(box: list[int], track_id: int, identity: str, distance: float | None, score: float) -> TrackedFaces:
+    """One face as a processed frame holds it: its box, score, track and the track's decision."""
+    return TrackedFaces(
+        np.array([box], np.int64), np.array([score]), track_ids=np.array([track_id], np.int64),
+        identities=np.array([identity], object), distances=np.array([np.nan if distance is None else distance]),
+    )  # fmt: skip
+
+
 def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unknown_tracks_only() -> None:
     published: list[tuple[bytes, bytes]] = []
     feed = WebFeed(lambda topic, payload: published.append((topic, payload)), fps=5, max_width=320, jpeg_quality=80)
@@ -184,7 +192,7 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     message = descriptors_message(25)
     chips = FrameChips(image, message.landmarks)
     box = [int(v) for v in message.boxes[0]]
-    unknown = [FaceResult(box, 2, "unknown", 0.71, 0.9)]
+    unknown = tracked(box, 2, "unknown", 0.71, 0.9)
     feed.faces("hall", message, unknown, np.array([0.5]), chips)
     (topic, payload), = published  # fmt: skip
     record = json.loads(payload)
@@ -201,9 +209,9 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     assert len(published) == 1
     feed.faces("hall", message, unknown, np.array([0.9]), None)  # better (no image: no chip)
     assert len(published) == 2 and json.loads(published[1][1])["chip_png"] is None
-    known = [FaceResult(box, 3, LIN, 0.5, 0.9)]
+    known = tracked(box, 3, LIN, 0.5, 0.9)
     feed.faces("hall", message, known, np.array([1.0]), chips)  # a known track: never
-    undecided = [FaceResult(box, 4, "unknown", None, 0.9)]
+    undecided = tracked(box, 4, "unknown", None, 0.9)
     feed.faces("hall", message, undecided, np.array([1.0]), chips)  # undecided (e.g. an empty gallery): sent
     assert [json.loads(p)["track_id"] for _, p in published] == [2, 2, 4]
     feed.end("hall", 2)

@@ -9,8 +9,8 @@ decide identities, and write what came out. One module per job, in the order a r
 * `writers`: the files and the window (JSON lines written whole, the annotated video, ``--show``);
 * `annotate`: boxes and labels drawn onto a frame;
 * `web_feed`: what the web view gets (annotated JPEGs, unknown faces with their chips);
-* `records`: what a processed frame is (`FrameResult`, `FaceResult`) and the JSON records of events,
-  detections and summaries.
+* `records`: what a processed frame is (`FrameResult`; its faces a `TrackedFaces`, the engines' `FaceBatch`
+  with track and identity columns) and the JSON records of events, detections and summaries.
 
 Why this cut: the core is where the sink's decisions are made and is tested without processes, so it holds
 no sockets; the process only wires sockets to it; each output changes for its own reasons (a file format, a

@@ -4,6 +4,8 @@ view's preview all show these frames."""
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -47,13 +49,15 @@ def draw_faces(image: np.ndarray, result: FrameResult) -> np.ndarray:
     canvas = np.ascontiguousarray(image[:, :, ::-1])
     scale = max(0.4, min(1.0, image.shape[0] / 720))
     labels, sizes, boxes = [], [], []
-    for face in result.faces:
-        left, top, right, bottom = (int(v) for v in face.box)
-        known = face.identity != UNKNOWN
-        colour = _GREEN if known else (_YELLOW if face.distance is None else _RED)
-        cv2.rectangle(canvas, (left, top), (right, bottom), colour, 2 if face.score is not None else 1)
-        distance = "" if face.distance is None else f" {face.distance:.2f}"
-        label = f"{face.identity}{distance} #{face.track_id}"
+    faces = result.faces
+    for i in range(len(faces)):
+        left, top, right, bottom = (int(v) for v in faces.boxes[i])
+        identity, decided = faces.identities[i], not math.isnan(faces.distances[i])  # NaN: undecided
+        known = identity != UNKNOWN
+        colour = _GREEN if known else (_RED if decided else _YELLOW)
+        cv2.rectangle(canvas, (left, top), (right, bottom), colour, 2 if math.isfinite(faces.scores[i]) else 1)
+        distance = f" {faces.distances[i]:.2f}" if decided else ""
+        label = f"{identity}{distance} #{int(faces.track_ids[i])}"
         (width, height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         labels.append((label, colour, _BLACK if known else _WHITE, height, baseline))
         sizes.append((width + 3, height + baseline + 3))

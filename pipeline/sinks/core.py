@@ -46,7 +46,7 @@ from ..runtime.messages import DescriptorsMessage, EndOfStream, FacesMessage, Fr
 from ..runtime.stages import StageStats
 from .matcher import Matcher
 from .outputs import SinkOutputs
-from .records import BOX_SOURCES, FaceResult, FrameResult, event_record, json_number, summary_record
+from .records import BOX_SOURCES, FrameResult, TrackedFaces, event_record, json_number, summary_record
 from .web_feed import FrameChips
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,16 @@ def embedded_part(message: DescriptorsMessage, rows: np.ndarray) -> DescriptorsM
         message.descriptors[rows], None if message.track_ids is None else message.track_ids[rows],
         message.box_source[rows], message.embed[rows], message.scanned,
     )  # fmt: skip
+
+
+def with_decisions(tracker: FaceTracker, faces: TrackedFaces, track_ids: np.ndarray) -> TrackedFaces:
+    """`faces` with their track ids and each track's decided identity and distance after this frame
+    ("unknown" and NaN while undecided)."""
+    tracks = [tracker.tracks[track_id] for track_id in track_ids.tolist()]
+    faces.track_ids = np.asarray(track_ids, np.int64)
+    faces.identities = np.array([track.identity or UNKNOWN for track in tracks], object)
+    faces.distances = np.array([track.distance if track.identity else np.nan for track in tracks], np.float64)
+    return faces
 
 
 class SinkCore:
@@ -269,14 +279,15 @@ class SinkCore:
             assert isinstance(message, DescriptorsMessage)
             faces = self._detected_faces(stream, frame_index, message, image)
         else:
-            faces = []
             track_ids, boxes = tracker.predict_only(frame_index, message.timestamp)
-            for track_id, box in zip(track_ids.tolist(), boxes.tolist()):
-                track = tracker.tracks[track_id]
-                faces.append(
-                    FaceResult(box, track_id, track.identity or UNKNOWN, track.distance if track.identity else None)
-                )
-                self.stats.count("faces_carried")
+            count = len(track_ids)
+            carried = TrackedFaces(
+                boxes, np.full(count, np.nan), match_identities=np.full(count, None, object),
+                match_distances=np.full(count, np.nan), box_sources=np.full(count, "carried", object),
+            )  # fmt: skip
+            faces = with_decisions(tracker, carried, track_ids)
+            if count:
+                self.stats.count("faces_carried", count)
             self.stats.count("skipped_detection")
         self._emit(stream, tracker.pop_events(), (frame_index, message.timestamp))
         if self.kiosk is not None:
@@ -292,7 +303,7 @@ class SinkCore:
 
     def _detected_faces(
         self, stream: StreamSink, frame_index: int, message: DescriptorsMessage, image: np.ndarray | None
-    ) -> list[FaceResult]:
+    ) -> TrackedFaces:
         """A detected frame: tracked, its embedded faces matched and observed by their tracks (the unknowns, the
         kiosk and the web feed see them too); each face with its track's identity after this frame."""
         tracker = stream.tracker
@@ -321,28 +332,21 @@ class SinkCore:
             if math.isfinite(observed_distances[i]):  # NaN: nobody in the gallery (or face gated out)
                 tracker.add_observation(int(track_ids[i]), observed_identities[i], float(observed_distances[i]),
                                         message.quality[i], float(message.scores[i]))  # fmt: skip
-        chosen = set(embedded.tolist())
-        faces = []
-        for i, track_id in enumerate(track_ids.tolist()):
-            track = tracker.tracks[track_id]
-            source = BOX_SOURCES.get(int(message.box_source[i]), "carried")
-            faces.append(
-                FaceResult(
-                    [int(v) for v in message.boxes[i]],
-                    track_id,
-                    track.identity or UNKNOWN,
-                    track.distance if track.identity else None,
-                    float(message.scores[i]),
-                    identities[i] if i in chosen else None,
-                    float(distances[i]) if i in chosen else None,
-                    source,
-                )
-            )
+        chosen = np.zeros(len(message), bool)
+        chosen[embedded] = True
+        sources = [BOX_SOURCES.get(int(code), "carried") for code in message.box_source]
+        detected = TrackedFaces(
+            np.asarray(message.boxes, np.int64).reshape(-1, 4), np.asarray(message.scores, np.float64),
+            match_identities=np.array([name if chosen[i] else None for i, name in enumerate(identities)], object),
+            match_distances=np.where(chosen, distances, np.nan), box_sources=np.array(sources, object),
+        )  # fmt: skip
+        faces = with_decisions(tracker, detected, track_ids)
+        for source in sources:
             self.stats.count(f"faces_{source}")
         self.stats.count("faces", len(message))
         if self.outputs.web is not None and len(part):
             weights = tracker.gate.weights(part.quality, part.scores)
-            self.outputs.web.faces(stream.stream_id, part, [faces[i] for i in embedded.tolist()], weights, chips)
+            self.outputs.web.faces(stream.stream_id, part, faces.take(embedded), weights, chips)
         return faces
 
     def _match_track_means(

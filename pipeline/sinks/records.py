@@ -1,6 +1,7 @@
 """What the sink makes of a frame and a track, and their JSON records.
 
-`FrameResult` / `FaceResult`: one processed frame and its faces. The records, one JSON object a line
+`FrameResult`: one processed frame; its faces are a `TrackedFaces`, the engines' `FaceBatch` (arrays, row i
+is face i) with the tracker's and the gallery's columns added. The records, one JSON object a line
 (`json_line`; NaN is refused, so every line stays valid JSON):
 
 * events (``--events FILE`` and the ``events`` PUB socket): ``track_started``, ``track_identified``,
@@ -33,22 +34,43 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ...engines.faces import FaceBatch
 from ..domain.tracker import UNKNOWN, OnScreenInterval, TrackEnded, TrackEvent
 from ..runtime import messages
 
 
 @dataclass
-class FaceResult:
-    """One face of a processed frame: box, score, track and its identity, the face's own per-frame match."""
+class TrackedFaces(FaceBatch):
+    """One processed frame's faces as arrays, row i of every column face i: `FaceBatch`'s ``boxes`` (N,4) int64
+    and ``scores`` (N,) float64 (NaN for a box the tracker carried: no detector ran for it on this frame),
+    with who each face is. ``landmarks``, ``chips`` and ``descriptors`` stay empty: no output of a processed
+    frame needs them."""
 
-    box: list[int]
-    track_id: int
-    identity: str  # the track's decided identity, "unknown" while undecided
-    distance: float | None
-    score: float | None = None  # None on frames the detector skipped
-    match_identity: str | None = None  # this frame's own gallery answer (detected and embedded faces)
-    match_distance: float | None = None
-    box_source: str = "carried"  # "scan" | "region" | "carried" (BOX_SOURCES)
+    # (N,) int64
+    track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # (N,) str: the track's decided identity, "unknown" while undecided
+    identities: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    # (N,) float64: the decision's distance, NaN while undecided
+    distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # (N,) str or None: this frame's own gallery answer; None: the face was not embedded on this frame
+    match_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    # (N,) float64: that answer's distance; NaN where there is none (or the gallery is empty)
+    match_distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # (N,) str: "scan" | "region" | "carried" (BOX_SOURCES)
+    box_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+
+    def take(self, rows: np.ndarray) -> TrackedFaces:
+        """The faces at `rows`, every column alike (a column left empty stays empty)."""
+        count = len(self)
+        columns = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return TrackedFaces(**{name: value[rows] if len(value) == count else value for name, value in columns.items()})
+
+
+def no_faces() -> TrackedFaces:
+    """A frame without faces."""
+    return TrackedFaces(np.zeros((0, 4), np.int64), np.zeros(0, np.float64))
 
 
 @dataclass
@@ -61,7 +83,7 @@ class FrameResult:
     width: int
     height: int
     detected: bool
-    faces: list[FaceResult] = field(default_factory=list)
+    faces: TrackedFaces = field(default_factory=no_faces)
     scanned: bool = False  # a full-frame detector ran on this frame
 
 
@@ -93,19 +115,19 @@ def event_record(event: TrackEvent) -> dict[str, Any]:
 
 def detection_record(result: FrameResult) -> dict[str, Any]:
     """A frame's JSON record for --detections."""
-    faces = []
-    for face in result.faces:
+    faces, records = result.faces, []
+    for i in range(len(faces)):
         match = None
-        if face.match_identity is not None:
-            match = {"identity": face.match_identity, "distance": json_number(face.match_distance)}
-        faces.append(
+        if faces.match_identities[i] is not None:
+            match = {"identity": faces.match_identities[i], "distance": json_number(faces.match_distances[i])}
+        records.append(
             {
-                "box": face.box,
-                "box_source": face.box_source,
-                "score": json_number(face.score),
-                "track_id": face.track_id,
-                "identity": face.identity,
-                "distance": json_number(face.distance),
+                "box": [int(v) for v in faces.boxes[i]],
+                "box_source": faces.box_sources[i],
+                "score": json_number(faces.scores[i]),
+                "track_id": int(faces.track_ids[i]),
+                "identity": faces.identities[i],
+                "distance": json_number(faces.distances[i]),
                 "match": match,
             }
         )
@@ -117,7 +139,7 @@ def detection_record(result: FrameResult) -> dict[str, Any]:
         "height": result.height,
         "detected": result.detected,
         "scanned": result.scanned,
-        "faces": faces,
+        "faces": records,
     }
 
 

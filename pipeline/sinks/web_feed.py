@@ -14,7 +14,7 @@ import numpy as np
 
 from ..domain.tracker import UNKNOWN
 from ..runtime.messages import DescriptorsMessage
-from .records import FaceResult, json_line, json_number
+from .records import TrackedFaces, json_line, json_number
 
 
 def face_chip(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -79,19 +79,20 @@ class WebFeed:
             self.publish(b"frame:" + stream_id.encode(), jpeg.tobytes())
             self.frames_sent += 1
 
-    def faces(self, stream_id: str, message: DescriptorsMessage, faces: list[FaceResult], weights: np.ndarray,
+    def faces(self, stream_id: str, message: DescriptorsMessage, faces: TrackedFaces, weights: np.ndarray,
               chips: FrameChips | None) -> None:  # fmt: skip
-        """One detected frame's faces (`faces[i]` is face i of `message`, with its track's identity after it);
-        `chips` makes their chips (None: the frame image did not reach the sink)."""
-        for i, face in enumerate(faces):
-            key, weight, score = (stream_id, face.track_id), float(weights[i]), float(message.scores[i])
+        """One detected frame's faces (row i of `faces` is face i of `message`, with its track's identity after
+        it); `chips` makes their chips (None: the frame image did not reach the sink)."""
+        for i in range(len(faces)):
+            track_id = int(faces.track_ids[i])
+            key, weight, score = (stream_id, track_id), float(weights[i]), float(message.scores[i])
             if not weight > 0:
                 continue
             best = self.best.get(key)
             better = best is None or (weight, score) > best[:2]
             if better:
                 self.best[key] = best = (weight, score, False)
-            if face.identity != UNKNOWN or best is None or best[2]:
+            if faces.identities[i] != UNKNOWN or best is None or best[2]:
                 continue
             self.best[key] = (best[0], best[1], True)
             chip_png = None
@@ -100,7 +101,7 @@ class WebFeed:
                 ok, png = cv2.imencode(".png", np.ascontiguousarray(chip[:, :, ::-1]))
                 chip_png = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
             record = {
-                "event": "unknown_face", "stream_id": stream_id, "track_id": face.track_id,
+                "event": "unknown_face", "stream_id": stream_id, "track_id": track_id,
                 "frame_index": int(message.frame_index), "timestamp": json_number(message.timestamp),
                 "box": [int(v) for v in message.boxes[i]], "quality": json_number(weight), "score": json_number(score),
                 "descriptor": [float(v) for v in message.descriptors[i]], "chip_png": chip_png,
