@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from facestream.pipeline.runtime.stages import PipelineError
-from facestream.pipeline.sinks import JsonLines, VideoOutput
+from facestream.pipeline.sinks.writers import JsonLines, VideoOutput
 
 RECORD = {"event": "track_identified", "stream_id": "door", "frame_index": 0, "box": [1, 2, 3, 4], "note": "x" * 300}
 

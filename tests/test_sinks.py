@@ -1,4 +1,4 @@
-"""pipeline/sinks.py: ordering, de-duplication, tracking and identity, and every output, on scripted streams."""
+"""pipeline/sinks/: ordering, de-duplication, tracking and identity, and every output, on scripted streams."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from facestream.enroll.gallery import Gallery
-from facestream.pipeline import sinks
 from facestream.pipeline.config import Config, KioskConfig, PipelineConfig, TrackerConfig
 from facestream.pipeline.domain.kiosk import KioskDecider, KioskPolicy
 from facestream.pipeline.domain.unknowns import UnknownTracks, read_unknowns
@@ -30,17 +29,12 @@ from facestream.pipeline.runtime.messages import (
     MessageError,
 )
 from facestream.pipeline.runtime.stages import empty_faces
-from facestream.pipeline.sinks import (
-    GalleryMatcher,
-    JsonLines,
-    SinkCore,
-    SinkOutputs,
-    describe_summary,
-    format_time,
-    live_reorder_s,
-    open_matcher,
-    video_paths,
-)
+from facestream.pipeline.sinks.core import SinkCore
+from facestream.pipeline.sinks.matcher import GalleryMatcher, open_matcher
+from facestream.pipeline.sinks.outputs import SinkOutputs
+from facestream.pipeline.sinks.process import live_reorder_s
+from facestream.pipeline.sinks.records import describe_summary, format_time
+from facestream.pipeline.sinks.writers import JsonLines, video_paths
 
 from conftest import golden_images, golden_video, wait_until
 
@@ -322,7 +316,7 @@ def test_video_paths_per_stream() -> None:
 
 WRITER = """
 import sys
-from facestream.pipeline.sinks import JsonLines
+from facestream.pipeline.sinks.writers import JsonLines
 lines = JsonLines(sys.argv[1])
 record = {"event": "track_started", "stream_id": "s" * 200, "box": list(range(400))}
 print("ready", flush=True)
@@ -378,9 +372,9 @@ def test_sink_writes_unknown_tracks_and_kiosk_decisions(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
     with Gallery(db) as gallery:
         gallery.add_samples("Lin_Manuel_Miranda", np.array([golden_images()[LIN_PHOTO]["cnn_faces"][0]["descriptor"]]))
-    outputs = sinks.SinkOutputs(events=str(tmp_path / "events.jsonl"))
-    core = sinks.SinkCore(
-        {"clip": False}, sinks.open_matcher(Config(), str(db)), outputs,
+    outputs = SinkOutputs(events=str(tmp_path / "events.jsonl"))
+    core = SinkCore(
+        {"clip": False}, open_matcher(Config(), str(db)), outputs,
         TrackerConfig(),
         unknowns=UnknownTracks(tmp_path / "unknowns.jsonl", sources={"clip": "rtsp://user:pw@cam/clip"}),
         kiosk=KioskDecider(KioskPolicy.from_config(KioskConfig())),
@@ -460,7 +454,7 @@ def test_events_are_in_frame_order_and_a_never_identified_track_ends_unknown(tmp
 
 
 def test_labels_stay_inside_the_frame_and_off_other_faces() -> None:
-    from facestream.pipeline.sinks import place_labels
+    from facestream.pipeline.sinks.annotate import place_labels
 
     width, height = 640, 360
     # a face at the top right corner, one at the bottom edge, and two side by side with room below them

@@ -178,8 +178,10 @@ def test_every_exception_class_derives_from_facestream_error() -> None:
 # The stage interfaces: what a new stage, source or output is written against.
 DOCUMENTED = [
     "runtime/stages", "runtime/stage_main", "runtime/messages", "sources/spec", "sources/files", "sources/live",
-    "sources/process", "sinks", "runtime/supervisor", "runtime/children", "runtime/faces_queue", "runtime/reports",
+    "sources/process", "runtime/supervisor", "runtime/children", "runtime/faces_queue", "runtime/reports",
     "runtime/preflight", "config", "cli/runner", "runtime/detect_worker", "runtime/embed_worker",
+    "sinks/__init__", "sinks/process", "sinks/core", "sinks/matcher", "sinks/outputs", "sinks/writers",
+    "sinks/annotate", "sinks/web_feed", "sinks/records",
 ]
 
 

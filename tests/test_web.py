@@ -1,4 +1,5 @@
-"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/, sinks.WebFeed).
+"""The web view: `run --web`, `facestream serve` and what the sink sends them (pipeline/web/app.py,
+pipeline/sinks/web_feed.py).
 
 Real parts throughout: the HTTP server on a free localhost port, ZeroMQ PUB sockets over ipc:// feeding it,
 a real SQLite gallery, dlib's golden descriptors of the demo clip, and at the end the whole pipeline with
@@ -36,7 +37,8 @@ import zmq
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
 from facestream.pipeline.runtime.messages import DescriptorsMessage
-from facestream.pipeline.sinks import FaceResult, FrameChips, WebFeed
+from facestream.pipeline.sinks.records import TrackedFaces
+from facestream.pipeline.sinks.web_feed import FrameChips, WebFeed
 from facestream.pipeline.web.address import WebError, check_binding, parse_address, resolve_token
 from facestream.pipeline.web.server import WebServer
 
@@ -152,7 +154,7 @@ def test_addresses_tokens_and_the_refusal_to_serve_beyond_localhost_without_a_to
 
 
 # ------------------------------------------------------------------------------------------------
-# the sink's side: sinks.WebFeed
+# the sink's side: sinks.web_feed.WebFeed
 
 
 def descriptors_message(frame: int, stream: str = "hall") -> DescriptorsMessage:
@@ -161,6 +163,14 @@ def descriptors_message(frame: int, stream: str = "hall") -> DescriptorsMessage:
         stream, frame, frame / 29.97, 640, 360, np.asarray([f["box"] for f in faces], np.int64),
         np.asarray([f["score"] for f in faces], np.float32), np.asarray([f["landmarks"] for f in faces], np.int64),
         np.zeros((len(faces), 3), np.float32), np.stack([f["descriptor"] for f in faces]),
+    )  # fmt: skip
+
+
+def tracked(box: list[int], track_id: int, identity: str, distance: float | None, score: float) -> TrackedFaces:
+    """One face as a processed frame holds it: its box, score, track and the track's decision."""
+    return TrackedFaces(
+        np.array([box], np.int64), np.array([score]), track_ids=np.array([track_id], np.int64),
+        identities=np.array([identity], object), distances=np.array([np.nan if distance is None else distance]),
     )  # fmt: skip
 
 
@@ -183,7 +193,7 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     message = descriptors_message(25)
     chips = FrameChips(image, message.landmarks)
     box = [int(v) for v in message.boxes[0]]
-    unknown = [FaceResult(box, 2, "unknown", 0.71, 0.9)]
+    unknown = tracked(box, 2, "unknown", 0.71, 0.9)
     feed.faces("hall", message, unknown, np.array([0.5]), chips)
     (topic, payload), = published  # fmt: skip
     record = json.loads(payload)
@@ -200,9 +210,9 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     assert len(published) == 1
     feed.faces("hall", message, unknown, np.array([0.9]), None)  # better (no image: no chip)
     assert len(published) == 2 and json.loads(published[1][1])["chip_png"] is None
-    known = [FaceResult(box, 3, LIN, 0.5, 0.9)]
+    known = tracked(box, 3, LIN, 0.5, 0.9)
     feed.faces("hall", message, known, np.array([1.0]), chips)  # a known track: never
-    undecided = [FaceResult(box, 4, "unknown", None, 0.9)]
+    undecided = tracked(box, 4, "unknown", None, 0.9)
     feed.faces("hall", message, undecided, np.array([1.0]), chips)  # undecided (e.g. an empty gallery): sent
     assert [json.loads(p)["track_id"] for _, p in published] == [2, 2, 4]
     feed.end("hall", 2)
@@ -409,7 +419,7 @@ def test_an_unknown_track_is_enrolled_in_one_step_then_renamed_and_deleted(
 def test_enrolling_from_the_page_creates_a_missing_gallery_which_the_running_sink_picks_up(
     sockets: PipelineSockets, tmp_path: Path
 ) -> None:
-    from facestream.pipeline.sinks import open_matcher
+    from facestream.pipeline.sinks.matcher import open_matcher
 
     config = load_config(None)
     gallery_path = tmp_path / "new" / "gallery.db"

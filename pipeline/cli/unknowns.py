@@ -220,7 +220,7 @@ def enroll_cluster(
 
 
 def _describe(cluster: dict[str, Any]) -> list[str]:
-    from ..sinks import format_time  # m:ss.ss into a file, the time of day for live sources
+    from ..sinks.records import format_time  # m:ss.ss into a file, the time of day for live sources
 
     def when(seen: dict[str, Any]) -> str:
         clock = format_time(seen["timestamp"])

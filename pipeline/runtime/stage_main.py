@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import FacestreamError, PipelineError
-from ..sinks import SinkStage
+from ..sinks.process import SinkStage
 from ..sources.process import SourceStage
 from .detect_worker import DetectWorker
 from .embed_worker import EmbedWorker

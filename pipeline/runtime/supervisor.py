@@ -141,7 +141,7 @@ class Supervisor:
             if path:
                 check_writable(Path(path))
         if self.options.gallery is not None or self.config.gallery.path:
-            from ..sinks import open_matcher
+            from ..sinks.matcher import open_matcher
 
             open_matcher(self.config, self.options.gallery).close()  # a corrupt gallery fails here, clearly
         self.run_dir, self.created_run_dir = make_run_dir(self.pipeline.run_dir)
@@ -555,7 +555,7 @@ class Supervisor:
             resent = sum(info.get("resent", 0) for info in streams.values())
             self._say(f"  {self.board.processed()} frames processed, {dropped} dropped (live), {resent} re-sent, "
                       f"{restarts} worker restarts")  # fmt: skip
-        from ..sinks import describe_summary
+        from ..sinks.records import describe_summary
 
         for record in summaries.values():
             print("\n".join(describe_summary(record)), flush=True)

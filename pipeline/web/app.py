@@ -12,7 +12,7 @@ Where the data comes from:
 * annotated frames and unknown faces: the sink's private ``preview`` PUB socket, which the sink binds only
   when the run serves a web view (`run --web`, or `run --preview` for `facestream serve`): JPEGs at
   ``web.preview_fps`` per stream, and ``unknown_face`` records (best face of each unknown track, with its
-  descriptor and 150x150 chip; see `sinks.WebFeed`);
+  descriptor and 150x150 chip; see `sinks.web_feed.WebFeed`);
 * health: the supervisor's stats board (`run --web`), or ``health.json`` the supervisor rewrites in its
   run directory every second (`serve`);
 * the gallery: its SQLite file, opened here in one worker thread. The sink re-reads it every
