@@ -35,6 +35,7 @@ class DlibFormatError(ModelError, ValueError):
 # ---------------------------------------------------------------------------------------------
 
 _SPECIAL_EXPONENTS = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
+_COMPILED_RUN = 64  # float runs at least this long are decoded by a compiled loop (engines/dlib_floats.py)
 
 
 class ByteReader:
@@ -108,7 +109,20 @@ class ByteReader:
             raise self.fail(what, f"mantissa {mantissa} * 2**{exponent}, out of range", offset=start) from None
 
     def floats(self, count: int, what: str) -> np.ndarray:
-        return np.array([self.float(what) for _ in range(count)], dtype=np.float64)
+        if count < _COMPILED_RUN:
+            return np.array([self.float(what) for _ in range(count)], dtype=np.float64)
+        from .dlib_floats import decode_floats  # numba: only for long runs (shape predictors' leaves)
+
+        out = np.empty(count, dtype=np.float64)
+        data = np.frombuffer(self.data, dtype=np.uint8)
+        done = 0
+        while done < count:
+            decoded, self.offset = decode_floats(data, self.offset, out[done:])
+            done += decoded
+            if done < count:  # a value the loop leaves to Python: decoded here, or the error named
+                out[done] = self.float(what)
+                done += 1
+        return out
 
     def string(self, what: str = "a string") -> str:
         start = self.offset

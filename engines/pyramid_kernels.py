@@ -6,20 +6,20 @@ a gather per weight and per chunk. These loops do the same arithmetic operation 
 (float32 where dlib's SSE lanes compute in float, double in its scalar tail; no ``fastmath``, so no
 FMA contraction or reassociation), so the results stay bit-identical to dlib's (``tests/test_pyramid.py``).
 The RGB uint8 resize is the HOG detector's (`hog_kernels.resize_u8`): dlib runs the same code for both.
-Machine code is cached on disk like the HOG loops' (importing `hog_kernels` sets the cache folder).
+Machine code is cached on disk (:mod:`facestream.engines.jit`).
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from facestream.engines.hog_kernels import resize_u8
+from facestream.engines.jit import compiled
 
 __all__ = ["normalize_into", "resize_f32", "resize_u8"]
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@compiled()
 def resize_f32(src, out, top, bottom, tbf, itbf, tbd, n_simd, left, right, ilr, lr):  # pragma: no cover - compiled
     """Bilinear resize of float32 planes ``src`` ``(P, h, w)`` into ``out`` ``(P, oh, ow)``.
 
@@ -48,7 +48,7 @@ def resize_f32(src, out, top, bottom, tbf, itbf, tbd, n_simd, left, right, ilr, 
     return out
 
 
-@numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+@compiled()
 def normalize_into(images, means, out):  # pragma: no cover - compiled
     """uint8 RGB ``images`` ``(N, H, W, 3)`` -> ``out`` planes ``(N*3, H, W)`` (a view into the tensor):
     ``(float32(pixel) - mean) / 256`` per channel, as dlib's input layer (the division is exact)."""
