@@ -25,14 +25,12 @@ the 68-point model (iBUG 300-W, non-commercial licence) at import, which its who
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, machine
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 DEFAULT_PHOTOS = ["fr_examples/obama-480p.jpg", "fr_examples/two_people.jpg", "fr_test_images/obama2.jpg"]
@@ -49,14 +47,18 @@ def dlib_side():
     import types
 
     import dlib
-    import face_recognition_models as frm
     import numpy as np
     from PIL import Image
 
+    # face_recognition_models' own location helpers import pkg_resources (gone from setuptools 81+): its
+    # folder is found without importing it (not via facestream, so this side's process loads none of ours)
+    spec = importlib.util.find_spec("face_recognition_models")
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+
     hog = dlib.get_frontal_face_detector()
-    cnn = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
-    sp5 = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-    encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    cnn = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
+    sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
 
     def face_locations(img, number_of_times_to_upsample=1, model="hog"):
         times = number_of_times_to_upsample
@@ -139,6 +141,11 @@ def main() -> None:
     parser.add_argument("--child", choices=["dlib", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+    # here, not at the top: the whole-process runs import this module, and common's imports (onnx) are
+    # not what a face_recognition script loads
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import emit, machine
+
     if args.child:
         print(json.dumps(child_per_call(args.child, args.paths[0], args.photos, args.repeats)))
         return
