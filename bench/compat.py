@@ -15,7 +15,9 @@ Per path, a "call" is what a face_recognition script does per photo:
 * whole process: wall time of `python -c` doing import + all photos once + exit, best of
   `--repeats` fresh processes per side (model loading, ONNX sessions and first-call costs included;
   facestream's converted models come from its cache, built by the per-call runs).
-ratio = dlib's time / ours. dlib-bin runs on one core (no BLAS); ours uses all cores.
+ratio = dlib's time / ours; the summary gives per path the per-call ratio over all photos (summed best
+times) and the whole-process ratio, and the load average before and after the run (a shared machine).
+dlib-bin runs on one core (no BLAS); ours uses all cores.
 Both sides also report their face boxes, which must agree.
 
 Uses the 5-point model only (face_encodings' default model="small"); face_recognition itself loads
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -150,7 +153,8 @@ def main() -> None:
         print(json.dumps(child_per_call(args.child, args.paths[0], args.photos, args.repeats)))
         return
 
-    rows, table = [], []
+    rows, table, summary = [], [], {}
+    load_before = os.getloadavg()
     for path in args.paths:
         sides = {side: per_call(side, path, args.photos, args.repeats) for side in ("dlib", "ours")}
         whole = {side: whole_process(side, path, args.photos, args.repeats) for side in ("dlib", "ours")}
@@ -163,6 +167,11 @@ def main() -> None:
             })  # fmt: skip
         rows.append({"path": path, "photo": "all", "measure": "whole process", "dlib_s": whole["dlib"],
                      "ours_s": whole["ours"], "ratio": whole["dlib"] / whole["ours"]})  # fmt: skip
+        # per call over all photos: the summed best times of each side (a photo's weight is its cost)
+        dlib_total = sum(sides["dlib"]["seconds"][p] for p in args.photos)
+        ours_total = sum(sides["ours"]["seconds"][p] for p in args.photos)
+        summary[path] = {"per_call_ratio": dlib_total / ours_total,
+                         "whole_process_ratio": whole["dlib"] / whole["ours"]}  # fmt: skip
         labels = {side: sides[side]["label"] for side in sides}
     table.append(f"dlib side: {labels['dlib']}; ours: {labels['ours']}; best of {args.repeats}")
     table.append(f"{'path':5} {'photo':32} {'measure':14} {'dlib s':>9} {'ours s':>9} {'ratio':>7}  same boxes")
@@ -170,7 +179,14 @@ def main() -> None:
         same = "" if "same_faces" not in row else ("yes" if row["same_faces"] else "NO")
         table.append(f"{row['path']:5} {row['photo']:32} {row['measure']:14} {row['dlib_s']:9.3f} "
                      f"{row['ours_s']:9.3f} {row['ratio']:6.1f}x  {same}")  # fmt: skip
-    result = {"benchmark": "compat", "machine": machine(), "repeats": args.repeats, "sides": labels, "rows": rows}
+    for path, ratios in summary.items():
+        table.append(f"{path}: per call (all photos) {ratios['per_call_ratio']:.1f}x, "
+                     f"whole process {ratios['whole_process_ratio']:.1f}x")  # fmt: skip
+    # the machine may be shared: its load during the run says how far the absolute times can be trusted
+    load = {"before": load_before, "after": os.getloadavg()}
+    table.append(f"load average (1 min) before {load['before'][0]:.1f}, after {load['after'][0]:.1f}")
+    result = {"benchmark": "compat", "machine": machine(), "repeats": args.repeats, "sides": labels,
+              "load_average": load, "summary": summary, "rows": rows}  # fmt: skip
     emit(result, args.json, table)
 
 
