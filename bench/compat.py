@@ -15,7 +15,9 @@ Per path, a "call" is what a face_recognition script does per photo:
 * whole process: wall time of `python -c` doing import + all photos once + exit, best of
   `--repeats` fresh processes per side (model loading, ONNX sessions and first-call costs included;
   facestream's converted models come from its cache, built by the per-call runs).
-ratio = dlib's time / ours. dlib-bin runs on one core (no BLAS); ours uses all cores.
+ratio = dlib's time / ours; the summary gives per path the per-call ratio over all photos (summed best
+times) and the whole-process ratio, and the load average before and after the run (a shared machine).
+dlib-bin runs on one core (no BLAS); ours uses all cores.
 Both sides also report their face boxes, which must agree.
 
 Uses the 5-point model only (face_encodings' default model="small"); face_recognition itself loads
@@ -25,14 +27,13 @@ the 68-point model (iBUG 300-W, non-commercial licence) at import, which its who
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, machine
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 DEFAULT_PHOTOS = ["fr_examples/obama-480p.jpg", "fr_examples/two_people.jpg", "fr_test_images/obama2.jpg"]
@@ -49,14 +50,18 @@ def dlib_side():
     import types
 
     import dlib
-    import face_recognition_models as frm
     import numpy as np
     from PIL import Image
 
+    # face_recognition_models' own location helpers import pkg_resources (gone from setuptools 81+): its
+    # folder is found without importing it (not via facestream, so this side's process loads none of ours)
+    spec = importlib.util.find_spec("face_recognition_models")
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+
     hog = dlib.get_frontal_face_detector()
-    cnn = dlib.cnn_face_detection_model_v1(frm.cnn_face_detector_model_location())
-    sp5 = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-    encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    cnn = dlib.cnn_face_detection_model_v1(str(models / "mmod_human_face_detector.dat"))
+    sp5 = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
 
     def face_locations(img, number_of_times_to_upsample=1, model="hog"):
         times = number_of_times_to_upsample
@@ -139,11 +144,17 @@ def main() -> None:
     parser.add_argument("--child", choices=["dlib", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+    # here, not at the top: the whole-process runs import this module, and common's imports (onnx) are
+    # not what a face_recognition script loads
+    sys.path.insert(0, str(Path(__file__).parent))
+    from common import emit, machine
+
     if args.child:
         print(json.dumps(child_per_call(args.child, args.paths[0], args.photos, args.repeats)))
         return
 
-    rows, table = [], []
+    rows, table, summary = [], [], {}
+    load_before = os.getloadavg()
     for path in args.paths:
         sides = {side: per_call(side, path, args.photos, args.repeats) for side in ("dlib", "ours")}
         whole = {side: whole_process(side, path, args.photos, args.repeats) for side in ("dlib", "ours")}
@@ -156,6 +167,11 @@ def main() -> None:
             })  # fmt: skip
         rows.append({"path": path, "photo": "all", "measure": "whole process", "dlib_s": whole["dlib"],
                      "ours_s": whole["ours"], "ratio": whole["dlib"] / whole["ours"]})  # fmt: skip
+        # per call over all photos: the summed best times of each side (a photo's weight is its cost)
+        dlib_total = sum(sides["dlib"]["seconds"][p] for p in args.photos)
+        ours_total = sum(sides["ours"]["seconds"][p] for p in args.photos)
+        summary[path] = {"per_call_ratio": dlib_total / ours_total,
+                         "whole_process_ratio": whole["dlib"] / whole["ours"]}  # fmt: skip
         labels = {side: sides[side]["label"] for side in sides}
     table.append(f"dlib side: {labels['dlib']}; ours: {labels['ours']}; best of {args.repeats}")
     table.append(f"{'path':5} {'photo':32} {'measure':14} {'dlib s':>9} {'ours s':>9} {'ratio':>7}  same boxes")
@@ -163,7 +179,14 @@ def main() -> None:
         same = "" if "same_faces" not in row else ("yes" if row["same_faces"] else "NO")
         table.append(f"{row['path']:5} {row['photo']:32} {row['measure']:14} {row['dlib_s']:9.3f} "
                      f"{row['ours_s']:9.3f} {row['ratio']:6.1f}x  {same}")  # fmt: skip
-    result = {"benchmark": "compat", "machine": machine(), "repeats": args.repeats, "sides": labels, "rows": rows}
+    for path, ratios in summary.items():
+        table.append(f"{path}: per call (all photos) {ratios['per_call_ratio']:.1f}x, "
+                     f"whole process {ratios['whole_process_ratio']:.1f}x")  # fmt: skip
+    # the machine may be shared: its load during the run says how far the absolute times can be trusted
+    load = {"before": load_before, "after": os.getloadavg()}
+    table.append(f"load average (1 min) before {load['before'][0]:.1f}, after {load['after'][0]:.1f}")
+    result = {"benchmark": "compat", "machine": machine(), "repeats": args.repeats, "sides": labels,
+              "load_average": load, "summary": summary, "rows": rows}  # fmt: skip
     emit(result, args.json, table)
 
 

@@ -39,8 +39,8 @@ _VV = np.array([0.0, 0.3420, 0.6428, 0.8660, 0.9848, 0.9848, 0.8660, 0.6428, 0.3
 
 
 @cache
-def _orientation_lut() -> tuple[np.ndarray, np.ndarray]:
-    """Bin (0..17) and magnitude ``sqrtf(gx²+gy²)`` for every ``(gx, gy)`` in [-255, 255]².
+def _orientation_lut() -> np.ndarray:
+    """The bin (0..17) of every gradient ``(gx, gy)`` in [-255, 255]².
 
     Indexed by ``(gx + 255) * 511 + (gy + 255)``. The bin search is dlib's: float32 dot products
     (no FMA), the first strictly larger ``d`` or ``-d`` wins.
@@ -55,8 +55,7 @@ def _orientation_lut() -> tuple[np.ndarray, np.ndarray]:
         best[m], bins[m] = d[m], o
         m = -d > best
         best[m], bins[m] = -d[m], o + 9
-    mag = np.sqrt(gx * gx + gy * gy)  # exact integers below 2**24, then a correctly rounded sqrtf
-    return bins.ravel(), mag.ravel()
+    return bins.ravel()
 
 
 def fhog_cells(height: int, width: int) -> tuple[int, int]:
@@ -88,8 +87,8 @@ def fhog_features(image: np.ndarray) -> np.ndarray:
     hog_nr, hog_nc = cells_nr - 2, cells_nc - 2
     if hog_nr <= 0 or hog_nc <= 0:
         return np.zeros((NUM_FEATURES, 0, 0), dtype=_F32)
-    bins_lut, mag_lut = _orientation_lut()
+    bins_lut = _orientation_lut()
     h, w = img.shape[:2]
     planar = img if img.ndim == 3 else img[:, :, None]
-    return fhog_features_u8(np.ascontiguousarray(planar), cells_nr, cells_nc, bins_lut, mag_lut,
+    return fhog_features_u8(np.ascontiguousarray(planar), cells_nr, cells_nc, bins_lut,
                             _vote_fractions(h), _vote_fractions(w))  # fmt: skip

@@ -219,7 +219,8 @@ class HogFaceDetector:
         n_simd = 8 * (n_c // 8)  # dlib's SIMD blocks start at 5, 13, ... while start < last - 7
         out = []
         for k in range(len(self._terms)):
-            rr, cc = np.nonzero(approx[k] >= thresholds[k] - margin[k])
+            # contiguous, so the compiled scorer has one signature (each one is a cache entry loaded per process)
+            rr, cc = (np.ascontiguousarray(i) for i in np.nonzero(approx[k] >= thresholds[k] - margin[k]))
             if rr.size == 0:
                 out.append((rr, cc, np.zeros(0, np.float64)))
                 continue

@@ -19,6 +19,8 @@ Compiled code is cached on disk (``cache=True``) under the facestream cache dire
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 
 from facestream.engines.cachedir import default_cache_dir
@@ -31,6 +33,13 @@ import numpy as np
 
 if os.environ["NUMBA_CACHE_DIR"] != numba.config.CACHE_DIR:  # numba was imported earlier by someone else
     numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+
+# At exit, Python's last garbage collections walk every object alive, and numba's compiler state is ~100k of
+# them: ~0.5 s added to every process that ran a kernel. Freezing them when the interpreter starts shutting
+# down (atexit runs before the module teardown) skips that walk; objects are still released by reference
+# count as modules are cleared. What it forgoes, running __del__ of cyclic garbage left at exit, Python does
+# not promise either (objects still existing at exit need not be finalised).
+atexit.register(gc.freeze)
 
 __all__ = ["approximate_responses", "exact_scores", "fhog_features_u8", "resize_u8"]
 
@@ -116,22 +125,35 @@ def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_rig
 
 
 @_jit()
-def _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, mag_lut, iy, vy0, vy1, ix, vx0, vx1, hist):
+def _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, iy, vy0, vy1, ix, vx0, vx1, hist):
     """Gradients and bilinear votes into ``hist`` (NR, NC, 18) in one raster-order pass over the pixels
     1 <= y < vis_nr, 1 <= x < vis_nc (so every bin is summed in dlib's pixel raster order).
 
-    Per pixel row, first (branch-free, so it vectorises) the table keys of the gradients
-    (:func:`_row_keys`), then the votes with the orientation bin and magnitude looked up in
-    ``bins_lut``/``mag_lut``: SIMD columns ``x < 1 + n_simd`` weigh ``vy*(vx*v)``, tail columns
-    ``(vy*vx)*v`` (spec §4.4).
+    Per pixel row, first (branch-free, so it vectorises) the gradient's table key and magnitude
+    (:func:`_row_keys`), then the votes with the orientation bin looked up in ``bins_lut``: SIMD
+    columns ``x < 1 + n_simd`` weigh ``vy*(vx*v)``, tail columns ``(vy*vx)*v`` (spec §4.4).
     """
+    C = img.shape[2]
+    n = vis_nc + 1  # columns 0..vis_nc are read
+    # Three source rows (above, this, below) as planar float32, each converted once and reused by the
+    # three pixel rows that read it; planar rows make the gradient pass contiguous, so it vectorises.
+    ring = np.zeros((3, C, n), dtype=np.float32)
     keys = np.zeros(vis_nc, dtype=np.int32)
+    mags = np.zeros(vis_nc, dtype=np.float32)
+    _planar_row(img[0], n, ring[0])
+    _planar_row(img[1], n, ring[1])
     for y in range(1, vis_nr):
-        _row_keys(img[y - 1], img[y], img[y + 1], vis_nc, n_simd, keys)
+        _planar_row(img[y + 1], n, ring[(y + 1) % 3])
+        above, row, below = ring[(y - 1) % 3], ring[y % 3], ring[(y + 1) % 3]
+        if C == 1:
+            _grey_keys(above[0], row[0], below[0], vis_nc, keys, mags)
+        else:
+            _rgb_keys(above, row, below, 1, 1 + n_simd, True, keys, mags)
+            _rgb_keys(above, row, below, 1 + n_simd, vis_nc, False, keys, mags)
         h1, h2 = hist[iy[y] + 1], hist[iy[y] + 2]
         wy1, wy0 = vy1[y], vy0[y]
         for x in range(1, 1 + n_simd):
-            v = mag_lut[keys[x]]
+            v = mags[x]
             if v == 0:  # adds +0.0 to non-negative sums: no change, so skipped
                 continue
             o, c1 = bins_lut[keys[x]], ix[x] + 1
@@ -141,7 +163,7 @@ def _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, mag_lut, iy, vy0, vy1, ix,
             h1[c1 + 1, o] += wy1 * b
             h2[c1 + 1, o] += wy0 * b
         for x in range(1 + n_simd, vis_nc):
-            v = mag_lut[keys[x]]
+            v = mags[x]
             if v == 0:
                 continue
             o, c1 = bins_lut[keys[x]], ix[x] + 1
@@ -152,33 +174,54 @@ def _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, mag_lut, iy, vy0, vy1, ix,
 
 
 @numba.njit(inline="always", boundscheck=False)
-def _row_keys(above, row, below, vis_nc, n_simd, keys):
-    """Table keys ``(gx+255)*511 + (gy+255)`` of pixels 1 <= x < vis_nc of a row; for RGB the gradient
-    of the channel with the largest ``gx² + gy²``, ties going to the later channel in the SIMD columns
-    ``x < 1 + n_simd`` and to the earlier one in the tail (spec §4.2)."""
-    if row.shape[1] == 1:
-        for x in range(1, vis_nc):
-            gx = np.int32(row[x + 1, 0]) - np.int32(row[x - 1, 0])
-            gy = np.int32(below[x, 0]) - np.int32(above[x, 0])
-            keys[x] = (gx + 255) * 511 + (gy + 255)
-        return
+def _planar_row(src, n, dst):
+    """Columns 0..n-1 of an ``(W, C)`` uint8 row into ``dst`` ``(C, n)`` float32 (exact)."""
+    for ch in range(src.shape[1]):
+        d = dst[ch]
+        for x in range(n):
+            d[x] = _F32(src[x, ch])
+
+
+# key = (gx + 255) * 511 + (gy + 255), written gx*511 + gy + _KEY0: exact in float32 (|.| < 2**17)
+_KEY0 = 255 * 511 + 255
+
+
+@numba.njit(inline="always", boundscheck=False)
+def _grey_keys(above, row, below, vis_nc, keys, mags):
+    """Table keys and magnitudes ``sqrtf(gx²+gy²)`` of pixels 1 <= x < vis_nc of a grey row."""
     for x in range(1, vis_nc):
-        gx0 = np.int32(row[x + 1, 0]) - np.int32(row[x - 1, 0])
-        gy0 = np.int32(below[x, 0]) - np.int32(above[x, 0])
-        gx1 = np.int32(row[x + 1, 1]) - np.int32(row[x - 1, 1])
-        gy1 = np.int32(below[x, 1]) - np.int32(above[x, 1])
-        gx2 = np.int32(row[x + 1, 2]) - np.int32(row[x - 1, 2])
-        gy2 = np.int32(below[x, 2]) - np.int32(above[x, 2])
+        gx = row[x + 1] - row[x - 1]
+        gy = below[x] - above[x]
+        keys[x] = np.int32(gx * _F32(511.0) + gy) + _KEY0
+        mags[x] = np.sqrt(gx * gx + gy * gy)
+
+
+@numba.njit(inline="always", boundscheck=False)
+def _rgb_keys(above, row, below, x0, x1, later, keys, mags):
+    """Table keys and magnitudes of pixels x0 <= x < x1 of an RGB row (planar float32 rows): the gradient
+    of the channel with the largest ``gx² + gy²``, ties going to the later channel in the SIMD columns
+    (``later``) and to the earlier one in the tail (spec §4.2). Gradients and squared lengths are small
+    integers, exact in float32, so the magnitude is dlib's ``sqrtf`` of the same value."""
+    for x in range(x0, x1):
+        gx0 = row[0, x + 1] - row[0, x - 1]
+        gy0 = below[0, x] - above[0, x]
+        gx1 = row[1, x + 1] - row[1, x - 1]
+        gy1 = below[1, x] - above[1, x]
+        gx2 = row[2, x + 1] - row[2, x - 1]
+        gy2 = below[2, x] - above[2, x]
         l0, l1, l2 = gx0 * gx0 + gy0 * gy0, gx1 * gx1 + gy1 * gy1, gx2 * gx2 + gy2 * gy2
-        if x < 1 + n_simd:  # t = lenR > lenG ? R : G; then len_t > lenB ? t : B
+        if later:  # t = lenR > lenG ? R : G; then len_t > lenB ? t : B
             first = l0 > l1
-            keep = (l0 if first else l1) > l2
+            lt = l0 if first else l1
+            keep = lt > l2
         else:  # start with R, switch on a strictly larger length
-            first = not l1 > l0
-            keep = not l2 > (l0 if first else l1)
+            first = l1 <= l0
+            lt = l0 if first else l1
+            keep = l2 <= lt
         gx = (gx0 if first else gx1) if keep else gx2
         gy = (gy0 if first else gy1) if keep else gy2
-        keys[x] = (gx + 255) * 511 + (gy + 255)
+        keys[x] = np.int32(gx * _F32(511.0) + gy) + _KEY0
+        mags[x] = np.sqrt(lt if keep else l2)
 
 
 @_jit()
@@ -230,7 +273,7 @@ def _features(hist, cells_nr, cells_nc, out):
 
 
 @_jit()
-def fhog_features_u8(img, cells_nr, cells_nc, bins_lut, mag_lut, fractions_y, fractions_x):
+def fhog_features_u8(img, cells_nr, cells_nc, bins_lut, fractions_y, fractions_x):
     """fHOG of an ``(H, W, C)`` uint8 image (C = 3 RGB or 1 grey) with ``cells_nr - 2 > 0`` and
     ``cells_nc - 2 > 0``: float32 ``(31, cells_nr+7, cells_nc+7)``. ``fractions_y``/``_x`` are the
     per-pixel ``(i, v0, v1)`` vote positions and weights (spec §4.4)."""
@@ -242,7 +285,7 @@ def fhog_features_u8(img, cells_nr, cells_nc, bins_lut, mag_lut, fractions_y, fr
         n_simd = 8 * max(0, (vis_nc - 1) // 8)  # x = 1, 9, 17, ... in whole blocks of 8 while x < vis_nc - 7
         iy, vy0, vy1 = fractions_y
         ix, vx0, vx1 = fractions_x
-        _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, mag_lut, iy, vy0, vy1, ix, vx0, vx1, hist)
+        _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, iy, vy0, vy1, ix, vx0, vx1, hist)
     out = np.zeros((31, cells_nr + 7, cells_nc + 7), dtype=np.float32)
     _features(hist, cells_nr, cells_nc, out)
     return out

@@ -27,22 +27,25 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from facestream.engines.cachedir import default_cache_dir
 from facestream.engines.chips import extract_face_chips
-from facestream.engines.detector import FaceDetector
 from facestream.engines.embedder import FaceEmbedder
 from facestream.engines.faces import FaceBatch
 from facestream.engines.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from facestream.engines.jitter import jittered_descriptors
 from facestream.engines.landmarks import ShapePredictor, default_model_path
 from facestream.engines.models import model_path
-from facestream.enroll.gallery import Gallery as _Gallery
-from facestream.enroll.matching import Matches
+
+if TYPE_CHECKING:
+    from facestream.engines.detector import FaceDetector
+    from facestream.enroll.gallery import Gallery  # at run time the subclass below, see __getattr__
+    from facestream.enroll.matching import Matches
 
 __all__ = [
     "FaceBatch",
@@ -81,6 +84,8 @@ def _model(key: Any, build: Any) -> Any:
 
 
 def _cnn_detector() -> FaceDetector:
+    from facestream.engines.detector import FaceDetector
+
     return _model("cnn", lambda: FaceDetector.from_file(model_path("detector"), default_cache_dir()))
 
 
@@ -338,46 +343,66 @@ def compare(
 # ---------------------------------------------------------------------------------------------
 
 
-class Gallery(_Gallery):
-    """The enrolled people: a SQLite file (+ its FAISS index), with `add` and `identify` that take
-    images as well as descriptors. Every method of the full gallery (`enroll/gallery.py`) is here too.
+# The gallery (SQLite, FAISS, OpenCV thumbnails), `Matches` and the CNN detector are imported when first
+# used, not with this module: a script that only detects with HOG and encodes (face_recognition's usual
+# calls) loads none of them.
+def __getattr__(name: str) -> Any:
+    if name == "Gallery":
+        return _gallery_class()
+    if name == "Matches":
+        from facestream.enroll.matching import Matches
 
-    >>> with Gallery("people.db") as gallery:                 # doctest: +SKIP
-    ...     gallery.add("Barack Obama", "obama.jpg")
-    ...     gallery.identify("two_people.jpg").identities
-    ['Barack Obama', 'unknown']
-    """
+        return Matches
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def add(self, name: str, faces: ImageSource | FaceBatch, *, largest: bool = False) -> np.ndarray:
-        """Enrol `name` from an image (path, bytes, file object or array: exactly one face, or the
-        largest with `largest=True`), a `FaceBatch` or descriptors (N, 128). Returns the sample ids."""
-        source = str(faces) if isinstance(faces, (str, os.PathLike)) else None
-        if isinstance(faces, FaceBatch):
-            vectors = faces.descriptors
-        elif isinstance(faces, np.ndarray) and faces.dtype != np.uint8:
-            vectors = _vectors(faces, "descriptors").astype(np.float32)
-        else:
-            image = _image(faces)
-            found = detect(image)
-            if len(found) == 0:
-                raise ValueError(f"{source or 'image'}: no face found")
-            if len(found) > 1 and not largest:
-                raise ValueError(f"{source or 'image'}: {len(found)} faces; pass largest=True to enrol the largest")
-            pick = int(np.argmax(found.boxes[:, 2] - found.boxes[:, 0])) if len(found) > 1 else 0
-            vectors = descriptors(image, boxes=found.boxes[pick : pick + 1])
-            digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None
-            return self.add_samples(
-                name, vectors, sources=source, image_sha256=digest, boxes=found.boxes[pick : pick + 1]
-            )
-        return self.add_samples(name, vectors, sources=source)
 
-    def identify(self, faces: ImageSource | FaceBatch) -> Matches:  # type: ignore[override]
-        """Who each face is: `Matches` (identities, distances, runner-up, ...), one row per face.
+@cache
+def _gallery_class() -> type:
+    from facestream.enroll.gallery import Gallery as _Gallery
 
-        `faces`: descriptors (N, 128) or (128,), a `FaceBatch`, or an image (its faces are detected
-        with the CNN detector; rows follow `detect(image)`'s order)."""
-        if isinstance(faces, FaceBatch):
-            return super().identify(faces.descriptors)
-        if isinstance(faces, np.ndarray) and faces.dtype != np.uint8:
-            return super().identify(_vectors(faces, "descriptors").astype(np.float32))
-        return super().identify(descriptors(_image(faces)))
+    class Gallery(_Gallery):
+        """The enrolled people: a SQLite file (+ its FAISS index), with `add` and `identify` that take
+        images as well as descriptors. Every method of the full gallery (`enroll/gallery.py`) is here too.
+
+        >>> with Gallery("people.db") as gallery:                 # doctest: +SKIP
+        ...     gallery.add("Barack Obama", "obama.jpg")
+        ...     gallery.identify("two_people.jpg").identities
+        ['Barack Obama', 'unknown']
+        """
+
+        def add(self, name: str, faces: ImageSource | FaceBatch, *, largest: bool = False) -> np.ndarray:
+            """Enrol `name` from an image (path, bytes, file object or array: exactly one face, or the
+            largest with `largest=True`), a `FaceBatch` or descriptors (N, 128). Returns the sample ids."""
+            source = str(faces) if isinstance(faces, (str, os.PathLike)) else None
+            if isinstance(faces, FaceBatch):
+                vectors = faces.descriptors
+            elif isinstance(faces, np.ndarray) and faces.dtype != np.uint8:
+                vectors = _vectors(faces, "descriptors").astype(np.float32)
+            else:
+                image = _image(faces)
+                found = detect(image)
+                if len(found) == 0:
+                    raise ValueError(f"{source or 'image'}: no face found")
+                if len(found) > 1 and not largest:
+                    raise ValueError(f"{source or 'image'}: {len(found)} faces; pass largest=True to enrol the largest")
+                pick = int(np.argmax(found.boxes[:, 2] - found.boxes[:, 0])) if len(found) > 1 else 0
+                vectors = descriptors(image, boxes=found.boxes[pick : pick + 1])
+                digest = hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None
+                return self.add_samples(
+                    name, vectors, sources=source, image_sha256=digest, boxes=found.boxes[pick : pick + 1]
+                )
+            return self.add_samples(name, vectors, sources=source)
+
+        def identify(self, faces: ImageSource | FaceBatch) -> Matches:  # type: ignore[override]
+            """Who each face is: `Matches` (identities, distances, runner-up, ...), one row per face.
+
+            `faces`: descriptors (N, 128) or (128,), a `FaceBatch`, or an image (its faces are detected
+            with the CNN detector; rows follow `detect(image)`'s order)."""
+            if isinstance(faces, FaceBatch):
+                return super().identify(faces.descriptors)
+            if isinstance(faces, np.ndarray) and faces.dtype != np.uint8:
+                return super().identify(_vectors(faces, "descriptors").astype(np.float32))
+            return super().identify(descriptors(_image(faces)))
+
+    Gallery.__module__, Gallery.__qualname__ = __name__, "Gallery"
+    return Gallery
