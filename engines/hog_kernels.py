@@ -12,34 +12,17 @@ Each loop follows dlib-bin's x86 arithmetic operation by operation (spec ``dlib-
   several threads at once (:mod:`facestream.engines.hog`), a coarser split than ``prange`` inside
   every loop, whose per-call thread wake-ups cost more than they save on a busy machine.
 
-Compiled code is cached on disk (``cache=True``) under the facestream cache directory
+Compiled code is cached on disk (``cache=True``, :mod:`facestream.engines.jit`) under the facestream cache directory
 (``<cache>/numba``, see :func:`facestream.engines.cachedir.default_cache_dir`) unless
 ``NUMBA_CACHE_DIR`` is set, so a new process loads the machine code instead of compiling it.
 """
 
 from __future__ import annotations
 
-import atexit
-import gc
-import os
-
-from facestream.engines.cachedir import default_cache_dir
-
-if not os.environ.get("NUMBA_CACHE_DIR"):
-    os.environ["NUMBA_CACHE_DIR"] = str(default_cache_dir() / "numba")
-
 import numba
 import numpy as np
 
-if os.environ["NUMBA_CACHE_DIR"] != numba.config.CACHE_DIR:  # numba was imported earlier by someone else
-    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-
-# At exit, Python's last garbage collections walk every object alive, and numba's compiler state is ~100k of
-# them: ~0.5 s added to every process that ran a kernel. Freezing them when the interpreter starts shutting
-# down (atexit runs before the module teardown) skips that walk; objects are still released by reference
-# count as modules are cleared. What it forgoes, running __del__ of cyclic garbage left at exit, Python does
-# not promise either (objects still existing at exit need not be finalised).
-atexit.register(gc.freeze)
+from facestream.engines.jit import compiled
 
 __all__ = ["approximate_responses", "exact_scores", "fhog_features_u8", "resize_u8"]
 
@@ -47,14 +30,10 @@ _F32 = np.float32
 _TAPS = 10  # filter rows = columns
 
 
-def _jit():
-    return numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-
-
 # -- resize_image (bilinear, align corners), spec §3.1 ------------------------------------------
 
 
-@_jit()
+@compiled()
 def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_right, flat_ilr, flat_lr, left, right, lrd):  # noqa: E501
     """dlib's bilinear ``resize_image`` of an ``(H, W, C)`` uint8 image into ``out`` ``(h, w, C)``: C = 3 is
     RGB, C = 1 grey (the two differ in rounding and in the tail columns).
@@ -124,7 +103,7 @@ def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_rig
 # -- fHOG, spec §4 -------------------------------------------------------------------------------
 
 
-@_jit()
+@compiled()
 def _histogram(img, vis_nr, vis_nc, n_simd, bins_lut, iy, vy0, vy1, ix, vx0, vx1, hist):
     """Gradients and bilinear votes into ``hist`` (NR, NC, 18) in one raster-order pass over the pixels
     1 <= y < vis_nr, 1 <= x < vis_nc (so every bin is summed in dlib's pixel raster order).
@@ -224,7 +203,7 @@ def _rgb_keys(above, row, below, x0, x1, later, keys, mags):
         mags[x] = np.sqrt(lt if keep else l2)
 
 
-@_jit()
+@compiled()
 def _features(hist, cells_nr, cells_nc, out):
     """Block energies, the four normalisation lanes and the 31 features (spec §4.5) into ``out``
     (31, hog_nr+9, hog_nc+9), zero-initialised; feature cell (y, x) at (y+4, x+4)."""
@@ -272,7 +251,7 @@ def _features(hist, cells_nr, cells_nc, out):
                 out[27 + k, y + 4, x + 4] = acc * texture
 
 
-@_jit()
+@compiled()
 def fhog_features_u8(img, cells_nr, cells_nc, bins_lut, fractions_y, fractions_x):
     """fHOG of an ``(H, W, C)`` uint8 image (C = 3 RGB or 1 grey) with ``cells_nr - 2 > 0`` and
     ``cells_nc - 2 > 0``: float32 ``(31, cells_nr+7, cells_nc+7)``. ``fractions_y``/``_x`` are the
@@ -338,7 +317,7 @@ def approximate_responses(feats, planes, rows, cols, starts, band, out):
     return out
 
 
-@_jit()
+@compiled()
 def exact_scores(feats, planes, rows, cols, start, stop, n_simd, cells_r, cells_c):
     """Filter responses at interior cells ``(cells_r[i], cells_c[i])`` (window top-left cell), exactly
     as dlib's separable filter computes them (spec §6): per rank-1 term ``start..stop-1`` a row pass
