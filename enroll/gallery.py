@@ -141,7 +141,7 @@ class Gallery:
 
     @classmethod
     def from_config(cls, section: Any, **overrides: Any) -> Gallery:
-        """From the typed `gallery` section of the configuration (pipeline/config.py GalleryConfig, validated
+        """From the typed `gallery` section of the configuration (pipeline/config/ GalleryConfig, validated
         there); `overrides` replace its values (e.g. ``path=``) or add constructor options (``threads=``)."""
         settings = {**dataclasses.asdict(section), **overrides}
         return cls(settings.pop("path"), **settings)
