@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ...enroll.store import MAX_THRESHOLD
+from ...enroll.records import MAX_THRESHOLD
 from .schema import section, setting
 
 
