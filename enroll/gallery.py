@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GalleryError
 from .index import (
     DEFAULT_APPROXIMATE_ABOVE,
     DEFAULT_HNSW_EF_SEARCH,
@@ -52,19 +53,18 @@ from .matching import (
     pair_distances,
     threshold_for_far,
 )
-from .store import (
+from .records import (
     DESCRIPTOR_BYTES,
     DESCRIPTOR_DTYPE,
     NEGATIVE,
     POSITIVE,
-    GalleryError,
     Person,
     SampleArrays,
     State,
-    Store,
     check_descriptors,
     check_threshold,
 )
+from .store import Store
 from .thumbnails import Thumbnails, thumbnails_dir
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Gallery:
 
     @classmethod
     def from_config(cls, section: Any, **overrides: Any) -> Gallery:
-        """From the typed `gallery` section of the configuration (pipeline/config.py GalleryConfig, validated
+        """From the typed `gallery` section of the configuration (pipeline/config/ GalleryConfig, validated
         there); `overrides` replace its values (e.g. ``path=``) or add constructor options (``threads=``)."""
         settings = {**dataclasses.asdict(section), **overrides}
         return cls(settings.pop("path"), **settings)

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .store import UNKNOWN
+from .records import UNKNOWN
 
 MATCH, NO_MATCH, MARGIN, NEGATIVE, EMPTY = "match", "no_match", "margin", "negative", "empty"
 REASONS = (MATCH, NO_MATCH, MARGIN, NEGATIVE, EMPTY)

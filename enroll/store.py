@@ -19,217 +19,43 @@ Guarantees, and how they are kept:
   ids only ever grow (AUTOINCREMENT), so "everything with id > N" plus the removal log is the
   complete list of changes since a revision.
 
-Descriptors are stored as 512-byte BLOBs: 128 float32, little-endian.
+Descriptors are stored as 512-byte BLOBs: 128 float32, little-endian. What a gallery holds and the checks on
+what goes in: enroll/records.py; the SQL schema and its migrations: enroll/schema.py.
 """
+
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import time
-import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import GalleryError, InputError
-
-DIM = 128
-DESCRIPTOR_DTYPE = np.dtype("<f4")  # little-endian float32 on every platform
-DESCRIPTOR_BYTES = DIM * DESCRIPTOR_DTYPE.itemsize
-POSITIVE = "positive"
-NEGATIVE = "negative"
-KINDS = (POSITIVE, NEGATIVE)
-UNKNOWN = "unknown"  # the identity of an unmatched face; reserved, no person may have this name
-
-
-class GalleryBusyError(GalleryError):
-    """Another process holds the lock (after the busy timeout, or at once where SQLite cannot wait)."""
-
-
-class GalleryNotFoundError(GalleryError):
-    """A gallery opened without `create` (a read-only command) that does not exist: nothing was created."""
-
-
-class UnknownPersonError(GalleryError):
-    pass
-
-
-class DuplicatePersonError(GalleryError):
-    pass
-
-
-_BUMP = "UPDATE gallery_state SET revision = revision + 1, token = randomblob(8);"
-_BUMP_PEOPLE = (
-    "UPDATE gallery_state SET revision = revision + 1, people_revision = people_revision + 1, token = randomblob(8);"
+from ..errors import GalleryError
+from .records import (
+    KINDS,
+    NEGATIVE,
+    POSITIVE,
+    DuplicatePersonError,
+    GalleryBusyError,
+    GalleryNotFoundError,
+    Person,
+    SampleArrays,
+    State,
+    UnknownPersonError,
+    blobs_to_descriptors,
+    check_descriptors,
+    check_name,
+    check_threshold,
+    descriptors_to_blobs,
 )
-
-# MIGRATIONS[i] takes a file from schema version i to version i + 1, as plain SQL run in one
-# transaction. Never edit a released step: append a new one.
-MIGRATIONS: list[list[str]] = [
-    [  # 1: people, samples, the revision counter and its triggers
-        "CREATE TABLE gallery_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO gallery_meta VALUES ('uuid', lower(hex(randomblob(16))))",
-        "INSERT INTO gallery_meta VALUES ('created', strftime('%s', 'now'))",
-        """CREATE TABLE gallery_state (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            revision INTEGER NOT NULL,         -- +1 on every row change anywhere
-            people_revision INTEGER NOT NULL,  -- +1 on every change to people (names, thresholds)
-            token BLOB NOT NULL                -- random, renewed with revision: tells apart two histories
-        )""",
-        "INSERT INTO gallery_state VALUES (1, 0, 0, randomblob(8))",
-        """CREATE TABLE people (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            name TEXT NOT NULL UNIQUE CHECK (length(trim(name)) > 0),
-            created REAL NOT NULL,
-            metadata TEXT NOT NULL DEFAULT '{}',
-            threshold REAL CHECK (threshold IS NULL OR threshold > 0)
-        )""",
-        """CREATE TABLE samples (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
-            kind TEXT NOT NULL CHECK (kind IN ('positive', 'negative')),
-            descriptor BLOB NOT NULL CHECK (typeof(descriptor) = 'blob' AND length(descriptor) = 512),
-            source TEXT,
-            image_sha256 TEXT,
-            box TEXT,                              -- JSON [left, top, right, bottom] or NULL
-            quality TEXT NOT NULL DEFAULT '{}',    -- JSON object
-            created REAL NOT NULL
-        )""",
-        "CREATE INDEX samples_by_person ON samples (person_id, kind)",
-        "CREATE TABLE removed_samples (sample_id INTEGER NOT NULL, revision INTEGER NOT NULL)",
-        "CREATE INDEX removed_samples_by_revision ON removed_samples (revision)",
-        f"CREATE TRIGGER people_inserted AFTER INSERT ON people BEGIN {_BUMP_PEOPLE} END",
-        f"CREATE TRIGGER people_updated AFTER UPDATE ON people BEGIN {_BUMP_PEOPLE} END",
-        f"CREATE TRIGGER people_deleted AFTER DELETE ON people BEGIN {_BUMP_PEOPLE} END",
-        f"CREATE TRIGGER samples_inserted AFTER INSERT ON samples BEGIN {_BUMP} END",
-        f"CREATE TRIGGER samples_updated AFTER UPDATE ON samples BEGIN {_BUMP} END",
-        f"""CREATE TRIGGER samples_deleted AFTER DELETE ON samples BEGIN {_BUMP}
-            INSERT INTO removed_samples (sample_id, revision) SELECT OLD.id, revision FROM gallery_state;
-        END""",
-        """CREATE TRIGGER samples_immutable BEFORE UPDATE OF person_id, kind, descriptor ON samples BEGIN
-            SELECT RAISE(ABORT, 'samples are immutable: remove the sample and add a new one');
-        END""",
-    ],
-    [  # 2: find samples by image, so enrolment can skip images it has already seen
-        "CREATE INDEX samples_by_image ON samples (image_sha256)",
-    ],
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class Person:
-    id: int
-    name: str
-    created: float  # unix time
-    metadata: dict[str, Any]
-    threshold: float | None  # None: the gallery's distance_threshold applies
-    samples: int  # positive samples
-    negatives: int  # negative examples ("this face is NOT this person")
-
-
-@dataclass
-class SampleArrays:
-    """Samples as arrays, row i of every field is sample i (ascending id)."""
-
-    ids: np.ndarray  # (n,) int64
-    person_ids: np.ndarray  # (n,) int64
-    negative: np.ndarray  # (n,) bool: True for negative examples
-    descriptors: np.ndarray  # (n,128) float32
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def select(self, mask: np.ndarray) -> SampleArrays:
-        return SampleArrays(self.ids[mask], self.person_ids[mask], self.negative[mask], self.descriptors[mask])
-
-
-@dataclass(frozen=True)
-class State:
-    """What a reader needs to know whether anything changed: cheap to read (one row)."""
-
-    revision: int
-    people_revision: int
-    token: str  # hex; renewed on every change
-
-
-def descriptors_to_blobs(descriptors: np.ndarray) -> list[bytes]:
-    array = np.ascontiguousarray(descriptors, dtype=DESCRIPTOR_DTYPE)
-    return [row.tobytes() for row in array]
-
-
-def blobs_to_descriptors(blobs: Sequence[bytes]) -> np.ndarray:
-    if not blobs:
-        return np.zeros((0, DIM), np.float32)
-    return np.frombuffer(b"".join(blobs), dtype=DESCRIPTOR_DTYPE).reshape(-1, DIM).astype(np.float32)
-
-
-def check_descriptors(descriptors: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    """(n,128) finite float32, or ValueError: bad input is the caller's mistake, not the file's."""
-    array = np.asarray(descriptors, dtype=np.float32)
-    if array.ndim == 1 and array.shape[0] == DIM:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != DIM:
-        raise ValueError(f"descriptors must be (n,{DIM}), got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError("descriptors contain NaN or infinity")
-    return np.ascontiguousarray(array)
-
-
-class InvalidNameError(GalleryError, ValueError):
-    """A person's name that cannot be stored (empty, control or bidi characters, bytes that are not UTF-8)."""
-
-
-# Bidirectional embeddings, overrides and isolates (and the marks): invisible, and they make a name read
-# differently from what it is (U+202E turns "evil.gpj" into "jpg.live" on screen).
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def check_name(name: str) -> str:
-    """The name when it can be stored and shown as it is; InvalidNameError (a ValueError) saying why."""
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidNameError(f"a person's name must be a non-empty string, got {name!r}")
-    if name != name.strip():
-        raise InvalidNameError(f"a person's name must not start or end with spaces: {name!r}")
-    if any("\ud800" <= c <= "\udfff" for c in name):  # how Python passes on argv bytes that are not UTF-8
-        raise InvalidNameError(f"a person's name must be UTF-8 text; this one holds other bytes: {name!r}")
-    for c in name:
-        category = unicodedata.category(c)
-        if category in ("Cc", "Co", "Cn", "Zl", "Zp") or c in _BIDI:
-            kind = "bidirectional-text" if c in _BIDI else "control or unassigned"
-            raise InvalidNameError(f"a person's name must not contain {kind} characters (U+{ord(c):04X}): {name!r}")
-    if name.casefold() == UNKNOWN:
-        raise InvalidNameError(f"{name!r} is reserved for unmatched faces")
-    return name
-
-
-# The largest distance threshold accepted: the data pack's faces of different people are at most 1.06
-# apart (dlib's descriptors), so a threshold above 1.2 would name almost anyone as anyone.
-MAX_THRESHOLD = 1.2
-
-
-class ThresholdError(InputError, ValueError):
-    """A distance threshold that is not a number in (0, MAX_THRESHOLD]."""
-
-
-def check_threshold(threshold: float | None) -> float | None:
-    """The threshold as a float (None stays None), or ThresholdError saying what is allowed."""
-    if threshold is None:
-        return None
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or not 0 < value <= MAX_THRESHOLD:
-        raise ThresholdError(f"threshold {threshold!r} is not allowed: a distance > 0 and <= {MAX_THRESHOLD:g}")
-    return value
+from .schema import SCHEMA_VERSION, migrate
 
 
 def _per_row(value: Any, n: int, what: str) -> list:
@@ -705,10 +531,3 @@ class Store:
                     summary["samples_added"] += 1
         return summary
 
-
-def migrate(db: sqlite3.Connection, from_version: int, to_version: int) -> None:
-    """Run MIGRATIONS[from_version:to_version] inside the caller's transaction, recording each version."""
-    for version in range(from_version, to_version):
-        for statement in MIGRATIONS[version]:
-            db.execute(statement)
-        db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version + 1, time.time()))

@@ -1,4 +1,4 @@
-"""The configuration schema (pipeline/config.py): config.yaml generated from it, validation, round-trip,
+"""The configuration schema (pipeline/config/): config.yaml generated from it, validation, round-trip,
 and bad values refused through the real `facestream` command before anything starts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""enroll/store.py and the Gallery's persistence: real SQLite files, real processes.
+"""enroll/store.py (records.py, schema.py) and the Gallery's persistence: real SQLite files, real processes.
 
 Concurrency and crash safety are tested with separate Python processes (subprocess), because
 locks and WAL recovery only mean something across processes: two enrolling at once must both
@@ -24,15 +24,10 @@ import numpy as np
 import pytest
 
 from facestream.enroll.gallery import Gallery
-from facestream.enroll.store import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    DuplicatePersonError,
-    GalleryError,
-    Store,
-    UnknownPersonError,
-    migrate,
-)
+from facestream.enroll.records import DuplicatePersonError, UnknownPersonError
+from facestream.enroll.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from facestream.enroll.store import Store
+from facestream.errors import GalleryError
 
 
 def descriptors(n: int, seed: int = 0) -> np.ndarray:
@@ -453,7 +448,7 @@ def test_a_recreated_gallery_never_shows_the_thumbnails_of_the_gallery_it_replac
 
 
 def test_reading_a_missing_gallery_creates_nothing(tmp_path: Path) -> None:
-    from facestream.enroll.store import GalleryNotFoundError
+    from facestream.enroll.records import GalleryNotFoundError
 
     path = tmp_path / "typo" / "gallery.db"
     with pytest.raises(GalleryNotFoundError, match="no such gallery"):

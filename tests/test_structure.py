@@ -179,7 +179,8 @@ def test_every_exception_class_derives_from_facestream_error() -> None:
 DOCUMENTED = [
     "runtime/stages", "runtime/stage_main", "runtime/messages", "sources/spec", "sources/files", "sources/live",
     "sources/process", "runtime/supervisor", "runtime/children", "runtime/faces_queue", "runtime/reports",
-    "runtime/preflight", "config", "cli/runner", "runtime/detect_worker", "runtime/embed_worker",
+    "runtime/preflight", "config/__init__", "config/schema", "config/sections", "config/root", "config/load",
+    "config/render", "cli/runner", "runtime/detect_worker", "runtime/embed_worker",
     "sinks/__init__", "sinks/process", "sinks/core", "sinks/matcher", "sinks/outputs", "sinks/writers",
     "sinks/annotate", "sinks/web_feed", "sinks/records",
 ]

@@ -12,7 +12,8 @@ from typing import Any
 from ...engines.faces import FaceAnalyzer
 from ...engines.imageio import ImageError, read_image
 from ...enroll.gallery import Gallery
-from ...enroll.store import GalleryError, check_name, check_threshold
+from ...enroll.records import check_name, check_threshold
+from ...errors import GalleryError
 from ..config import Config
 from ..domain.enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
 

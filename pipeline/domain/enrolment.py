@@ -19,7 +19,7 @@ import numpy as np
 from ...engines.faces import FaceAnalyzer
 from ...engines.imageio import ImageError, decode_image
 from ...engines.quality import DETECTOR_SCORE, FACE_WIDTH, QUALITY_COLUMNS, SHARPNESS, face_quality
-from ...enroll.store import NEGATIVE, POSITIVE
+from ...enroll.records import NEGATIVE, POSITIVE
 from ...enroll.thumbnails import Thumbnails, face_thumbnail
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ...enroll.store import POSITIVE
+from ...enroll.records import POSITIVE
 from ..config import Config
 from .live import UNKNOWN, LiveState
 

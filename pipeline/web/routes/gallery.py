@@ -20,7 +20,8 @@ async def gallery_change(gallery: GalleryService, function: Callable[..., Any], 
     person), 409 (a name taken, or faces that match someone else: the page offers to force) or 400."""
     from starlette.responses import JSONResponse
 
-    from ....enroll.store import DuplicatePersonError, GalleryError, UnknownPersonError
+    from ....enroll.records import DuplicatePersonError, UnknownPersonError
+    from ....errors import GalleryError
 
     try:
         return JSONResponse(await gallery.call(function, *args))
