@@ -22,7 +22,7 @@ described in the JSON; the JSON metadata holds only the scalar fields of the typ
 exactly those keys, each of a checked type: no NaN/Infinity, no duplicate keys, at most
 ``MAX_METADATA_BYTES``). Optional arrays (``track_ids``) come last and are absent by being omitted.
 
-The faces and descriptors messages carry a frame's faces as one `engines.faces.FaceBatch` (``faces``): their
+The faces and descriptors messages carry a frame's faces as one `engines.face_batch.FaceBatch` (``faces``): their
 arrays are its columns, sent in the order below; a column the type does not send (faces: ``descriptors``;
 descriptors: ``chips``) stays behind, and decodes as an empty column.
 
