@@ -1,12 +1,8 @@
-"""The three models together: image -> a `FaceBatch` of boxes, scores, landmarks, chips, descriptors.
-
-A face batch is arrays, not a list of objects (in the manner of supervision's `Detections`):
-row i of every field is face i.
-"""
+"""The three models together: image -> a `FaceBatch` (engines/face_batch.py) of boxes, scores, landmarks,
+chips, descriptors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,35 +12,12 @@ from .cachedir import default_cache_dir
 from .chips import extract_face_chips
 from .detector import FaceDetector, detector_options
 from .embedder import FaceEmbedder
+from .face_batch import FaceBatch
 from .landmarks import ShapePredictor
 from .models import model_path
 
 if TYPE_CHECKING:
     from ..pipeline.config import Config
-
-
-@dataclass
-class FaceBatch:
-    boxes: np.ndarray  # (N,4) int64 [left, top, right, bottom], dlib's inclusive rectangles
-    scores: np.ndarray  # (N,) float64 detector confidence
-    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.int64))  # (N,5,2) [x, y]
-    chips: np.ndarray = field(default_factory=lambda: np.zeros((0, 150, 150, 3), np.uint8))  # (N,150,150,3) RGB
-    descriptors: np.ndarray = field(default_factory=lambda: np.zeros((0, 128), np.float32))  # (N,128)
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def to_records(self) -> list[dict]:
-        """JSON-ready dicts, one per face (no chips)."""
-        records = []
-        for i in range(len(self)):
-            record = {"box": [int(v) for v in self.boxes[i]], "score": float(self.scores[i])}
-            if len(self.landmarks):
-                record["landmarks"] = self.landmarks[i].tolist()
-            if len(self.descriptors):
-                record["embedding"] = [float(v) for v in self.descriptors[i]]
-            records.append(record)
-        return records
 
 
 class FaceAnalyzer:

@@ -36,7 +36,7 @@ import numpy as np
 from facestream.engines.cachedir import default_cache_dir
 from facestream.engines.chips import extract_face_chips
 from facestream.engines.embedder import FaceEmbedder
-from facestream.engines.faces import FaceBatch
+from facestream.engines.face_batch import FaceBatch
 from facestream.engines.imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from facestream.engines.jitter import jittered_descriptors
 from facestream.engines.landmarks import ShapePredictor, default_model_path

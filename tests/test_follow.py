@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facestream.engines.face_batch import BOX_REGION, BOX_SCAN
 from facestream.pipeline.domain.follow import (
     Follower,
     FollowSettings,
@@ -20,7 +21,7 @@ from facestream.pipeline.domain.follow import (
     motion_outside,
 )
 from facestream.pipeline.domain.tracker import QualityGate
-from facestream.pipeline.runtime.messages import BOX_REGION, BOX_SCAN, FrameMessage
+from facestream.pipeline.runtime.messages import FrameMessage
 
 DATA = Path(__file__).parent / "data"
 CLIP = DATA / "video" / "short_hamilton_clip.mp4"
@@ -83,7 +84,7 @@ def test_scans_in_the_background_never_stop_the_followers(models: tuple) -> None
     while followed_during_scan < 3 and time.monotonic() < deadline:
         image = frames[index % len(frames)]
         faces = follower.process(FrameMessage("cam", index, start + index / FPS, True, image))
-        assert not faces.scanned and set(faces.box_source.tolist()) <= {BOX_REGION}
+        assert not faces.scanned and set(faces.faces.box_source.tolist()) <= {BOX_REGION}
         if index == 0:
             assert len(faces) == 0 and state.scan is not None  # the first scan is under way
         if len(faces) and state.scan is not None and not state.scan.done():
@@ -103,10 +104,10 @@ def test_a_new_size_or_scene_cut_is_scanned_on_the_frame_itself(models: tuple) -
                enumerate([frame, frame, big])]  # fmt: skip
     assert [r.scanned for r in results] == [True, False, True]
     assert follower.counters["scan_size_change"] == 1
-    assert results[1].box_source.tolist() == [BOX_REGION]
-    assert len(results[2]) and set(results[2].box_source.tolist()) == {BOX_SCAN}
+    assert results[1].faces.box_source.tolist() == [BOX_REGION]
+    assert len(results[2]) and set(results[2].faces.box_source.tolist()) == {BOX_SCAN}
     # Embedding: a new follower's first faces are embedded (its identity is still being decided).
-    assert all(set(r.embed.tolist()) == {1} for r in results)
+    assert all(set(r.faces.embed.tolist()) == {1} for r in results)
 
 
 def test_followers_boxes_equal_full_frame_boxes_on_the_demo_clip(models: tuple) -> None:
@@ -120,7 +121,7 @@ def test_followers_boxes_equal_full_frame_boxes_on_the_demo_clip(models: tuple) 
         if faces.scanned:
             continue
         theirs = sorted(f["box"] for f in golden[index]["faces"])
-        assert sorted(faces.boxes.tolist()) == theirs, index
+        assert sorted(faces.faces.boxes.tolist()) == theirs, index
         compared += 1
     assert compared >= 20  # the other frames were scanned (first frame, the cut at 20, motion)
 

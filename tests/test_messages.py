@@ -13,7 +13,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facestream.pipeline.runtime import messages
+from facestream.engines.face_batch import FaceBatch
+from facestream.engines.quality import QUALITY_COLUMNS
+from facestream.pipeline.runtime import messages, stages
 from facestream.pipeline.runtime.messages import (
     Control,
     DescriptorsMessage,
@@ -37,12 +39,14 @@ def faces_message(count: int = 3, seed: int = 0, track_ids: bool = True, score_d
         timestamp=1712.25,
         width=640,
         height=480,
-        boxes=rng.integers(-20, 600, (count, 4)).astype(np.int64),
-        scores=rng.random(count).astype(score_dtype),
-        landmarks=rng.integers(0, 600, (count, 5, 2)).astype(np.int64),
-        chips=rng.integers(0, 256, (count, 150, 150, 3), dtype=np.uint8),
-        quality=rng.random((count, 2)).astype(np.float32),
-        track_ids=np.arange(1, count + 1, dtype=np.int64) if track_ids else None,
+        faces=FaceBatch(
+            boxes=rng.integers(-20, 600, (count, 4)).astype(np.int64),
+            scores=rng.random(count).astype(score_dtype),
+            landmarks=rng.integers(0, 600, (count, 5, 2)).astype(np.int64),
+            chips=rng.integers(0, 256, (count, 150, 150, 3), dtype=np.uint8),
+            quality=rng.random((count, 2)).astype(np.float32),
+            track_ids=np.arange(1, count + 1, dtype=np.int64) if track_ids else None,
+        ),
     )
 
 
@@ -71,11 +75,14 @@ def all_messages() -> list[messages.Message]:
     ]
 
 
-def assert_same(received: messages.Message, sent: messages.Message) -> None:
+def assert_same(received: messages.Message | FaceBatch, sent: messages.Message | FaceBatch) -> None:
+    """Same type, same fields; arrays equal in dtype, shape and values; a FaceBatch column by column."""
     assert type(received) is type(sent)
     for name, value in vars(sent).items():
         got = getattr(received, name)
-        if isinstance(value, np.ndarray):
+        if isinstance(value, FaceBatch):
+            assert_same(got, value)
+        elif isinstance(value, np.ndarray):
             assert isinstance(got, np.ndarray), name
             assert got.dtype == value.dtype and got.shape == value.shape, name
             np.testing.assert_array_equal(got, value, err_msg=name)
@@ -140,15 +147,30 @@ def test_no_faces_still_travels() -> None:
     frames = encode(message)
     assert [len(memoryview(frame)) for frame in frames[1:]] == [0] * 8
     decoded = decode(frames)
-    assert len(decoded) == 0 and decoded.chips.shape == (0, 150, 150, 3) and decoded.quality.shape == (0, 2)
+    assert len(decoded) == 0 and decoded.faces.chips.shape == (0, 150, 150, 3) and decoded.faces.quality.shape == (0, 2)
+    skip_notice = decode(encode(stages.empty_faces("cam-1", 3, 0.1, 640, 480)))
+    assert len(skip_notice) == 0 and skip_notice.faces.quality.shape == (0, len(QUALITY_COLUMNS))
+
+
+def test_faces_travel_as_one_face_batch() -> None:
+    """Decoding gives the FaceBatch that was sent; the columns a type does not send decode empty."""
+    faces = faces_message(2)
+    decoded = decode(encode(faces))
+    assert isinstance(decoded.faces, FaceBatch) and len(decoded.faces.descriptors) == 0
+    assert_same(decoded.faces, faces.faces)
+    descriptors = decode(encode(descriptors_message(2)))
+    assert len(descriptors.faces.chips) == 0 and descriptors.faces.descriptors.shape == (2, 128)
+    picked = descriptors.faces.take(np.array([1]))
+    np.testing.assert_array_equal(picked.boxes, descriptors.faces.boxes[1:])
+    assert len(picked.chips) == 0  # an empty column stays empty
 
 
 def test_descriptors_from_faces_drops_chips_keeps_the_rest() -> None:
     faces = faces_message(2)
     descriptors = np.ones((2, 128), np.float32)
     message = DescriptorsMessage.from_faces(faces, descriptors)
-    assert message.boxes is faces.boxes and message.track_ids is faces.track_ids
-    assert not hasattr(message, "chips")
+    assert message.faces.boxes is faces.faces.boxes and message.faces.track_ids is faces.faces.track_ids
+    assert len(message.faces.chips) == 0 and message.faces.descriptors is descriptors
     assert_same(decode(encode(message)), message)
 
 
@@ -157,23 +179,24 @@ def test_non_contiguous_and_castable_inputs() -> None:
     big_image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     wide_boxes = rng.integers(0, 500, (3, 8), dtype=np.int64)
     message = FacesMessage(
-        stream_id="s", frame_index=np.int64(3), timestamp=np.float32(0.5), width=80, height=60,
-        boxes=wide_boxes[:, ::2],  # strided
-        scores=np.asfortranarray(rng.random((3, 2)))[:, 0],
-        landmarks=np.asfortranarray(rng.integers(0, 80, (3, 5, 2))),
-        chips=rng.integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)[:, :, :, ::-1],  # BGR view of RGB
-        quality=rng.random((2, 3)).astype(np.float32).T,  # transposed
-        track_ids=np.array([5, 6, 7], np.int32),  # widened to int64
+        stream_id="s", frame_index=np.int64(3), timestamp=np.float32(0.5), width=80, height=60, faces=FaceBatch(
+            boxes=wide_boxes[:, ::2],  # strided
+            scores=np.asfortranarray(rng.random((3, 2)))[:, 0],
+            landmarks=np.asfortranarray(rng.integers(0, 80, (3, 5, 2))),
+            chips=rng.integers(0, 256, (3, 150, 150, 3), dtype=np.uint8)[:, :, :, ::-1],  # BGR view of RGB
+            quality=rng.random((2, 3)).astype(np.float32).T,  # transposed
+            track_ids=np.array([5, 6, 7], np.int32),  # widened to int64
+        ),
     )  # fmt: skip
     decoded = decode(encode(message))
     for name in ("boxes", "scores", "landmarks", "chips", "quality", "track_ids"):
-        np.testing.assert_array_equal(getattr(decoded, name), getattr(message, name), err_msg=name)
-    assert decoded.track_ids.dtype == np.int64 and decoded.frame_index == 3 and type(decoded.frame_index) is int
+        np.testing.assert_array_equal(getattr(decoded.faces, name), getattr(message.faces, name), err_msg=name)
+    assert decoded.faces.track_ids.dtype == np.int64 and decoded.frame_index == 3 and type(decoded.frame_index) is int
     image_view = FrameMessage("s", 0, 0.0, True, big_image[::2, ::2])
     np.testing.assert_array_equal(decode(encode(image_view)).image, big_image[::2, ::2])
     big_endian = faces_message(2)
-    big_endian.boxes = big_endian.boxes.astype(">i8")
-    np.testing.assert_array_equal(decode(encode(big_endian)).boxes, big_endian.boxes)
+    big_endian.faces.boxes = big_endian.faces.boxes.astype(">i8")
+    np.testing.assert_array_equal(decode(encode(big_endian)).faces.boxes, big_endian.faces.boxes)
 
 
 def test_zero_copy_both_ways() -> None:
@@ -181,11 +204,11 @@ def test_zero_copy_both_ways() -> None:
     frames = encode(message)
     chips_frame = frames[4]
     assert isinstance(chips_frame, memoryview)
-    assert np.shares_memory(np.frombuffer(chips_frame, np.uint8), message.chips)  # no copy when encoding
+    assert np.shares_memory(np.frombuffer(chips_frame, np.uint8), message.faces.chips)  # no copy when encoding
     received = as_bytes(frames)
     decoded = decode(received)
-    assert np.shares_memory(decoded.chips, np.frombuffer(received[4], np.uint8))  # no copy when decoding
-    assert not decoded.chips.flags.writeable  # a view onto the received frame
+    assert np.shares_memory(decoded.faces.chips, np.frombuffer(received[4], np.uint8))  # no copy when decoding
+    assert not decoded.faces.chips.flags.writeable  # a view onto the received frame
     forwarded = decode(encode(decoded))  # a stage can forward what it received
     assert_same(forwarded, message)
 
@@ -216,7 +239,7 @@ def test_zero_copy_both_ways() -> None:
 def test_encode_refuses(change: dict, reason: str) -> None:
     message = faces_message(3)
     for name, value in change.items():
-        setattr(message, name, value)
+        setattr(message.faces if hasattr(message.faces, name) else message, name, value)
     with pytest.raises(MessageError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         encode(message)
 
@@ -285,7 +308,7 @@ def test_decode_errors_name_the_reason() -> None:
 def test_decode_accepts_optional_array_omitted_but_not_a_required_one() -> None:
     with_ids = as_bytes(encode(faces_message(2, track_ids=True)))
     without_ids = as_bytes(encode(faces_message(2, track_ids=False)))
-    assert decode(without_ids).track_ids is None
+    assert decode(without_ids).faces.track_ids is None
     assert len(with_ids) == len(without_ids) + 1
     with pytest.raises(MessageError, match="declares 6 arrays"):
         decode(rebuild(without_ids[:-1], n_arrays=6))
@@ -428,5 +451,5 @@ def test_received_zmq_frames_are_decoded_without_copy(context: zmq.Context) -> N
     frames = pull.recv_multipart(copy=False)
     assert all(isinstance(frame, zmq.Frame) for frame in frames)
     decoded = decode(frames)
-    assert np.shares_memory(decoded.chips, np.frombuffer(frames[4].buffer, np.uint8))
+    assert np.shares_memory(decoded.faces.chips, np.frombuffer(frames[4].buffer, np.uint8))
     assert_same(decoded, message)

@@ -30,6 +30,7 @@ import pytest
 import yaml
 import zmq
 
+from facestream.engines.face_batch import FaceBatch
 from facestream.pipeline.runtime import messages
 from facestream.pipeline.runtime.messages import DescriptorsMessage, FrameMessage
 
@@ -364,9 +365,7 @@ def test_two_detect_workers_same_events_and_malformed_messages_are_dropped_and_c
         sink.connect(f"ipc://{run.run_dir}/descriptors")
         queue = context.socket(zmq.PUSH)
         queue.connect(f"ipc://{run.run_dir}/faces_in")
-        empty = DescriptorsMessage("clip", 0, 0.0, 640, 360, np.zeros((0, 4), np.int64), np.zeros(0),
-                                   np.zeros((0, 5, 2), np.int64), np.zeros((0, 3), np.float32),
-                                   np.zeros((0, 128), np.float32))  # fmt: skip
+        empty = DescriptorsMessage("clip", 0, 0.0, 640, 360, FaceBatch())
         valid = messages.encode(empty)
         wrong_version = [bytes(valid[0][:4]) + b"\x09" + bytes(valid[0][5:]), *map(bytes, valid[1:])]
         frame = messages.encode(FrameMessage("clip", 3, 0.1, False, np.zeros((8, 8, 3), np.uint8)))

@@ -21,6 +21,7 @@ import pytest
 import yaml
 import zmq
 
+from facestream.engines.face_batch import FaceBatch
 from facestream.pipeline.config import load_config
 from facestream.pipeline.runtime import messages, security
 from facestream.pipeline.runtime.messages import DescriptorsMessage
@@ -284,9 +285,9 @@ def test_an_unauthenticated_peer_cannot_feed_or_read_a_curve_pipeline(keys: dict
             thief = client_context_socket(context, zmq.PULL, endpoints["frames"], who, curve_key or "worker")
             reader = client_context_socket(context, zmq.SUB, endpoints["events"], who, curve_key or "worker")
             pusher = client_context_socket(context, zmq.PUSH, endpoints["descriptors"], who, curve_key or "worker")
-            fake = DescriptorsMessage("frames", 0, 0.0, 640, 360, np.array([[1, 1, 90, 90]]), np.ones(1),
-                                      np.zeros((1, 5, 2), np.int64), np.zeros((1, 3), np.float32),
-                                      np.zeros((1, 128), np.float32))  # fmt: skip
+            fake = DescriptorsMessage("frames", 0, 0.0, 640, 360, FaceBatch(
+                np.array([[1, 1, 90, 90]]), np.ones(1), np.zeros((1, 5, 2), np.int64),
+                descriptors=np.zeros((1, 128), np.float32), quality=np.zeros((1, 3), np.float32)))  # fmt: skip
             while not stop.is_set():
                 _try_send(pusher, b"")  # an empty frame: malformed if it ever arrived
                 try:

@@ -16,13 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
+from facestream.engines.face_batch import BOX_REGION, BOX_SCAN, FaceBatch
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import Config, KioskConfig, PipelineConfig, TrackerConfig
 from facestream.pipeline.domain.kiosk import KioskDecider, KioskPolicy
 from facestream.pipeline.domain.unknowns import UnknownTracks, read_unknowns
 from facestream.pipeline.runtime.messages import (
-    BOX_REGION,
-    BOX_SCAN,
     DescriptorsMessage,
     EndOfStream,
     FrameMessage,
@@ -70,8 +69,9 @@ def faces_at(
     descriptors[:, 0] = [who for who, _ in people]
     widths = boxes[:, 2] - boxes[:, 0] + 1
     quality = np.stack([widths, np.full(len(people), sharpness), np.ones(len(people))], axis=1).astype(np.float32)
-    return DescriptorsMessage(stream, index, index / FPS, WIDTH, HEIGHT, boxes, np.ones(len(people)),
-                              np.zeros((len(people), 5, 2), np.int64), quality, descriptors)  # fmt: skip
+    faces = FaceBatch(boxes, np.ones(len(people)), np.zeros((len(people), 5, 2), np.int64), descriptors=descriptors,
+                      quality=quality)  # fmt: skip
+    return DescriptorsMessage(stream, index, index / FPS, WIDTH, HEIGHT, faces)
 
 
 def scene(index: int) -> list[tuple[int, list[int]]]:
@@ -273,11 +273,9 @@ def test_messages_that_do_not_belong_are_errors_not_crashes(tmp_path: Path) -> N
     with pytest.raises(MessageError, match="unknown stream"):
         core.add(faces_at("elsewhere", 0, scene(0)), "descriptors")
     with pytest.raises(MessageError, match="skip notice must have no faces"):
-        core.add(empty_faces("cam", 0, 0.0, WIDTH, HEIGHT).__class__(**{
-            **vars(empty_faces("cam", 0, 0.0, WIDTH, HEIGHT)), "boxes": np.zeros((1, 4), np.int64),
-            "scores": np.ones(1), "landmarks": np.zeros((1, 5, 2), np.int64),
-            "chips": np.zeros((1, 150, 150, 3), np.uint8), "quality": np.zeros((1, 3), np.float32),
-        }), "sink_in")  # fmt: skip
+        one_face = FaceBatch(np.zeros((1, 4), np.int64), np.ones(1), np.zeros((1, 5, 2), np.int64),
+                             np.zeros((1, 150, 150, 3), np.uint8), quality=np.zeros((1, 3), np.float32))  # fmt: skip
+        core.add(dataclasses.replace(empty_faces("cam", 0, 0.0, WIDTH, HEIGHT), faces=one_face), "sink_in")
     with pytest.raises(MessageError, match="unexpected EndOfStream"):
         core.add(EndOfStream("cam", 3), "descriptors")
     core.add(faces_at("cam", 0, scene(0)), "descriptors")  # and the sink goes on
@@ -386,10 +384,10 @@ def test_sink_writes_unknown_tracks_and_kiosk_decisions(tmp_path: Path) -> None:
         scores = np.array([f["rect"][4] for f in faces], np.float64)
         quality = np.zeros((len(faces), 3), np.float32)
         quality[:, 0], quality[:, 1], quality[:, 2] = boxes[:, 2] - boxes[:, 0] + 1, 50.0, scores
-        core.add(DescriptorsMessage("clip", k, k / 29.97, 640, 360, boxes, scores,
-                                    np.array([f["landmarks_5"] for f in faces], np.int64).reshape(-1, 5, 2), quality,
-                                    np.array([f["descriptor"] for f in faces], np.float32).reshape(-1, 128)),
-                 "descriptors")  # fmt: skip
+        batch = FaceBatch(boxes, scores, np.array([f["landmarks_5"] for f in faces], np.int64).reshape(-1, 5, 2),
+                          descriptors=np.array([f["descriptor"] for f in faces], np.float32).reshape(-1, 128),
+                          quality=quality)  # fmt: skip
+        core.add(DescriptorsMessage("clip", k, k / 29.97, 640, 360, batch), "descriptors")
     core.add(EndOfStream("clip", 30), "sink_in")
     core.pump()
     core.close()
@@ -480,10 +478,10 @@ def test_faces_without_a_descriptor_are_tracked_but_not_matched(tmp_path: Path) 
     for index in range(3):
         message = faces_at("cam", index, [(1, [40, 60, 119, 139]), (2, [300, 60, 379, 139])])
         embed = np.array([1, 0] if index else [1, 1], np.uint8)
-        descriptors = np.array(message.descriptors)
+        descriptors = np.array(message.faces.descriptors)
         descriptors[embed == 0] = np.nan
-        message.descriptors, message.embed = descriptors, embed
-        message.box_source = np.array([BOX_SCAN if index == 0 else BOX_REGION] * 2, np.uint8)
+        message.faces.descriptors, message.faces.embed = descriptors, embed
+        message.faces.box_source = np.array([BOX_SCAN if index == 0 else BOX_REGION] * 2, np.uint8)
         message.scanned = index == 0
         core.add(message, "descriptors")
     core.add(EndOfStream("cam", 3), "sink_in")

@@ -34,6 +34,7 @@ import pytest
 import yaml
 import zmq
 
+from facestream.engines.face_batch import FaceBatch
 from facestream.enroll.gallery import Gallery
 from facestream.pipeline.config import load_config
 from facestream.pipeline.runtime.messages import DescriptorsMessage
@@ -159,18 +160,19 @@ def test_addresses_tokens_and_the_refusal_to_serve_beyond_localhost_without_a_to
 
 def descriptors_message(frame: int, stream: str = "hall") -> DescriptorsMessage:
     faces = golden_frames()[frame]
-    return DescriptorsMessage(
-        stream, frame, frame / 29.97, 640, 360, np.asarray([f["box"] for f in faces], np.int64),
-        np.asarray([f["score"] for f in faces], np.float32), np.asarray([f["landmarks"] for f in faces], np.int64),
-        np.zeros((len(faces), 3), np.float32), np.stack([f["descriptor"] for f in faces]),
-    )  # fmt: skip
+    return DescriptorsMessage(stream, frame, frame / 29.97, 640, 360, FaceBatch(
+        np.asarray([f["box"] for f in faces], np.int64), np.asarray([f["score"] for f in faces], np.float32),
+        np.asarray([f["landmarks"] for f in faces], np.int64), descriptors=np.stack([f["descriptor"] for f in faces]),
+        quality=np.zeros((len(faces), 3), np.float32),
+    ))  # fmt: skip
 
 
-def tracked(box: list[int], track_id: int, identity: str, distance: float | None, score: float) -> TrackedFaces:
-    """One face as a processed frame holds it: its box, score, track and the track's decision."""
-    return TrackedFaces(
-        np.array([box], np.int64), np.array([score]), track_ids=np.array([track_id], np.int64),
-        identities=np.array([identity], object), distances=np.array([np.nan if distance is None else distance]),
+def tracked(message: DescriptorsMessage, track_id: int, identity: str, distance: float | None) -> TrackedFaces:
+    """The message's one face as a processed frame holds it: the message's columns, its track and the track's
+    decision."""
+    return TrackedFaces.of(
+        message.faces, track_ids=np.array([track_id], np.int64), identities=np.array([identity], object),
+        distances=np.array([np.nan if distance is None else distance]),
     )  # fmt: skip
 
 
@@ -191,32 +193,33 @@ def test_the_sink_feed_caps_annotated_frames_and_sends_each_better_face_of_unkno
     published.clear()
     image = clip_frame(25)
     message = descriptors_message(25)
-    chips = FrameChips(image, message.landmarks)
-    box = [int(v) for v in message.boxes[0]]
-    unknown = tracked(box, 2, "unknown", 0.71, 0.9)
-    feed.faces("hall", message, unknown, np.array([0.5]), chips)
+    chips = FrameChips(image, message.faces.landmarks)
+    box = [int(v) for v in message.faces.boxes[0]]
+    at = (message.frame_index, message.timestamp)
+    unknown = tracked(message, 2, "unknown", 0.71)
+    feed.faces("hall", *at, unknown, np.array([0.5]), chips)
     (topic, payload), = published  # fmt: skip
     record = json.loads(payload)
     assert topic == b"unknown_face" and record["event"] == "unknown_face"
     assert (record["stream_id"], record["track_id"], record["frame_index"], record["box"]) == ("hall", 2, 25, box)
     assert record["quality"] == 0.5
     # The descriptor survives JSON exactly (float32 -> double -> float32).
-    assert np.array_equal(np.asarray(record["descriptor"], np.float32), message.descriptors[0])
+    assert np.array_equal(np.asarray(record["descriptor"], np.float32), message.faces.descriptors[0])
     chip = cv2.imdecode(np.frombuffer(base64.b64decode(record["chip_png"]), np.uint8), cv2.IMREAD_COLOR)
     dlib_chip = json.loads(GOLDEN.read_text())["frames"]["25"]["cnn_faces"][0]["chip_sha256"]
     assert hashlib.sha256(np.ascontiguousarray(chip[:, :, ::-1]).tobytes()).hexdigest() == dlib_chip  # dlib's chip
-    feed.faces("hall", message, unknown, np.array([0.5]), chips)  # not better: nothing
-    feed.faces("hall", message, unknown, np.array([0.0]), chips)  # below the quality gate: never
+    feed.faces("hall", *at, unknown, np.array([0.5]), chips)  # not better: nothing
+    feed.faces("hall", *at, unknown, np.array([0.0]), chips)  # below the quality gate: never
     assert len(published) == 1
-    feed.faces("hall", message, unknown, np.array([0.9]), None)  # better (no image: no chip)
+    feed.faces("hall", *at, unknown, np.array([0.9]), None)  # better (no image: no chip)
     assert len(published) == 2 and json.loads(published[1][1])["chip_png"] is None
-    known = tracked(box, 3, LIN, 0.5, 0.9)
-    feed.faces("hall", message, known, np.array([1.0]), chips)  # a known track: never
-    undecided = tracked(box, 4, "unknown", None, 0.9)
-    feed.faces("hall", message, undecided, np.array([1.0]), chips)  # undecided (e.g. an empty gallery): sent
+    known = tracked(message, 3, LIN, 0.5)
+    feed.faces("hall", *at, known, np.array([1.0]), chips)  # a known track: never
+    undecided = tracked(message, 4, "unknown", None)
+    feed.faces("hall", *at, undecided, np.array([1.0]), chips)  # undecided (e.g. an empty gallery): sent
     assert [json.loads(p)["track_id"] for _, p in published] == [2, 2, 4]
     feed.end("hall", 2)
-    feed.faces("hall", message, unknown, np.array([0.1]), chips)  # a new track with the same id starts over
+    feed.faces("hall", *at, unknown, np.array([0.1]), chips)  # a new track with the same id starts over
     assert len(published) == 4
 
 

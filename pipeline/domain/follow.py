@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from ...engines.face_batch import BOX_REGION, BOX_SCAN, FaceBatch
 from ...errors import ConfigError
-from ..runtime.messages import BOX_REGION, BOX_SCAN, CHIP_SIZE, FacesMessage, FrameMessage
+from ..runtime.messages import FacesMessage, FrameMessage
 from .scenes import frame_thumbnail, scene_changed
 from .tracker import QualityGate, box_iou, greedy_assignment
 
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 
 FOLLOW_MODES = ("off", "live", "all")
 MOTION_WIDTH = 96  # px: the motion image's width (height keeps the aspect ratio); ~0.2 ms a frame
-EMPTY_QUALITY_COLUMNS = 3
 
 
 def faces_message(
@@ -79,19 +79,15 @@ def faces_message(
     image = frame.image
     height, width = image.shape[:2]
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
-    if len(boxes) == 0:
-        return FacesMessage(
-            frame.stream_id, frame.frame_index, frame.timestamp, width, height, boxes, np.zeros(0, np.float64),
-            np.zeros((0, 5, 2), np.int64), np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8),
-            np.zeros((0, EMPTY_QUALITY_COLUMNS), np.float32), scanned=scanned,
+    faces = FaceBatch()
+    if len(boxes):  # embed None: an empty column, which FacesMessage fills with 1 (every face)
+        landmarks = predictor.predict(image, boxes)
+        chips = extract_face_chips(image, landmarks)
+        faces = FaceBatch(
+            boxes, np.asarray(scores, np.float64), landmarks, chips, quality=face_quality(chips, boxes, scores),
+            box_source=np.asarray(box_source, np.uint8), embed=FaceBatch().embed if embed is None else embed,
         )  # fmt: skip
-    landmarks = predictor.predict(image, boxes)
-    chips = extract_face_chips(image, landmarks)
-    quality = face_quality(chips, boxes, scores)
-    return FacesMessage(
-        frame.stream_id, frame.frame_index, frame.timestamp, width, height, boxes, np.asarray(scores, np.float64),
-        landmarks, chips, quality, box_source=np.asarray(box_source, np.uint8), embed=embed, scanned=scanned,
-    )  # fmt: skip
+    return FacesMessage(frame.stream_id, frame.frame_index, frame.timestamp, width, height, faces, scanned)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,8 +341,9 @@ class Follower:
                     item.velocity = 0.5 * (box - item.box) / elapsed + 0.5 * item.velocity
                 item.box, item.seen_at, item.misses = box.copy(), now, 0
         state.followed = kept
-        faces = faces_message(frame, self.predictor, boxes, scores, source, None, scanned)
-        if len(faces):
+        message = faces_message(frame, self.predictor, boxes, scores, source, None, scanned)
+        if len(message):
+            faces = message.faces
             weights = self.gate.weights(faces.quality, faces.scores)
             embed = np.zeros(len(faces), np.uint8)
             for i, item in enumerate(owner):
@@ -359,7 +356,7 @@ class Follower:
             faces.embed = embed
             self.count("embed_chosen", int(embed.sum()))
             self.count("embed_skipped", int(len(embed) - embed.sum()))
-        return faces
+        return message
 
     def _wants_embedding(self, item: Followed, weight: float, now: float) -> bool:
         s = self.settings

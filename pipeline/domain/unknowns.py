@@ -447,7 +447,7 @@ def unknowns_from_faces(
     first_track_id: int = 0,
     weights: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Track records for the unknown faces of one analysed image or frame (`engines.faces.FaceBatch`,
+    """Track records for the unknown faces of one analysed image or frame (`engines.face_batch.FaceBatch`,
     with the gallery's `Matches` for it, or None when nobody is enrolled): each face its own track,
     numbered from `first_track_id` in the batch's order."""
     n = len(faces)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ...engines.face_batch import BOX_SCAN
 from . import messages
 from .messages import FacesMessage, FrameMessage, MessageError
 from .stages import StageProcess, model_cache_dir, open_socket, worker_threads
@@ -22,7 +23,7 @@ def detect_and_align(detector: Any, predictor: Any, frame: FrameMessage) -> Face
     from ..domain.follow import faces_message
 
     boxes, scores = detector.detect(frame.image)
-    return faces_message(frame, predictor, boxes, scores, np.full(len(boxes), messages.BOX_SCAN), None, True)
+    return faces_message(frame, predictor, boxes, scores, np.full(len(boxes), BOX_SCAN), None, True)
 
 
 class DetectWorker(StageProcess):

@@ -104,13 +104,13 @@ class EmbedWorker(StageProcess):
 
     def _embed(self, embedder: Any, batch: list[FacesMessage]) -> None:
         # Only the faces the detect worker chose (embed 1); the others' rows stay NaN.
-        chosen = np.concatenate([np.asarray(m.embed, bool) for m in batch]) if batch else np.zeros(0, bool)
+        chosen = np.concatenate([np.asarray(m.faces.embed, bool) for m in batch]) if batch else np.zeros(0, bool)
         faces = int(chosen.sum())
         self.stats.count("not_embedded", int(len(chosen) - faces))
         descriptors = np.full((len(chosen), messages.DESCRIPTOR_SIZE), np.nan, np.float32)
         if faces:
             started = time.perf_counter()
-            chips = np.concatenate([m.chips[np.asarray(m.embed, bool)] for m in batch if len(m)])
+            chips = np.concatenate([m.faces.chips[np.asarray(m.faces.embed, bool)] for m in batch if len(m)])
             descriptors[chosen] = embedder.embed_chips(chips)
             elapsed = time.perf_counter() - started
             self.stats.latency("embed_batch", elapsed)

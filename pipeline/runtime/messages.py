@@ -22,6 +22,10 @@ described in the JSON; the JSON metadata holds only the scalar fields of the typ
 exactly those keys, each of a checked type: no NaN/Infinity, no duplicate keys, at most
 ``MAX_METADATA_BYTES``). Optional arrays (``track_ids``) come last and are absent by being omitted.
 
+The faces and descriptors messages carry a frame's faces as one `engines.face_batch.FaceBatch` (``faces``): their
+arrays are its columns, sent in the order below; a column the type does not send (faces: ``descriptors``;
+descriptors: ``chips``) stays behind, and decodes as an empty column.
+
 Version 2 added to faces and descriptors messages: ``box_source`` (N,) uint8 (`BOX_SCAN` 0: the box came
 from a full-frame detector run on this frame; `BOX_REGION` 1: from region detection around a followed
 face on this frame), ``embed`` (N,) uint8 (faces: 1 = embed this face; descriptors: 1 = its row holds a
@@ -54,16 +58,15 @@ import math
 import re
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeAlias
 
 import numpy as np
 
+from ...engines.face_batch import BOX_SCAN, FaceBatch
 from ...errors import InputError
 
 __all__ = [
-    "BOX_REGION",
-    "BOX_SCAN",
     "CHIP_SIZE",
     "DESCRIPTOR_SIZE",
     "DTYPE_CODES",
@@ -133,76 +136,62 @@ class FrameMessage:
 
 @dataclass(eq=False)
 class FacesMessage:
-    """The faces of one frame, aligned: detect+align -> embed. N may be 0 (the frame still counts)."""
+    """The faces of one frame, aligned: detect+align -> embed. N may be 0 (the frame still counts).
+
+    ``faces`` sends boxes, scores, landmarks, chips, quality, box_source, embed and track_ids when set."""
 
     stream_id: str
     frame_index: int
     timestamp: float
     width: int  # of the source frame, pixels
     height: int
-    boxes: np.ndarray  # (N,4) int64 [left, top, right, bottom], inclusive
-    scores: np.ndarray  # (N,) float32 or float64 detector confidence
-    landmarks: np.ndarray  # (N,5,2) int64 [x, y]
-    chips: np.ndarray  # (N,150,150,3) uint8 RGB
-    quality: np.ndarray  # (N,k) float32; columns as tracker.QUALITY_COLUMNS
-    track_ids: np.ndarray | None = None  # (N,) int64 when a tracker already ran
-    box_source: np.ndarray | None = None  # (N,) uint8 BOX_SCAN / BOX_REGION; None = all BOX_SCAN
-    embed: np.ndarray | None = None  # (N,) uint8 1 = embed this face; None = all
+    faces: FaceBatch
     scanned: bool = True  # a full-frame detector ran on this frame
 
     def __post_init__(self) -> None:
-        _default_face_flags(self)
+        self.faces = _with_face_flags(self.faces)
 
     def __len__(self) -> int:
-        return len(self.boxes)
+        return len(self.faces)
 
 
 @dataclass(eq=False)
 class DescriptorsMessage:
-    """The faces of one frame with their descriptors, without chips: embed -> match."""
+    """The faces of one frame with their descriptors, without chips: embed -> match.
+
+    ``faces`` sends boxes, scores, landmarks, quality, descriptors (NaN rows where ``embed`` is 0),
+    box_source, embed and track_ids when set."""
 
     stream_id: str
     frame_index: int
     timestamp: float
     width: int
     height: int
-    boxes: np.ndarray  # (N,4) int64
-    scores: np.ndarray  # (N,) float32 or float64
-    landmarks: np.ndarray  # (N,5,2) int64
-    quality: np.ndarray  # (N,k) float32
-    descriptors: np.ndarray  # (N,128) float32; NaN rows where embed is 0
-    track_ids: np.ndarray | None = None  # (N,) int64
-    box_source: np.ndarray | None = None  # (N,) uint8 as in FacesMessage
-    embed: np.ndarray | None = None  # (N,) uint8 1 = the row holds a descriptor
+    faces: FaceBatch
     scanned: bool = True
 
     def __post_init__(self) -> None:
-        _default_face_flags(self)
+        self.faces = _with_face_flags(self.faces)
 
     def __len__(self) -> int:
-        return len(self.boxes)
+        return len(self.faces)
 
     @classmethod
     def from_faces(cls, faces: FacesMessage, descriptors: np.ndarray) -> DescriptorsMessage:
         """The embed stage's output: ``faces`` without its chips, plus their (N,128) descriptors."""
-        return cls(
-            faces.stream_id, faces.frame_index, faces.timestamp, faces.width, faces.height, faces.boxes,
-            faces.scores, faces.landmarks, faces.quality, descriptors, faces.track_ids, faces.box_source,
-            faces.embed, faces.scanned,
-        )  # fmt: skip
+        batch = replace(faces.faces, chips=FaceBatch().chips, descriptors=descriptors)
+        return cls(faces.stream_id, faces.frame_index, faces.timestamp, faces.width, faces.height, batch, faces.scanned)
 
 
-BOX_SCAN = 0  # box_source: a full-frame detector run on this very frame
-BOX_REGION = 1  # box_source: region detection around a followed face, on this very frame
-
-
-def _default_face_flags(message: FacesMessage | DescriptorsMessage) -> None:
-    """Fill box_source (all BOX_SCAN) and embed (all 1) when a constructor left them out."""
-    count = len(message.boxes)
-    if message.box_source is None:
-        message.box_source = np.full(count, BOX_SCAN, np.uint8)
-    if message.embed is None:
-        message.embed = np.ones(count, np.uint8)
+def _with_face_flags(faces: FaceBatch) -> FaceBatch:
+    """`faces`, or a copy with what a constructor left out filled in: box_source all BOX_SCAN, embed all 1."""
+    count = len(faces)
+    missing = {}
+    if count and not len(faces.box_source):
+        missing["box_source"] = np.full(count, BOX_SCAN, np.uint8)
+    if count and not len(faces.embed):
+        missing["embed"] = np.ones(count, np.uint8)
+    return replace(faces, **missing) if missing else faces
 
 
 @dataclass(eq=False)
@@ -315,6 +304,11 @@ class _Schema:
     cls: type
     metadata: dict[str, _Check]
     arrays: tuple[_ArraySlot, ...]
+    batch: bool = False  # the arrays are columns of the message's FaceBatch (``faces``), not its own fields
+
+    def holder(self, message: Message) -> Any:
+        """What holds the arrays of `message`: itself, or its FaceBatch."""
+        return message.faces if self.batch else message
 
     @property
     def required_arrays(self) -> int:
@@ -343,12 +337,16 @@ _SCHEMAS: dict[MessageType, _Schema] = {
         (_ArraySlot("image", (_U8,), ("H", "W", 3)),),
     ),
     MessageType.FACES: _Schema(
-        FacesMessage, _FACE_METADATA, (_BOXES, _SCORES, _LANDMARKS, _CHIPS, _QUALITY, _BOX_SOURCE, _EMBED, _TRACK_IDS)
+        FacesMessage,
+        _FACE_METADATA,
+        (_BOXES, _SCORES, _LANDMARKS, _CHIPS, _QUALITY, _BOX_SOURCE, _EMBED, _TRACK_IDS),
+        batch=True,
     ),
     MessageType.DESCRIPTORS: _Schema(
         DescriptorsMessage,
         _FACE_METADATA,
         (_BOXES, _SCORES, _LANDMARKS, _QUALITY, _DESCRIPTORS, _BOX_SOURCE, _EMBED, _TRACK_IDS),
+        batch=True,
     ),
     MessageType.END_OF_STREAM: _Schema(EndOfStream, {"stream_id": _stream_id, "frame_count": _count}, ()),
     MessageType.CONTROL: _Schema(Control, {"command": _command, "stream_id": _any_stream_id}, ()),
@@ -356,7 +354,12 @@ _SCHEMAS: dict[MessageType, _Schema] = {
 _TYPE_OF_CLASS = {schema.cls: message_type for message_type, schema in _SCHEMAS.items()}
 
 for _schema in _SCHEMAS.values():  # the invariants the codec relies on
-    assert set(_schema.metadata) | {slot.name for slot in _schema.arrays} == {f.name for f in fields(_schema.cls)}
+    _names = {slot.name for slot in _schema.arrays}
+    if _schema.batch:
+        assert set(_schema.metadata) | {"faces"} == {f.name for f in fields(_schema.cls)}
+        assert _names <= {f.name for f in fields(FaceBatch)}
+    else:
+        assert set(_schema.metadata) | _names == {f.name for f in fields(_schema.cls)}
     assert all(slot.optional for slot in _schema.arrays[_schema.required_arrays :])
     assert all(len(slot.shape) <= _MAX_NDIM for slot in _schema.arrays)
 
@@ -409,12 +412,13 @@ def encode(message: Message) -> list[bytes | memoryview]:
         raise MessageError(f"metadata is {len(metadata_bytes)} bytes, more than {MAX_METADATA_BYTES}")
 
     descriptors, buffers, dimensions = [], [], {}
+    holder = schema.holder(message)
     for index, slot in enumerate(schema.arrays):
-        value = getattr(message, slot.name)
+        value = getattr(holder, slot.name)
         if value is None:
             if not slot.optional:
                 raise MessageError(f"array {slot.name!r} is missing")
-            if any(getattr(message, later.name) is not None for later in schema.arrays[index + 1 :]):
+            if any(getattr(holder, later.name) is not None for later in schema.arrays[index + 1 :]):
                 raise MessageError(f"array {slot.name!r} is missing but a later optional array is present")
             break
         array = _wire_array(slot, value)
@@ -533,9 +537,10 @@ def decode(frames: Sequence[Any]) -> Message:
 
     start = _PREFIX.size + n_arrays * _ARRAY.size
     values = _decode_metadata(header[start:], schema)
-    for name, data, dtype, shape in specs:
-        values[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
-    return schema.cls(**values)
+    arrays = {name: np.frombuffer(data, dtype=dtype).reshape(shape) for name, data, dtype, shape in specs}
+    if schema.batch:
+        return schema.cls(**values, faces=FaceBatch(**arrays))
+    return schema.cls(**values, **arrays)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ...engines.face_batch import FaceBatch
 from ...errors import PipelineError
 from ..config import Config
 from . import messages, security
@@ -70,7 +71,6 @@ ROLES = ("source", "detect", "embed", "sink")
 MAX_IPC_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 JSON_MAGIC = b"FSJ1"  # control-plane JSON, version 1
 MAX_JSON_BYTES = 1 << 20
-EMPTY_QUALITY_COLUMNS = 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,19 +194,7 @@ def decode_json(frame: Any) -> dict[str, Any]:
 
 def empty_faces(stream_id: str, frame_index: int, timestamp: float, width: int, height: int) -> FacesMessage:
     """A FacesMessage with no face: a frame the detector found nothing in, or (from the source) did not run on."""
-    return FacesMessage(
-        stream_id,
-        frame_index,
-        timestamp,
-        width,
-        height,
-        np.zeros((0, 4), np.int64),
-        np.zeros(0, np.float64),
-        np.zeros((0, 5, 2), np.int64),
-        np.zeros((0, messages.CHIP_SIZE, messages.CHIP_SIZE, 3), np.uint8),
-        np.zeros((0, EMPTY_QUALITY_COLUMNS), np.float32),
-        scanned=False,
-    )
+    return FacesMessage(stream_id, frame_index, timestamp, width, height, FaceBatch(), scanned=False)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ...engines.face_batch import BOX_CARRIED, FaceBatch
 from ..config import TrackerConfig
 from ..domain.kiosk import KioskDecider, evidence_from_matches
 from ..domain.tracker import (
@@ -46,7 +47,7 @@ from ..runtime.messages import DescriptorsMessage, EndOfStream, FacesMessage, Fr
 from ..runtime.stages import StageStats
 from .matcher import Matcher
 from .outputs import SinkOutputs
-from .records import BOX_SOURCES, FrameResult, TrackedFaces, event_record, json_number, summary_record
+from .records import FrameResult, TrackedFaces, box_source_name, event_record, json_number, summary_record
 from .web_feed import FrameChips
 
 log = logging.getLogger(__name__)
@@ -123,18 +124,6 @@ def tracker_max_age_s(tracker_config: TrackerConfig, live: bool, fps: float, det
         return None
     seconds = float(tracker_config.live_max_age_s if live else tracker_config.max_age_s)
     return max(seconds, detect_every / fps)
-
-
-def embedded_part(message: DescriptorsMessage, rows: np.ndarray) -> DescriptorsMessage:
-    """The message restricted to `rows` (the faces that carry a descriptor); the message itself when all do."""
-    if len(rows) == len(message):
-        return message
-    return DescriptorsMessage(
-        message.stream_id, message.frame_index, message.timestamp, message.width, message.height,
-        message.boxes[rows], message.scores[rows], message.landmarks[rows], message.quality[rows],
-        message.descriptors[rows], None if message.track_ids is None else message.track_ids[rows],
-        message.box_source[rows], message.embed[rows], message.scanned,
-    )  # fmt: skip
 
 
 def with_decisions(tracker: FaceTracker, faces: TrackedFaces, track_ids: np.ndarray) -> TrackedFaces:
@@ -282,8 +271,8 @@ class SinkCore:
             track_ids, boxes = tracker.predict_only(frame_index, message.timestamp)
             count = len(track_ids)
             carried = TrackedFaces(
-                boxes, np.full(count, np.nan), match_identities=np.full(count, None, object),
-                match_distances=np.full(count, np.nan), box_sources=np.full(count, "carried", object),
+                boxes, np.full(count, np.nan), box_source=np.full(count, BOX_CARRIED, np.uint8),
+                match_identities=np.full(count, None, object), match_distances=np.full(count, np.nan),
             )  # fmt: skip
             faces = with_decisions(tracker, carried, track_ids)
             if count:
@@ -306,23 +295,23 @@ class SinkCore:
     ) -> TrackedFaces:
         """A detected frame: tracked, its embedded faces matched and observed by their tracks (the unknowns, the
         kiosk and the web feed see them too); each face with its track's identity after this frame."""
-        tracker = stream.tracker
+        tracker, batch, timestamp = stream.tracker, message.faces, message.timestamp
         # Faces the detect worker did not send to the embedder (embed 0) are tracked but not matched.
-        embedded = np.flatnonzero(np.asarray(message.embed, bool))
-        part = embedded_part(message, embedded)
-        self._end_tracks_at_a_cut(stream, frame_index, part)
-        track_ids = tracker.update(frame_index, message.timestamp, message.boxes, message.scores, message.quality)
+        embedded = np.flatnonzero(np.asarray(batch.embed, bool))
+        part = batch if len(embedded) == len(batch) else batch.take(embedded)
+        self._end_tracks_at_a_cut(stream, frame_index, timestamp, part)
+        track_ids = tracker.update(frame_index, timestamp, batch.boxes, batch.scores, batch.quality)
         part_ids = track_ids[embedded]
         for i, track_id in enumerate(part_ids.tolist()):
             stream.last_descriptor[track_id] = np.array(part.descriptors[i], np.float32)
-        identities = [UNKNOWN] * len(message)
-        distances = np.full(len(message), np.nan)
+        identities = [UNKNOWN] * len(batch)
+        distances = np.full(len(batch), np.nan)
         chips = None if image is None else FrameChips(image, part.landmarks)
         if len(part):
             matches = self.matcher.identify(np.asarray(part.descriptors, np.float32))
             for row, i in enumerate(embedded.tolist()):
                 identities[i], distances[i] = matches.identities[row], float(matches.distances[row])
-            self._observe_faces(stream, frame_index, part, part_ids, matches, chips)
+            self._observe_faces(stream, frame_index, timestamp, part, part_ids, matches, chips)
         observed_identities, observed_distances = list(identities), distances.copy()
         if tracker.decision == "mean" and len(part):
             mean_identities, mean_distances = self._match_track_means(tracker, part_ids, part)
@@ -331,26 +320,23 @@ class SinkCore:
         for i in embedded.tolist():
             if math.isfinite(observed_distances[i]):  # NaN: nobody in the gallery (or face gated out)
                 tracker.add_observation(int(track_ids[i]), observed_identities[i], float(observed_distances[i]),
-                                        message.quality[i], float(message.scores[i]))  # fmt: skip
-        chosen = np.zeros(len(message), bool)
+                                        batch.quality[i], float(batch.scores[i]))  # fmt: skip
+        chosen = np.zeros(len(batch), bool)
         chosen[embedded] = True
-        sources = [BOX_SOURCES.get(int(code), "carried") for code in message.box_source]
-        detected = TrackedFaces(
-            np.asarray(message.boxes, np.int64).reshape(-1, 4), np.asarray(message.scores, np.float64),
-            match_identities=np.array([name if chosen[i] else None for i, name in enumerate(identities)], object),
-            match_distances=np.where(chosen, distances, np.nan), box_sources=np.array(sources, object),
-        )  # fmt: skip
+        match_identities = np.array([name if chosen[i] else None for i, name in enumerate(identities)], object)
+        detected = TrackedFaces.of(batch, match_identities=match_identities,
+                                   match_distances=np.where(chosen, distances, np.nan))  # fmt: skip
         faces = with_decisions(tracker, detected, track_ids)
-        for source in sources:
-            self.stats.count(f"faces_{source}")
-        self.stats.count("faces", len(message))
+        for code in batch.box_source.tolist():
+            self.stats.count(f"faces_{box_source_name(code)}")
+        self.stats.count("faces", len(batch))
         if self.outputs.web is not None and len(part):
             weights = tracker.gate.weights(part.quality, part.scores)
-            self.outputs.web.faces(stream.stream_id, part, faces.take(embedded), weights, chips)
+            self.outputs.web.faces(stream.stream_id, frame_index, timestamp, faces.take(embedded), weights, chips)
         return faces
 
     def _match_track_means(
-        self, tracker: FaceTracker, track_ids: np.ndarray, message: DescriptorsMessage
+        self, tracker: FaceTracker, track_ids: np.ndarray, faces: FaceBatch
     ) -> tuple[list[str], np.ndarray]:
         """decision="mean": each face joins its track's best faces; the tracks' mean descriptors are matched in
         one batch. Per face: its track's match (NaN distance where the quality gate turned the face away)."""
@@ -358,7 +344,7 @@ class SinkCore:
         distances = np.full(len(track_ids), np.nan)
         kept = [
             i for i, track_id in enumerate(track_ids.tolist())
-            if tracker.add_face(track_id, message.descriptors[i], message.quality[i], float(message.scores[i]))
+            if tracker.add_face(track_id, faces.descriptors[i], faces.quality[i], float(faces.scores[i]))
         ]  # fmt: skip
         if not kept:
             return identities, distances
@@ -369,22 +355,22 @@ class SinkCore:
         return identities, distances
 
     def _observe_faces(
-        self, stream: StreamSink, frame_index: int, message: DescriptorsMessage, track_ids: np.ndarray, matches: Any,
-        chips: FrameChips | None = None,
+        self, stream: StreamSink, frame_index: int, timestamp: float, faces: FaceBatch, track_ids: np.ndarray,
+        matches: Any, chips: FrameChips | None = None,
     ) -> None:  # fmt: skip
         """Unknown-face collection (every face, with its quality weight) and kiosk evidence (faces the tracker's
         quality gate accepts only), from this frame's own per-face matches."""
         if self.unknowns is None and self.kiosk is None:
             return
-        weights = stream.tracker.gate.weights(message.quality, message.scores)
+        weights = stream.tracker.gate.weights(faces.quality, faces.scores)
         if self.unknowns is not None:
             for i, track_id in enumerate(track_ids.tolist()):
                 chip = None if chips is None else functools.partial(chips, i)
-                self.unknowns.observe(stream.stream_id, track_id, frame_index, message.timestamp, message.boxes[i],
-                                      float(message.scores[i]), float(weights[i]), message.descriptors[i],
+                self.unknowns.observe(stream.stream_id, track_id, frame_index, timestamp, faces.boxes[i],
+                                      float(faces.scores[i]), float(weights[i]), faces.descriptors[i],
                                       chip)  # fmt: skip
         if self.kiosk is not None and hasattr(matches, "names"):
-            for i, evidence in enumerate(evidence_from_matches(matches, frame_index, message.timestamp)):
+            for i, evidence in enumerate(evidence_from_matches(matches, frame_index, timestamp)):
                 if weights[i] > 0:
                     decision = self.kiosk.observe(stream.stream_id, int(track_ids[i]), evidence)
                     if decision is not None:
@@ -421,25 +407,25 @@ class SinkCore:
                     if decision is not None:
                         self.outputs.event(decision.to_record())
 
-    def _end_tracks_at_a_cut(self, stream: StreamSink, frame_index: int, message: DescriptorsMessage) -> None:
+    def _end_tracks_at_a_cut(self, stream: StreamSink, frame_index: int, timestamp: float, faces: FaceBatch) -> None:
         """A scene cut can put another person where a tracked face was: the boxes overlap, so the tracker
         (which sees boxes only) would carry the track, and its identity, over to a stranger, and a blurry
         stranger never gets the votes to correct it. The descriptors tell: when a face that would continue a
         track is farther than `tracker.scene_cut_distance` from that track's last face, every track of the
         stream ends here and the faces start new ones. The assignment is the tracker's own rule (greedy IoU
         on the predicted boxes), computed beforehand with its public functions."""
-        if self.cut_distance <= 0 or not len(message) or not stream.last_descriptor:
+        if self.cut_distance <= 0 or not len(faces) or not stream.last_descriptor:
             return
         tracker = stream.tracker
-        track_ids, predicted = tracker.predict_only(frame_index, message.timestamp)
+        track_ids, predicted = tracker.predict_only(frame_index, timestamp)
         if not len(track_ids):
             return
-        rows, columns = greedy_assignment(box_iou(predicted, message.boxes), tracker.iou_threshold)
+        rows, columns = greedy_assignment(box_iou(predicted, faces.boxes), tracker.iou_threshold)
         for row, column in zip(rows.tolist(), columns.tolist()):
             last = stream.last_descriptor.get(int(track_ids[row]))
             if last is None:
                 continue
-            distance = float(np.linalg.norm(last - message.descriptors[column]))
+            distance = float(np.linalg.norm(last - faces.descriptors[column]))
             if distance > self.cut_distance:
                 log.info("%s: scene cut at frame %d (the face continuing track %d is %.2f from its last face): "
                          "every track ends", stream.stream_id, frame_index, int(track_ids[row]), distance)  # fmt: skip

@@ -1,8 +1,8 @@
 """What the sink makes of a frame and a track, and their JSON records.
 
-`FrameResult`: one processed frame; its faces are a `TrackedFaces`, the engines' `FaceBatch` (arrays, row i
-is face i) with the tracker's and the gallery's columns added. The records, one JSON object a line
-(`json_line`; NaN is refused, so every line stays valid JSON):
+`FrameResult`: one processed frame; its faces are a `TrackedFaces`, the `FaceBatch` the frame's descriptors
+message brought (arrays, row i is face i) with the tracker's and the gallery's columns added. The records,
+one JSON object a line (`json_line`; NaN is refused, so every line stays valid JSON):
 
 * events (``--events FILE`` and the ``events`` PUB socket): ``track_started``, ``track_identified``,
   ``track_ended`` with ``stream_id, track_id, frame_index, timestamp, box`` (+ ``identity, distance,
@@ -36,19 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from ...engines.faces import FaceBatch
+from ...engines.face_batch import BOX_CARRIED, BOX_REGION, BOX_SCAN, FaceBatch
 from ..domain.tracker import UNKNOWN, OnScreenInterval, TrackEnded, TrackEvent
-from ..runtime import messages
 
 
 @dataclass
 class TrackedFaces(FaceBatch):
-    """One processed frame's faces as arrays, row i of every column face i: `FaceBatch`'s ``boxes`` (N,4) int64
-    and ``scores`` (N,) float64 (NaN for a box the tracker carried: no detector ran for it on this frame),
-    with who each face is. ``landmarks``, ``chips`` and ``descriptors`` stay empty: no output of a processed
-    frame needs them."""
+    """One processed frame's faces as arrays, row i of every column face i: the `FaceBatch` of the frame's
+    descriptors message (`of`; ``chips`` stay behind in the embed stage), or for a frame the tracker carried
+    boxes over, ``boxes`` with ``scores`` NaN and ``box_source`` BOX_CARRIED (no detector ran for them on this
+    frame; the other `FaceBatch` columns empty), with who each face is."""
 
-    # (N,) int64
+    # (N,) int64; never None here
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # (N,) str: the track's decided identity, "unknown" while undecided
     identities: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
@@ -58,14 +57,12 @@ class TrackedFaces(FaceBatch):
     match_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     # (N,) float64: that answer's distance; NaN where there is none (or the gallery is empty)
     match_distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    # (N,) str: "scan" | "region" | "carried" (BOX_SOURCES)
-    box_sources: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
 
-    def take(self, rows: np.ndarray) -> TrackedFaces:
-        """The faces at `rows`, every column alike (a column left empty stays empty)."""
-        count = len(self)
-        columns = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return TrackedFaces(**{name: value[rows] if len(value) == count else value for name, value in columns.items()})
+    @classmethod
+    def of(cls, faces: FaceBatch, **columns: np.ndarray) -> TrackedFaces:
+        """`faces`' columns (arrays shared, not copied) plus the given ones."""
+        shared = {name: getattr(faces, name) for name in FaceBatch.__dataclass_fields__}
+        return cls(**{**shared, **columns})
 
 
 def no_faces() -> TrackedFaces:
@@ -87,7 +84,12 @@ class FrameResult:
     scanned: bool = False  # a full-frame detector ran on this frame
 
 
-BOX_SOURCES = {messages.BOX_SCAN: "scan", messages.BOX_REGION: "region"}  # else "carried"
+BOX_SOURCES = {BOX_SCAN: "scan", BOX_REGION: "region", BOX_CARRIED: "carried"}
+
+
+def box_source_name(code: int) -> str:
+    """A `FaceBatch.box_source` code as the records name it ("carried" for a code no detector gives)."""
+    return BOX_SOURCES.get(int(code), "carried")
 
 
 def json_number(value: float | None, digits: int = 6) -> float | None:
@@ -123,7 +125,7 @@ def detection_record(result: FrameResult) -> dict[str, Any]:
         records.append(
             {
                 "box": [int(v) for v in faces.boxes[i]],
-                "box_source": faces.box_sources[i],
+                "box_source": box_source_name(faces.box_source[i]),
                 "score": json_number(faces.scores[i]),
                 "track_id": int(faces.track_ids[i]),
                 "identity": faces.identities[i],

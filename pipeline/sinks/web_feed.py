@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 from ..domain.tracker import UNKNOWN
-from ..runtime.messages import DescriptorsMessage
 from .records import TrackedFaces, json_line, json_number
 
 
@@ -79,13 +78,13 @@ class WebFeed:
             self.publish(b"frame:" + stream_id.encode(), jpeg.tobytes())
             self.frames_sent += 1
 
-    def faces(self, stream_id: str, message: DescriptorsMessage, faces: TrackedFaces, weights: np.ndarray,
+    def faces(self, stream_id: str, frame_index: int, timestamp: float, faces: TrackedFaces, weights: np.ndarray,
               chips: FrameChips | None) -> None:  # fmt: skip
-        """One detected frame's faces (row i of `faces` is face i of `message`, with its track's identity after
-        it); `chips` makes their chips (None: the frame image did not reach the sink)."""
+        """One detected frame's embedded faces, each with its descriptor and its track's identity after the frame;
+        `chips` makes their chips (None: the frame image did not reach the sink)."""
         for i in range(len(faces)):
             track_id = int(faces.track_ids[i])
-            key, weight, score = (stream_id, track_id), float(weights[i]), float(message.scores[i])
+            key, weight, score = (stream_id, track_id), float(weights[i]), float(faces.scores[i])
             if not weight > 0:
                 continue
             best = self.best.get(key)
@@ -102,9 +101,9 @@ class WebFeed:
                 chip_png = base64.b64encode(png.tobytes()).decode("ascii") if ok else None
             record = {
                 "event": "unknown_face", "stream_id": stream_id, "track_id": track_id,
-                "frame_index": int(message.frame_index), "timestamp": json_number(message.timestamp),
-                "box": [int(v) for v in message.boxes[i]], "quality": json_number(weight), "score": json_number(score),
-                "descriptor": [float(v) for v in message.descriptors[i]], "chip_png": chip_png,
+                "frame_index": int(frame_index), "timestamp": json_number(timestamp),
+                "box": [int(v) for v in faces.boxes[i]], "quality": json_number(weight), "score": json_number(score),
+                "descriptor": [float(v) for v in faces.descriptors[i]], "chip_png": chip_png,
             }  # fmt: skip
             self.publish(b"unknown_face", json_line(record).rstrip(b"\n"))
             self.faces_sent += 1
