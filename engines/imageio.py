@@ -113,6 +113,8 @@ def to_rgb8(decoded: np.ndarray) -> np.ndarray:
         return np.repeat(decoded[:, :, None], 3, axis=2)
     if decoded.shape[2] == 4:
         return np.ascontiguousarray(decoded[:, :, 2::-1])
+    if decoded.flags.c_contiguous:  # swap in place: a 36-megapixel decode need not be held twice
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB, dst=decoded)
     return np.ascontiguousarray(decoded[:, :, ::-1])
 
 

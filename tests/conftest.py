@@ -68,6 +68,19 @@ def golden_images() -> dict:
 
 
 @cache
+def distinct_golden_images() -> list[str]:
+    """The golden images with distinct contents, sorted: the data pack ships face_recognition's examples and
+    its test images, and two of those are the same file under two names (biden.jpg, obama.jpg)."""
+    seen: set[str] = set()
+    distinct = []
+    for relpath, record in sorted(golden_images().items()):
+        if record["file_sha256"] not in seen:
+            seen.add(record["file_sha256"])
+            distinct.append(relpath)
+    return distinct
+
+
+@cache
 def golden_video() -> dict:
     return json.loads((GOLDEN / "dlib-20.0.1-video.json").read_text())
 

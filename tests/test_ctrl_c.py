@@ -169,3 +169,26 @@ def test_a_stopped_live_reader_has_no_thread_left() -> None:
     reader.stop()
     assert reader.join(5.0)
     assert not reader.thread.is_alive() and reader.done.is_set()
+
+
+def test_ctrl_c_inside_a_compiled_call_exits_130_without_a_traceback() -> None:
+    """numba turns a KeyboardInterrupt raised while it loads or runs a kernel into a SystemError (seen when
+    Ctrl-C reached `analyze` during its first pyramid resize); the command still ends as interrupted."""
+    import argparse
+
+    from facestream.pipeline.cli.runner import run_command
+
+    def handler(_args: argparse.Namespace, _config: object) -> int:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise SystemError("CPUDispatcher(<function resize_f32>) returned a result with an exception set") from (
+                interrupt
+            )
+
+    def other(_args: argparse.Namespace, _config: object) -> int:
+        raise SystemError("a real bug")
+
+    assert run_command(argparse.Namespace(handler=handler, config=None)) == 130
+    with pytest.raises(SystemError, match="a real bug"):
+        run_command(argparse.Namespace(handler=other, config=None))

@@ -122,6 +122,12 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
         "print('MAXRSS_KB', hwm, 'EXIT', code)\n"
     )
+    # The first run after an install compiles the pyramid's numba kernels (LLVM: ~90 MB more, once); the budget
+    # is the steady state, so a small image is analysed first and the measured run loads the compiled code.
+    small = tmp_path / "small.png"
+    assert cv2.imwrite(str(small), np.full((64, 64, 3), 128, np.uint8))
+    warm = subprocess.run([sys.executable, "-c", probe, str(small)], capture_output=True, text=True, timeout=600)
+    assert "MAXRSS_KB" in warm.stdout, warm.stderr[-2000:]
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=1800)
     assert "MAXRSS_KB" in done.stdout, done.stderr[-2000:]
     tail = done.stdout.split("MAXRSS_KB")[-1].split()

@@ -574,7 +574,11 @@ def test_in_chromium_the_page_shows_events_and_enrolling_an_unknown_face_names_h
             pytest.fail(f"the browser test is required here (FACESTREAM_REQUIRE_BROWSER=1): {problem}")
         pytest.skip(problem)
     from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.common.exceptions import (
+        ElementNotInteractableException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
@@ -653,7 +657,7 @@ def test_in_chromium_the_page_shows_events_and_enrolling_an_unknown_face_names_h
                 field.send_keys(ALEX)
                 card.find_element(By.CSS_SELECTOR, "button.enrol").click()
                 return True
-            except StaleElementReferenceException:  # the list was redrawn meanwhile: try again
+            except (StaleElementReferenceException, ElementNotInteractableException):  # redrawn meanwhile: again
                 return False
 
         wait_until(enrol, "an unknown card of Alex Lacamoire's close-up to enrol", 60)

@@ -39,6 +39,10 @@ def run_command(args: argparse.Namespace) -> int:
         return args.handler(args, load_config(args.config))
     except KeyboardInterrupt:
         return 130
+    except SystemError as error:  # Ctrl-C inside a compiled (numba) call surfaces wrapped in a SystemError
+        if isinstance(error.__cause__ or error.__context__, KeyboardInterrupt):
+            return 130
+        raise
     except BrokenPipeError:
         return 0
     except FacestreamError as error:  # one clear line, no traceback; anything else is a bug and shows one
