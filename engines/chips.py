@@ -304,6 +304,7 @@ def extract_face_chips(image: np.ndarray, landmarks: np.ndarray, size: int = 150
     return extract_image_chips(img, rects, angles, size)
 
 
+# Over 60 lines: dlib's extract_image_chips step by step, in one piece so it reads against dlib's source.
 def extract_image_chips(image: np.ndarray, rects: np.ndarray, angles: np.ndarray, size: int) -> np.ndarray:
     """dlib's ``extract_image_chip(img, chip_details(rect, chip_dims(size, size), angle))``, bilinear, per rect.
 

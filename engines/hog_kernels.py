@@ -33,6 +33,7 @@ _TAPS = 10  # filter rows = columns
 # -- resize_image (bilinear, align corners), spec §3.1 ------------------------------------------
 
 
+# Over 60 lines: one compiled loop: numba inlines nothing across calls here, so the loop stays whole.
 @compiled()
 def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_right, flat_ilr, flat_lr, left, right, lrd):  # noqa: E501
     """dlib's bilinear ``resize_image`` of an ``(H, W, C)`` uint8 image into ``out`` ``(h, w, C)``: C = 3 is

@@ -107,6 +107,7 @@ def _model(builder: _GraphBuilder, graph_name: str, inputs: list, outputs: list,
     return model
 
 
+# Over 60 lines: the ResNet's layers in dlib's order, one block per stage: the graph reads top to bottom.
 def embedder_model(network: DlibNetwork, fold_affine: bool = True) -> onnx.ModelProto:
     """The ResNet face embedder: input `chips` (N,3,150,150) normalised, output `descriptors` (N,128)."""
     layers = list(network.layers)

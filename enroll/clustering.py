@@ -160,6 +160,7 @@ def _ordered_adjacency(
 # chinese whispers
 
 
+# Over 60 lines: dlib's chinese_whispers step by step, in one piece so it reads against dlib's source.
 def chinese_whispers_graph(
     edges: Any,
     weights: Any = None,

@@ -211,6 +211,7 @@ def cmd_identify(args: argparse.Namespace, config: Config) -> int:
     return 1 if failures else 0
 
 
+# Over 60 lines: a flat list of argparse options, one per line: split, a command's options would scatter.
 def add_enroll_commands(commands: argparse._SubParsersAction) -> None:
     def gallery_option(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--gallery", metavar="PATH", help="gallery database (default: gallery.path in config.yaml)")

@@ -125,6 +125,7 @@ def cmd_embed(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# Over 60 lines: a flat list of argparse options, one per line: split, a command's options would scatter.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facestream", description="Streaming face recognition with dlib's models, without dlib.",

@@ -132,6 +132,7 @@ def cmd_stage(args: argparse.Namespace, config: Config) -> int:
     return run_stage(args.stage, name, spec)
 
 
+# Over 60 lines: a flat list of argparse options, one per line: split, a command's options would scatter.
 def add_run_commands(commands: argparse._SubParsersAction) -> None:
     """Add `run` and `stage` to the `facestream` sub-commands."""
     run = commands.add_parser(

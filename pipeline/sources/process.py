@@ -78,6 +78,7 @@ class SourceStage(StageProcess):
 
     role = "source"
 
+    # Over 60 lines: the source loop's steps in order; the setup is already apart (_configure).
     def run(self) -> int:
         """Open every source, send frames until they are exhausted or the run stops; re-send lost file frames."""
         pipeline = self.config.pipeline

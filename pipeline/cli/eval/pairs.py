@@ -95,6 +95,7 @@ def _describe_images(faces: PairFaces, root: Path, images: list[str], progress: 
     return descriptors, methods, unreadable
 
 
+# Over 60 lines: the command's steps in order (read, describe, score, write), each a call.
 def cmd_pairs(args: argparse.Namespace, config: Config) -> int:
     try:
         pairs = _load_pairs(args.pairs)
