@@ -15,6 +15,13 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# One folder of compiled numba kernels for every process of the run: tests that point FACESTREAM_CACHE at a
+# fresh folder (for the ONNX exports) would otherwise compile the kernels again in their subprocesses, ~10 s
+# each. The folder is the one the session's processes use by default; tests/test_hog.py checks the rule itself.
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    from facestream.engines.cachedir import default_cache_dir
+
+    os.environ["NUMBA_CACHE_DIR"] = str(default_cache_dir() / "numba")
 # The default run checks a representative part of the slow parity sweeps (regions, tiling); the full
 # sweep over every golden image: FACESTREAM_FULL_SWEEP=1 (about ten minutes more on two cores).
 FULL_SWEEP = os.environ.get("FACESTREAM_FULL_SWEEP") == "1"

@@ -18,7 +18,7 @@ from facestream.pipeline.cli.main import main
 from conftest import DATA, golden_images
 
 FACESTREAM = str(Path(sys.executable).parent / "facestream")
-OBAMA = [DATA / "fr_examples/obama.jpg", DATA / "fr_test_images/obama2.jpg"]
+OBAMA = [DATA / "fr_examples/obama-480p.jpg", DATA / "fr_test_images/obama2.jpg"]
 BIDEN = DATA / "fr_examples/biden.jpg"
 
 

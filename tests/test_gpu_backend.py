@@ -678,7 +678,7 @@ def test_cli_commands_on_tensorrt_exit_cleanly_and_a_leaked_context_would_abort(
     from conftest import DATA
 
     env = _stand_in_python(tmp_path)
-    image = str(DATA / "fr_examples" / "obama.jpg")
+    image = str(DATA / "fr_examples" / "obama-240p.jpg")
     command = [sys.executable, "-m", "facestream.pipeline.cli.main", "--config", env["FACESTREAM_TEST_CONFIG"]]
     done = subprocess.run([*command, "analyze", "--json", image], env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
