@@ -111,6 +111,8 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
     image = np.stack([x * 255 // 5999, y * 255 // 5999, (x + y) * 255 // 11998], axis=-1).astype(np.uint8)
     path = tmp_path / "big.png"
     assert cv2.imwrite(str(path), image)
+    small = tmp_path / "small.png"  # for the warm-up below
+    assert cv2.imwrite(str(small), cv2.resize(image, (2000, 2000), interpolation=cv2.INTER_AREA))
     del image, x, y
     # VmHWM of the child's own address space: ru_maxrss would carry over the high-water mark of this
     # (forking) pytest process, which itself held the image's int64 temporaries.
@@ -123,9 +125,8 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
         "print('MAXRSS_KB', hwm, 'EXIT', code)\n"
     )
     # The first run after an install compiles the pyramid's numba kernels (LLVM: ~90 MB more, once); the budget
-    # is the steady state, so a small image is analysed first and the measured run loads the compiled code.
-    small = tmp_path / "small.png"
-    assert cv2.imwrite(str(small), np.full((64, 64, 3), 128, np.uint8))
+    # is the steady state, so an image big enough for the tiled path (whole-array and window kernels, each
+    # array layout its own compiled version) is analysed first and the measured run loads the compiled code.
     warm = subprocess.run([sys.executable, "-c", probe, str(small)], capture_output=True, text=True, timeout=600)
     assert "MAXRSS_KB" in warm.stdout, warm.stderr[-2000:]
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=1800)
