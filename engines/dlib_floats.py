@@ -59,7 +59,7 @@ def decode_floats(data, offset, out):  # pragma: no cover - compiled
             out[i] = np.nan
         else:
             value = math.ldexp(float(mantissa), exponent)
-            if math.isinf(value) or (value == 0.0 and mantissa != 0 and exponent > 0):
+            if math.isinf(value):  # overflow: Python names the error
                 return i, start
             out[i] = value
     return out.shape[0], offset
