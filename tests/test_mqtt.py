@@ -276,6 +276,65 @@ def test_while_the_broker_is_away_events_wait_up_to_the_queue_bound_and_the_rest
         broker.stop()
 
 
+def test_after_a_reconnect_presence_arrives_in_order_and_a_broker_without_persistence_gets_the_state_back(
+    work: Path, brokers: list[Mosquitto]
+) -> None:
+    """Ann is ON before the broker goes away; while it is away Bob comes and goes and Ann leaves (ON, OFF and
+    OFF wait in paho's queue). Back (with persistence): each person's states arrive in the order they changed,
+    no stale state first. Then a restart without persistence wipes the broker's retained messages: the
+    output publishes its state again (a real subscriber, e.g. Home Assistant, would otherwise see nothing)."""
+    from facestream.pipeline.config import load_config
+    from facestream.pipeline.integrations.mqtt import MqttOutput
+
+    broker = Mosquitto(work / "order-broker", persistence=True)
+    brokers.append(broker.start())
+    subscriber = Subscriber(broker.port, ["facestream/#"], client_id="order-watcher", persistent=True)
+    section = {**dataclasses.asdict(load_config(None).outputs.mqtt), "presence_off_s": 1.0,
+               "reconnect_min_s": 1, "reconnect_max_s": 1}  # fmt: skip
+    output = MqttOutput(section, ["door"], url=broker.url).start()
+    ann, bob = "facestream/door/people/Ann", "facestream/door/people/Bob"
+
+    def event(kind: str, track: int, identity: str) -> dict:
+        return {"event": kind, "stream_id": "door", "track_id": track, "identity": identity}
+
+    def ticking_until(condition, what: str) -> None:  # the pipeline's event bridge ticks every 100 ms
+        wait_until(lambda: output.tick(time.monotonic()) or condition(), what, 30)
+
+    try:
+        wait_until(output.connected.is_set, "the output to connect", 15)
+        output.handle(event("track_identified", 1, "Ann"))
+        ticking_until(lambda: subscriber.on(ann), "Ann ON")
+        broker.stop()
+        wait_until(lambda: not output.connected.is_set(), "the output to see the broker gone", 15)
+        output.handle(event("track_identified", 2, "Bob"))
+        output.handle(event("track_ended", 2, "Bob"))
+        output.handle(event("track_ended", 1, "Ann"))
+        output.tick(time.monotonic() + 2.0)  # both delays over: OFF, OFF
+        broker.start()
+        ticking_until(lambda: len(subscriber.on(bob)) >= 2 and len(subscriber.on(ann)) >= 2, "the queued states")
+        ticking_until(lambda: not output.republish_due.is_set(), "the state re-published after the reconnect")
+        time.sleep(0.5)
+        assert [m.payload for m in subscriber.on(bob)][:2] == [b"ON", b"OFF"]
+        assert [m.payload for m in subscriber.on(ann)][:2] == [b"ON", b"OFF"]
+        assert subscriber.on(bob)[-1].payload == subscriber.on(ann)[-1].payload == b"OFF"
+        assert retained(broker.port, "facestream/door/people/+") == {ann: b"OFF", bob: b"OFF"}
+
+        output.handle(event("track_identified", 3, "Ann"))
+        ticking_until(lambda: subscriber.on(ann)[-1].payload == b"ON", "Ann ON again")
+        broker.stop()
+        shutil.rmtree(broker.work / "mosquitto.db", ignore_errors=True)
+        (broker.work / "mosquitto.db").unlink(missing_ok=True)  # a restart that lost everything
+        broker.start()
+        assert retained(broker.port, "facestream/door/people/+") == {}, "the broker kept its state: proves nothing"
+        wait_until(output.connected.is_set, "the output to reconnect", 30)
+        ticking_until(lambda: retained(broker.port, "facestream/door/people/+") == {ann: b"ON", bob: b"OFF"},
+                      "the retained presence re-published")  # fmt: skip
+    finally:
+        subscriber.close()
+        output.close(5)
+        broker.stop()
+
+
 def test_mqtts_with_a_password_from_the_environment_never_logged(
     work: Path, brokers: list[Mosquitto], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

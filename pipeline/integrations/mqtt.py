@@ -181,6 +181,7 @@ class MqttOutput:
         self.lock = threading.Lock()
         self.last_seen: dict[tuple[str, str], dict[str, Any]] = {}
         self.retained: dict[str, bytes] = {}  # the latest retained state, re-published after a reconnect
+        self.republish_due = threading.Event()
         self.connected = threading.Event()
         self.closing = False
         self.wants_frames = bool(section.get("snapshots"))  # the bridge then feeds `frame` (annotated JPEGs)
@@ -220,11 +221,8 @@ class MqttOutput:
         log.info("MQTT: connected to %s", self.where)
         self.connected.set()
         self._publish(availability_topic(self.prefix), b"online", retain=True)
-        if self.counts["connects"] > 1:  # the retained state again: a broker restarted without persistence lost it
-            with self.lock:
-                retained = list(self.retained.items())
-            for topic, payload in retained:
-                self._publish(topic, payload, retain=True, remember=False)
+        if self.counts["connects"] > 1:  # a broker restarted without persistence lost the retained state
+            self.republish_due.set()
 
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _properties: Any) -> None:
         if self.connected.is_set() and not self.closing:
@@ -303,8 +301,22 @@ class MqttOutput:
         self.counts["snapshots"] += 1
         self._publish(f"{self.prefix}/{topic_part(stream_id)}/snapshot", jpeg, retain=True, remember=False)
 
+    def _republish_retained(self) -> None:
+        """The retained state again after a reconnect, once paho's queue has been delivered: the queue is sent
+        after the reconnect, so a state re-published at once would arrive before older queued states of its
+        topic (a subscriber would see OFF, ON, OFF)."""
+        if not self.republish_due.is_set() or not self.connected.is_set() or self.pending:
+            return
+        self.republish_due.clear()
+        with self.lock:
+            retained = list(self.retained.items())
+        for topic, payload in retained:
+            self._publish(topic, payload, retain=True, remember=False)
+
     def tick(self, now: float) -> None:
-        """Presence turning OFF; late snapshots; the gallery's people for discovery (every ``gallery_poll_s``)."""
+        """Presence turning OFF; late snapshots; the gallery's people for discovery (every ``gallery_poll_s``);
+        the retained state after a reconnect."""
+        self._republish_retained()
         self._presence(self.presence.due(now))
         for stream_id, due in list(self.snapshot_due.items()):
             if now >= due:
@@ -330,9 +342,12 @@ class MqttOutput:
     def close(self, timeout: float = 5.0) -> None:
         """Presence OFF for everyone still ON, availability offline, then wait (at most `timeout`) until the
         broker has acknowledged what is queued, and disconnect."""
+        deadline = time.monotonic() + timeout
+        while self.republish_due.is_set() and self.connected.is_set() and time.monotonic() < deadline:
+            self._republish_retained()
+            time.sleep(0.02)
         self._presence(self.presence.due(float("inf")))
         self._publish(availability_topic(self.prefix), b"offline", retain=True, remember=False)
-        deadline = time.monotonic() + timeout
         while self.pending and time.monotonic() < deadline:
             time.sleep(0.02)
         if self.pending:
