@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[cpu,test]'
+	@# ONNX exports, parsed models and compiled kernels now, not in the first run (~30 s on two cores)
+	$(BIN)/facestream engines prepare
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Enrol the demo gallery, run the whole pipeline on the demo clip, write events + annotated video to out/.

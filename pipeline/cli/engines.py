@@ -1,4 +1,5 @@
-"""`facestream engines info | build`: which backend runs here and why; TensorRT engines built ahead of time."""
+"""`facestream engines info | prepare | build | check`: which backend runs here and why; the CPU artefacts and
+TensorRT engines built ahead of time; FP16 against FP32."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 EPILOG = """\
 examples:
   facestream engines info                 which backend `engine.backend: auto` picks here, and why
+  facestream engines prepare              ONNX exports, parsed models, compiled kernels now (make install does it)
   facestream engines build                build (or find in the cache) both engines at engine.precision
   facestream engines build --precision fp32 --json
   facestream engines check --precision fp16 --json   FP16 against FP32 (simulated without a GPU)
@@ -66,6 +68,29 @@ def cmd_info(args: argparse.Namespace, config: Config) -> int:
             )
         print(f"engine cache: {record['engine_cache']}")
     return 0 if backend != "none" else 2
+
+
+def cmd_prepare(args: argparse.Namespace, config: Config) -> int:
+    import os
+
+    from ...engines.warmup import prepare
+
+    cache = _cache(config)
+
+    def progress(name: str) -> None:
+        if not args.json:
+            print(f"{name} ...", flush=True)
+
+    started = time.perf_counter()
+    done = prepare(cache, progress)
+    record = {"cache": str(cache), "numba_cache": os.environ.get("NUMBA_CACHE_DIR"),
+              "seconds": round(time.perf_counter() - started, 1),
+              "steps": [{"step": step.name, "seconds": step.seconds} for step in done]}  # fmt: skip
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"ready in {record['seconds']} s: {cache} (compiled kernels: {record['numba_cache']})")
+    return 0
 
 
 def cmd_build(args: argparse.Namespace, config: Config) -> int:
@@ -237,7 +262,7 @@ def cmd_check(args: argparse.Namespace, config: dict) -> int:
 
 def add_engines_commands(commands: argparse._SubParsersAction) -> None:
     engines = commands.add_parser(
-        "engines", help="inference backends: which one runs here; build TensorRT engines ahead of time",
+        "engines", help="inference backends: which one runs here; prepare caches and TensorRT engines ahead of time",
         description="ONNX Runtime runs everywhere; TensorRT on NVIDIA GPUs (engine.backend: auto picks it when "
         "tensorrt, pycuda and a CUDA device are there).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -246,6 +271,16 @@ def add_engines_commands(commands: argparse._SubParsersAction) -> None:
     info = verbs.add_parser("info", help="the backend engine.backend resolves to here, and why; faiss GPU support")
     info.add_argument("--json", action="store_true", help="one JSON object")
     info.set_defaults(handler=cmd_info)
+    prepare = verbs.add_parser(
+        "prepare", help="export the networks to ONNX, parse the models and compile the CPU kernels now",
+        description="What a first run would otherwise do before its first face (~30 s on two cores): export "
+        "dlib's networks to ONNX, parse the shape predictors and compile the numba kernels of the HOG "
+        "detector and the CNN pyramid, into the cache (cache_dir in config.yaml, else FACESTREAM_CACHE, else "
+        "~/.cache/facestream). `make install` runs it; run it again after upgrading facestream. Already "
+        "cached parts take a second.",
+    )  # fmt: skip
+    prepare.add_argument("--json", action="store_true", help="one JSON object: the steps and their seconds")
+    prepare.set_defaults(handler=cmd_prepare)
     build = verbs.add_parser("build", help="build the TensorRT engines now (needs an NVIDIA GPU)")
     build.add_argument("--precision", choices=("fp16", "fp32", "both"), help="default: engine.precision")
     build.add_argument("--json", action="store_true", help="one JSON object listing what was built")
