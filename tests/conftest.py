@@ -122,3 +122,26 @@ def sub_clip(path: Path, first: int, count: int) -> Path:
     writer.release()
     capture.release()
     return path
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder of the test run's own (FACESTREAM_CACHE for tests that must not read or write the user's
+    eval or enrolment caches), seeded with the ONNX exports and parsed models already in the default cache
+    (`make install` prepares them): exporting is tested in tests/test_embedder.py."""
+    from facestream.engines.cachedir import default_cache_dir
+
+    folder = tmp_path_factory.getbasetemp() / "model-cache"
+    folder.mkdir(exist_ok=True)
+    source = default_cache_dir()
+    if source.is_dir():
+        for built in [*source.glob("*.onnx"), *source.glob("*.onnx.sha256"), *source.glob("*.npz")]:
+            target = folder / built.name
+            if not target.exists():
+                try:
+                    os.link(built, target)
+                except OSError:  # another file system: a copy
+                    import shutil
+
+                    shutil.copyfile(built, target)
+    return folder

@@ -17,8 +17,8 @@ FACESTREAM = str(Path(sys.executable).parent / "facestream")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {**os.environ, "FACESTREAM_CACHE": str(tmp_path_factory.mktemp("cache"))}
+def env(model_cache: Path) -> dict[str, str]:
+    return {**os.environ, "FACESTREAM_CACHE": str(model_cache)}
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:

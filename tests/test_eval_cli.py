@@ -47,9 +47,9 @@ PAIRS = [  # 2 folds of 4 matched + 4 mismatched
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FACESTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
+    monkeypatch.setenv("FACESTREAM_CACHE", str(model_cache))
 
 
 def clip_frames(indices: list[int]) -> dict[int, np.ndarray]:

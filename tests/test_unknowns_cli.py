@@ -28,10 +28,10 @@ LIN = "video/gallery/Lin_Manuel_Miranda/lin-manuel-miranda.png"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Built-in defaults (no ./config.yaml) and one model cache for the whole run."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("FACESTREAM_CACHE", str(tmp_path_factory.getbasetemp() / "model-cache"))
+    monkeypatch.setenv("FACESTREAM_CACHE", str(model_cache))
 
 
 @pytest.fixture
