@@ -6,7 +6,11 @@ of running the network, all decoded and NMS'd exactly as dlib does:
 
 * **Whole pyramid** (`detect`, `detect_batch`): one network call over dlib's tiled pyramid when it
   has at most `max_tile_pixels` pixels, else aligned overlapping tiles (`pyramid_windows`) whose
-  pixels and scores are bit-identical to the whole tensor's, so peak memory stays bounded.
+  pixels and scores are bit-identical to the whole tensor's, so peak memory stays bounded. Tiles are
+  sliced from the whole input tensor while it has at most TENSOR_TILES x `max_tile_pixels` pixels
+  (a 1280x720 frame at upsample 1: 13.5 MP); beyond, each tile's pixels are computed on their own
+  (`pyramid_windows.fill_window`), which bounds memory for any size but costs resizing chains: at
+  720p it took 2.5 s instead of 1.3 s.
 * **Regions** (`detect_regions`): for each predicted box, windows of the tensor at the levels where
   a face of its size is found (+- `margin_levels`), covering every cell whose 80x80 box centre lies
   in the box enlarged by `pad`. Window pixels are the full frame's pixels (level windows computed
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
 
 # Input-tensor pixels of one network call: ONNX Runtime's peak is ~46 bytes per pixel, so ~190 MB.
 DEFAULT_MAX_TILE_PIXELS = 4_000_000
+TENSOR_TILES = 4  # the whole input tensor is built (tiles sliced from it) up to this many tiles' pixels
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class FaceDetector:
 
     `max_tile_pixels` bounds the input-tensor pixels of one network call: a larger tiled pyramid is
     run in aligned, overlapping windows with identical results (see `pyramid_windows`), so peak
-    memory does not grow with the image. `min_face_size` / `max_face_size` (px, 0 = no limit):
+    memory does not grow with the image (the whole input tensor is built only up to TENSOR_TILES
+    tiles' worth of pixels, 192 MB with the default). `min_face_size` / `max_face_size` (px, 0 = no limit):
     see `scale_levels`.
     """
 
@@ -144,7 +150,7 @@ class FaceDetector:
             windows: list[pw.Window] = [(0, rows, 0, cols)]
         else:
             windows = [self._level_window(geom, k) for k in levels]
-        if rows * cols <= self.max_tile_pixels:  # small enough: build it whole, run the windows on slices
+        if self._whole_tensor_fits(geom, len(images)):  # build it whole, run the windows on slices
             p = self.params
             tensor, _ = pyramid.build_input_tensor(list(images), times, p.means, p.padding, p.outer_padding)
             return self._decode(self._run_windows(images, geom, windows, None, tensor), geom)
@@ -179,12 +185,17 @@ class FaceDetector:
                     chain_pixels += (window[1] - window[0]) * (window[3] - window[2]) * (1.44 ** (k + 1) - 1) / 0.44
         windows = pw.merge_windows(windows)
         rows, cols = geom.shape
-        if chain_pixels > rows * cols / 2 and rows * cols <= self.max_tile_pixels:
+        if chain_pixels > rows * cols / 2 and self._whole_tensor_fits(geom, 1):
             # the windows read most of the pyramid (large faces, several faces): build it whole, once
             p = self.params
             tensor, _ = pyramid.build_input_tensor([image], times, p.means, p.padding, p.outer_padding)
             return self._decode(self._run_windows([image], geom, windows, None, tensor), geom)[0]
         return self._decode(self._run_windows([image], geom, windows, None), geom)[0]
+
+    def _whole_tensor_fits(self, geom: pw.PyramidGeometry, images: int) -> bool:
+        """Whether the whole input tensor of `images` frames stays within TENSOR_TILES tiles' pixels."""
+        rows, cols = geom.shape
+        return rows * cols * images <= TENSOR_TILES * self.max_tile_pixels
 
     def scale_levels(self, geom: pw.PyramidGeometry) -> list[int] | None:
         """Pyramid levels the network runs on under `min_face_size` / `max_face_size` (None: all).

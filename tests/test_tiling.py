@@ -16,7 +16,7 @@ import pytest
 
 from facestream.engines import pyramid
 from facestream.engines import pyramid_windows as pw
-from facestream.engines.detector import FaceDetector
+from facestream.engines.detector import TENSOR_TILES, FaceDetector
 from facestream.engines.models import model_path
 
 from conftest import DATA, QUICK_GOLDEN, golden_images, load_rgb_as_dlib, sweep
@@ -83,12 +83,16 @@ def test_tiled_detection_equals_untiled_on_golden_images(detector: FaceDetector,
     image = load_rgb_as_dlib(DATA / relpath)
     boxes, scores = detector.detect(image, upsample=1)
     rows, cols = pw.PyramidGeometry(image.shape[:2], 1).shape
-    small = tiled(detector, max(pw.MIN_TILE**2, rows * cols // 3))  # three or more strips
-    tiled_boxes, tiled_scores = small.detect(image, upsample=1)
-    np.testing.assert_array_equal(tiled_boxes, boxes)
-    np.testing.assert_array_equal(tiled_scores, scores)  # bit for bit: ONNX Runtime's conv is position-invariant
     golden = np.array([face["rect"] for face in golden_images()[relpath]["cnn_faces"]]).reshape(-1, 5)
-    np.testing.assert_array_equal(tiled_boxes, golden[:, :4].astype(np.int64))
+    # Three or more strips: sliced from the whole input tensor (<= TENSOR_TILES tiles' pixels), then
+    # computed on their own (a tile budget small enough that the whole tensor is not built).
+    for strips in (3, TENSOR_TILES + 2):
+        small = tiled(detector, max(pw.MIN_TILE**2, rows * cols // strips))
+        assert (rows * cols <= TENSOR_TILES * small.max_tile_pixels) == (strips <= TENSOR_TILES)
+        tiled_boxes, tiled_scores = small.detect(image, upsample=1)
+        np.testing.assert_array_equal(tiled_boxes, boxes)
+        np.testing.assert_array_equal(tiled_scores, scores)  # bit for bit: ONNX Runtime's conv is position-invariant
+        np.testing.assert_array_equal(tiled_boxes, golden[:, :4].astype(np.int64))
 
 
 def test_two_dimensional_tiles_give_the_same_score_map(detector: FaceDetector) -> None:
@@ -112,22 +116,26 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
     path = tmp_path / "big.png"
     assert cv2.imwrite(str(path), image)
     small = tmp_path / "small.png"  # for the warm-up below
-    assert cv2.imwrite(str(small), cv2.resize(image, (2000, 2000), interpolation=cv2.INTER_AREA))
+    assert cv2.imwrite(str(small), cv2.resize(image, (600, 600), interpolation=cv2.INTER_AREA))
+    small_tiles = tmp_path / "small-tiles.yaml"
+    small_tiles.write_text("detector:\n  max_tile_pixels: 100000\n")
     del image, x, y
     # VmHWM of the child's own address space: ru_maxrss would carry over the high-water mark of this
     # (forking) pytest process, which itself held the image's int64 temporaries.
     probe = (
         "import re, runpy, sys\n"
-        "sys.argv = ['facestream', 'analyze', '--upsample', '0', sys.argv[1]]\n"
+        "sys.argv = ['facestream', *sys.argv[2:], 'analyze', '--upsample', '0', sys.argv[1]]\n"
         "try:\n    runpy.run_module('facestream.pipeline.cli.main', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
         "print('MAXRSS_KB', hwm, 'EXIT', code)\n"
     )
-    # The first run after an install compiles the pyramid's numba kernels (LLVM: ~90 MB more, once); the budget
-    # is the steady state, so an image big enough for the tiled path (whole-array and window kernels, each
-    # array layout its own compiled version) is analysed first and the measured run loads the compiled code.
-    warm = subprocess.run([sys.executable, "-c", probe, str(small)], capture_output=True, text=True, timeout=600)
+    # A first run compiles the pyramid's numba kernels (LLVM: ~90 MB more, once; `make install` runs
+    # `engines prepare`, which does it); the budget is the steady state, so a small image is analysed first
+    # with tiles small enough for the 36 MP image's path (tiles computed on their own: window kernels, each
+    # array layout its own compiled version), and the measured run loads the compiled code.
+    warm = subprocess.run([sys.executable, "-c", probe, str(small), "--config", str(small_tiles)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert "MAXRSS_KB" in warm.stdout, warm.stderr[-2000:]
     done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=1800)
     assert "MAXRSS_KB" in done.stdout, done.stderr[-2000:]

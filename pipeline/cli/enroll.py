@@ -7,15 +7,17 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...engines.faces import FaceAnalyzer
-from ...engines.imageio import ImageError, read_image
-from ...enroll.gallery import Gallery
 from ...enroll.records import check_name, check_threshold
 from ...errors import GalleryError
 from ..config import Config
-from ..domain.enrolment import EnrolmentPolicy, ImageReport, enrol_images, folder_people, policy_from_config, summarise
+
+# The models, the gallery and the enrolment rules are imported where a command needs them: building the
+# parser (every `facestream` command, `--help` too) would otherwise import numba and ONNX Runtime (~0.8 s).
+if TYPE_CHECKING:
+    from ...enroll.gallery import Gallery
+    from ..domain.enrolment import EnrolmentPolicy, ImageReport
 
 log = logging.getLogger("facestream")
 
@@ -24,6 +26,8 @@ def open_gallery(args: argparse.Namespace, config: Config, create: bool = False)
     """The gallery of --gallery or gallery.path. Only enrolling commands `create` a missing one (and say so);
     the others refuse it (GalleryNotFoundError: exit 2, nothing created), so a mistyped path is an error, not
     an empty gallery."""
+    from ...enroll.gallery import Gallery
+
     path = args.gallery or config.gallery.path
     gallery = Gallery.from_config(config.gallery, path=path, threads=config.engine.threads, create=create)
     if gallery.store.created:
@@ -32,6 +36,8 @@ def open_gallery(args: argparse.Namespace, config: Config, create: bool = False)
 
 
 def _policy(args: argparse.Namespace, config: Config) -> EnrolmentPolicy:
+    from ..domain.enrolment import policy_from_config
+
     return policy_from_config(config, bool(getattr(args, "largest", False)))
 
 
@@ -47,6 +53,8 @@ def _printer(as_json: bool, name: str | None = None):
 
 
 def _finish(reports: list[ImageReport], as_json: bool) -> int:
+    from ..domain.enrolment import summarise
+
     counts = summarise(reports)
     if as_json:
         print(json.dumps({"summary": counts}))
@@ -65,6 +73,9 @@ def _with_progress(paths: list[Path], as_json: bool) -> Any:
 
 def cmd_add(args: argparse.Namespace, config: Config, negative: bool = False) -> int:
     check_name(args.name)  # before the models load: a bad name is exit 2 at once (InvalidNameError)
+    from ...engines.faces import FaceAnalyzer
+    from ..domain.enrolment import enrol_images
+
     analyzer = FaceAnalyzer.from_config(config)
     with open_gallery(args, config, create=True) as gallery:
         paths = [Path(p) for p in args.images]
@@ -78,6 +89,9 @@ def cmd_reject(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_import(args: argparse.Namespace, config: Config) -> int:
+    from ...engines.faces import FaceAnalyzer
+    from ..domain.enrolment import enrol_images, folder_people
+
     try:
         people = folder_people(Path(args.folder))
     except ValueError as error:
@@ -153,6 +167,9 @@ def cmd_calibrate(args: argparse.Namespace, config: Config) -> int:
     if args.not_enrolled:
         import numpy as np
 
+        from ...engines.faces import FaceAnalyzer
+        from ...engines.imageio import ImageError, read_image
+
         analyzer = FaceAnalyzer.from_config(config)
         rows = []
         for path in sorted(p for p in Path(args.not_enrolled).rglob("*") if p.is_file()):
@@ -179,6 +196,9 @@ def cmd_calibrate(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, config: Config) -> int:
+    from ...engines.faces import FaceAnalyzer
+    from ...engines.imageio import ImageError, read_image
+
     if args.upsample is not None:
         config.set("detector.upsample", args.upsample, "--upsample")
     failures = 0
