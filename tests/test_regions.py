@@ -52,10 +52,12 @@ def test_regions_give_the_full_frame_faces_on_golden_images(detector: FaceDetect
 def test_regions_give_dlibs_boxes_on_the_golden_video_frames(detector: FaceDetector) -> None:
     capture = cv2.VideoCapture(str(DATA / "video" / "short_hamilton_clip.mp4"))
     frames = golden_video()["frames"]
-    faces = 0
+    faces, checked = 0, set(sweep(range(len(frames)), range(0, len(frames), 3)))  # every third by default
     for index in range(len(frames)):
         ok, bgr = capture.read()
         assert ok
+        if index not in checked:
+            continue
         frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         golden = np.array([face["rect"] for face in frames[str(index)]["cnn_faces"]]).reshape(-1, 5)
         boxes, scores = detector.detect_regions(frame, golden[:, :4].astype(np.float64))
@@ -63,7 +65,7 @@ def test_regions_give_dlibs_boxes_on_the_golden_video_frames(detector: FaceDetec
         np.testing.assert_allclose(scores, golden[:, 4], atol=1e-3, err_msg=f"frame {index}")
         faces += assert_regions_match_full_frame(detector, frame, index, f"frame {index}")
     capture.release()
-    assert faces >= len(frames)
+    assert faces >= len(checked)
 
 
 def _variants(image: np.ndarray) -> dict[str, np.ndarray]:
