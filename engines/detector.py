@@ -38,13 +38,14 @@ Where region (and scale-limited) results can differ from full frame, and what pr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import FacestreamError
 from . import pyramid
 from . import pyramid_windows as pw
 from .backend import make_session
@@ -81,6 +82,11 @@ class DetectorParams:
         window = loss.windows[0]
         return cls(inputs.means, inputs.padding, inputs.outer_padding, (window.width, window.height),
                    loss.nms_iou_threshold, loss.nms_percent_covered_threshold)  # fmt: skip
+
+
+class DetectionStoppedError(FacestreamError):
+    """A detection given a `stop` callback that said so before one of its network calls (a background scan
+    whose picture is gone: a live stream cut to another scene)."""
 
 
 class FaceDetector:
@@ -124,12 +130,14 @@ class FaceDetector:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def detect(self, image: np.ndarray, upsample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One (H,W,3) uint8 RGB or (H,W) grey image -> boxes (K,4) int64 [l,t,r,b] inclusive, scores (K,)."""
-        return self.detect_batch([image], upsample)[0]
+    def detect(self, image: np.ndarray, upsample: int | None = None,
+               stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """One (H,W,3) uint8 RGB or (H,W) grey image -> boxes (K,4) int64 [l,t,r,b] inclusive, scores (K,).
+        `stop`: asked before each network call (one per tile); True raises DetectionStoppedError."""
+        return self.detect_batch([image], upsample, stop)[0]
 
-    def detect_batch(self, images: Sequence[np.ndarray],
-                     upsample: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    def detect_batch(self, images: Sequence[np.ndarray], upsample: int | None = None,
+                     stop: Callable[[], bool] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
         """Several images of one size in a single network call (frames of one stream)."""
         times = self.upsample if upsample is None else int(upsample)
         if len(images) == 0:
@@ -145,6 +153,7 @@ class FaceDetector:
         if levels is None and rows * cols <= self.max_tile_pixels:
             p = self.params
             tensor, _ = pyramid.build_input_tensor(list(images), times, p.means, p.padding, p.outer_padding)
+            _check_stop(stop)
             return self._decode(self.session.run(tensor)[:, 0], geom)
         if levels is None:
             windows: list[pw.Window] = [(0, rows, 0, cols)]
@@ -153,10 +162,10 @@ class FaceDetector:
         if self._whole_tensor_fits(geom, len(images)):  # build it whole, run the windows on slices
             p = self.params
             tensor, _ = pyramid.build_input_tensor(list(images), times, p.means, p.padding, p.outer_padding)
-            return self._decode(self._run_windows(images, geom, windows, None, tensor), geom)
+            return self._decode(self._run_windows(images, geom, windows, None, tensor, stop), geom)
         cached = pw.cache_small_levels(images, geom, np.asarray(self.params.means, np.float32),
                                        self.max_tile_pixels // cols)  # fmt: skip
-        return self._decode(self._run_windows(images, geom, windows, cached), geom)
+        return self._decode(self._run_windows(images, geom, windows, cached, None, stop), geom)
 
     def detect_regions(self, image: np.ndarray, regions: np.ndarray, upsample: int | None = None,
                        margin_levels: int = 1, pad: float = 0.25) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -261,7 +270,8 @@ class FaceDetector:
         return r0, r1, c0, c1
 
     def _run_windows(self, images: list[np.ndarray], geom: pw.PyramidGeometry, windows: list[pw.Window],
-                     cached: dict[int, np.ndarray] | None, tensor: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+                     cached: dict[int, np.ndarray] | None, tensor: np.ndarray | None = None,
+                     stop: Callable[[], bool] | None = None) -> np.ndarray:  # fmt: skip
         """Score maps (N,Ho,Wo) with the exact scores of every cell some window computes, -inf elsewhere.
         Windows larger than `max_tile_pixels` are split into aligned overlapping tiles. Window pixels
         are sliced from `tensor` (the whole input tensor) when given, else computed (`fill_window`)."""
@@ -287,6 +297,7 @@ class FaceDetector:
                         part = tensor[:, :, window[0] : window[1], window[2] : window[3]]
                     else:
                         part = pw.fill_window(images, geom, window, means, cached)
+                    _check_stop(stop)
                     out = self.session.run(part)[:, 0]
                     jr, jc = window[0] // pw.STRIDE, window[2] // pw.STRIDE
                     scores[:, orow[0] : orow[1], ocol[0] : ocol[1]] = out[
@@ -340,6 +351,11 @@ def _checked(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"expected (H,W,3) RGB or (H,W) grey uint8 images, got {image.shape} {image.dtype}")
     return image
+
+
+def _check_stop(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise DetectionStoppedError("detection stopped: its stop callback said so")
 
 
 def _no_faces() -> tuple[np.ndarray, np.ndarray]:

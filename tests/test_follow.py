@@ -95,6 +95,34 @@ def test_scans_in_the_background_never_stop_the_followers(models: tuple) -> None
     assert follower.counters["scan_first_frame"] == 1 and follower.counters["scans_finished"] >= 1
 
 
+def test_a_cut_stops_the_background_scan_under_way_and_the_next_one_runs_on_the_new_picture(models: tuple) -> None:
+    """Live: frame 0's background scan (tiles small enough for dozens of network calls) is still under way
+    when the clip cuts at frame 20: the cut tells it to stop, it ends before its next network call
+    (DetectionStoppedError, counted as stopped), and a new scan starts on the next frame after it has ended."""
+    from facestream.engines.detector import DetectionStoppedError, FaceDetector
+    from facestream.engines.pyramid_windows import MIN_TILE
+
+    detector, scan_detector, predictor = models
+    slow = FaceDetector(scan_detector.session, scan_detector.params, max_tile_pixels=MIN_TILE**2)
+    follower = Follower(FollowSettings(mode="live", scan_interval_s=100.0), detector, predictor, QualityGate(), slow)
+    frames = clip_frames(22)
+    state = follower.streams.setdefault("cam", StreamState())
+    start = time.time()
+    follower.process(FrameMessage("cam", 0, start, True, frames[0]))
+    first = state.scan
+    assert first is not None and not first.done()
+    follower.process(FrameMessage("cam", 20, start + 20 / FPS, True, frames[20]))  # the cut
+    assert follower.counters["scan_scene_cut"] == 1 and state.scan_stop.is_set()
+    assert isinstance(first.exception(timeout=60), DetectionStoppedError)
+    follower.process(FrameMessage("cam", 21, start + 21 / FPS, True, frames[21]))
+    assert follower.counters["scans_stopped"] == 1 and "scans_discarded" not in follower.counters
+    assert state.scan is not None and state.scan is not first and state.scan_frame == 21
+    assert not state.scan_stop.is_set()
+    second = state.scan
+    follower.close()  # stops the second scan too (or cancels it, if its thread has not taken it yet)
+    assert second.cancelled() or isinstance(second.exception(timeout=60), DetectionStoppedError)
+
+
 def test_a_new_size_or_scene_cut_is_scanned_on_the_frame_itself(models: tuple) -> None:
     detector, _scan, predictor = models
     follower = Follower(FollowSettings(mode="all", scan_interval_s=100.0), detector, predictor, QualityGate())

@@ -16,15 +16,15 @@ import pytest
 
 from facestream.engines import pyramid
 from facestream.engines import pyramid_windows as pw
-from facestream.engines.detector import TENSOR_TILES, FaceDetector
+from facestream.engines.detector import TENSOR_TILES, DetectionStoppedError, FaceDetector
 from facestream.engines.models import model_path
 
 from conftest import DATA, QUICK_GOLDEN, golden_images, load_rgb_as_dlib, sweep
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory: pytest.TempPathFactory) -> FaceDetector:
-    return FaceDetector.from_file(model_path("detector"), tmp_path_factory.mktemp("cache"))
+def detector() -> FaceDetector:
+    return FaceDetector.from_file(model_path("detector"), None)  # the default cache: exported once per run
 
 
 def tiled(detector: FaceDetector, max_tile_pixels: int) -> FaceDetector:
@@ -145,3 +145,34 @@ def test_peak_memory_of_analyze_on_a_36_megapixel_image(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     print(f"analyze on 6000x6000 at upsample 0: peak {peak_mb:.0f} MB")
     assert peak_mb < 1024, f"peak {peak_mb:.0f} MB"
+
+
+def test_a_stop_callback_ends_a_tiled_detection_before_its_next_network_call(detector: FaceDetector) -> None:
+    """`stop` is asked before every network call: a tiled detection stops after the calls made so far, one
+    network call stops before it; without a stop, or one that says no, the result is the detector's."""
+    image = load_rgb_as_dlib(DATA / "fr_examples/obama-240p.jpg")
+    calls: list[tuple[int, ...]] = []
+
+    class Counted:  # the real session, its calls counted
+        backend = detector.session.backend
+
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            calls.append(batch.shape)
+            return detector.session.run(batch)
+
+    small = FaceDetector(Counted(), detector.params, max_tile_pixels=pw.MIN_TILE**2)  # many tiles
+    boxes, scores = small.detect(image, 1, stop=lambda: False)
+    want_boxes, want_scores = detector.detect(image, 1)
+    np.testing.assert_array_equal(boxes, want_boxes)
+    np.testing.assert_array_equal(scores, want_scores)
+    tiles = len(calls)
+    assert tiles > 3
+    calls.clear()
+    with pytest.raises(DetectionStoppedError):
+        small.detect(image, 1, stop=lambda: len(calls) >= 2)
+    assert len(calls) == 2
+    calls.clear()
+    whole = FaceDetector(Counted(), detector.params)
+    with pytest.raises(DetectionStoppedError):
+        whole.detect(image, 1, stop=lambda: True)
+    assert calls == []

@@ -22,7 +22,8 @@ streams, ``all`` for every stream, ``off`` for today's full-frame detection on e
     of a small grey image, NVR-style motion detection, changed by more than ``detector.motion_pixel_delta``
     grey levels). A background scan runs in its own thread with its own ONNX Runtime session
     (``detector.scan_threads`` intra-op threads), so the per-frame path never waits for it: on two cores
-    the followers keep their frame rate while a scan is under way. When it ends, its faces that no
+    the followers keep their frame rate while a scan is under way; a cut stops the scan under way before
+    its next network call (`FaceDetector.detect`'s ``stop``). When it ends, its faces that no
     follower covers become followers from the next frame on (found there by region detection, so
     their first boxes are region boxes of that frame).
   - file streams (``follow: all``) scan synchronously on the frame where ``scan_interval_s`` of media time
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from ...engines.detector import DetectionStoppedError
 from ...engines.face_batch import BOX_REGION, BOX_SCAN, FaceBatch
 from ...errors import ConfigError
 from ..runtime.messages import FacesMessage, FrameMessage
@@ -162,6 +164,7 @@ class StreamState:
     followed: list[Followed] = field(default_factory=list)
     last_scan: float = -np.inf  # timestamp of the frame the last scan ran on
     scan: Future | None = None  # a background scan under way
+    scan_stop: threading.Event = field(default_factory=threading.Event)  # set: the scan under way stops early
     scan_frame: int = -1
     generation: int = 0  # +1 at each cut or size change
     scan_generation: int = 0  # the generation the scan under way started in
@@ -219,6 +222,10 @@ class Follower:
             self.stats.count(name, amount)
 
     def close(self) -> None:
+        """Stop the scans under way (at their next network call: the process exits without waiting out a
+        full-frame detection) and the scan thread."""
+        for state in self.streams.values():
+            state.scan_stop.set()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -247,10 +254,12 @@ class Follower:
                 return self._scan_now(frame, state)
             # Live: even this scan runs in the background, so no frame waits for a full-frame detection
             # (capture-to-result stays that of region detection); its faces are followed once it ends. A
-            # scan already under way cannot be stopped: the new one starts as soon as it ends.
+            # scan already under way saw the old picture: it is told to stop (it does so before its next
+            # network call, one per tile of a large frame) and the new one starts as soon as it has.
             if state.scan is None:
                 self._start_scan(state, frame)
-            else:
+            else:  # it stops at its next network call (tile); the new one starts once it has
+                state.scan_stop.set()
                 state.last_scan = -np.inf
             return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
 
@@ -282,7 +291,8 @@ class Follower:
     def _start_scan(self, state: StreamState, frame: FrameMessage) -> None:
         assert self.executor is not None
         state.last_scan, state.scan_frame = frame.timestamp, frame.frame_index
-        state.scan = self.executor.submit(self.scan_detector.detect, frame.image.copy())
+        state.scan_stop = threading.Event()
+        state.scan = self.executor.submit(self.scan_detector.detect, frame.image.copy(), None, state.scan_stop.is_set)
         state.scan_generation = state.generation
 
     def _scan_now(self, frame: FrameMessage, state: StreamState) -> FacesMessage:
@@ -297,7 +307,9 @@ class Follower:
             return
         future, state.scan = state.scan, None
         if future.cancelled() or state.scan_generation != state.generation:
-            self.count("scans_discarded")  # it ran on a picture before a cut or a size change
+            # it ran on a picture before a cut or a size change, and was stopped early or had ended
+            stopped = not future.cancelled() and isinstance(future.exception(), DetectionStoppedError)
+            self.count("scans_stopped" if stopped else "scans_discarded")
             return
         try:
             boxes, _scores = future.result()
