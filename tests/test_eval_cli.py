@@ -336,3 +336,15 @@ def test_eval_video_picks_a_stream_and_names_bad_detection_lines(
     detections.write_text(json.dumps(lines[0]) + "\n{broken\n")
     assert run(capsys, "eval", "video", "--truth", truth, "--detections", detections)[0] == 2
     assert f"{detections} line 2: not JSON" in caplog.text
+
+
+def test_an_events_file_whose_writer_was_killed_mid_line_is_read_up_to_the_cut(tmp_path: Path) -> None:
+    """SIGKILL can cut the last line (see sinks.writers.JsonLines): it is skipped; a bad line inside is an error."""
+    from facestream.pipeline.cli.eval.video import _read_jsonl
+
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event": "a"}\n{"event": "b"}\n{"event": "c", "box": [1, 2')
+    assert [r["event"] for r in _read_jsonl(str(path))] == ["a", "b"]
+    path.write_text('{"event": "a"}\n{"event": "b", \n{"event": "c"}\n')
+    with pytest.raises(ValueError, match="line 2: not JSON"):
+        _read_jsonl(str(path))

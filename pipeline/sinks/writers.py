@@ -18,8 +18,11 @@ from .records import json_line
 
 
 class JsonLines:
-    """A JSON-lines file written one whole line per write(2): a process killed at any moment leaves only
-    complete lines (no userspace buffer to lose, no half line from a buffered flush)."""
+    """A JSON-lines file written one whole line per write(2): no userspace buffer to lose, no half line from
+    a buffered flush, so a process that stops in Python (an exception, SIGTERM, Ctrl-C) leaves only complete
+    lines. SIGKILL is the exception the kernel makes: Linux copies a write page by page and gives up at a
+    fatal signal, so a line crossing a page boundary can be cut there; every line before it is whole, and
+    facestream's readers skip a last line without its newline."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -55,6 +55,10 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
+                if not line.endswith("\n"):  # the last line of a writer killed mid-line (see sinks.writers)
+                    log.warning("%s line %d: cut off (its writer was killed while writing it): skipped", path,
+                                number)  # fmt: skip
+                    break
                 raise ValueError(f"{path} line {number}: not JSON: {error.msg}") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path} line {number}: expected a JSON object")
