@@ -56,10 +56,7 @@ def _detector_steps(cache: Path) -> Iterator[tuple[str, Callable[[], object]]]:
         detector.detect(np.ascontiguousarray(image.mean(axis=2).astype(np.uint8)), 1)
         detector.detect_batch([image, image], 1)
         detector.detect_regions(image, boxes.astype(np.float64), 1)
-        whole = detector.max_tile_pixels
-        detector.max_tile_pixels = TILE_PIXELS
-        detector.detect(image, 1)
-        detector.max_tile_pixels = whole
+        FaceDetector(detector.session, detector.params, max_tile_pixels=TILE_PIXELS).detect(image, 1)
         detector.close()
 
     yield "CNN detector: ONNX export", load
@@ -80,16 +77,18 @@ def _hog_step() -> Callable[[], object]:
     return run
 
 
+def _face_box(image: np.ndarray) -> np.ndarray:
+    """A box around the photo's face (its middle), without running a detector again."""
+    height, width = image.shape[:2]
+    return np.array([[width // 4, height // 8, 3 * width // 4, 7 * height // 8]], np.int64)
+
+
 def _landmarks_step(points: int, cache: Path) -> Callable[[], object]:
     def run() -> None:
-        from .detector import FaceDetector
         from .landmarks import ShapePredictor, default_model_path
 
-        predictor = ShapePredictor.from_file(default_model_path(points), cache)
         image = warmup_image()
-        with FaceDetector.from_file(model_path("detector"), cache) as detector:
-            boxes, _ = detector.detect(image, 1)
-        predictor.predict(image, boxes)
+        ShapePredictor.from_file(default_model_path(points), cache).predict(image, _face_box(image))
 
     return run
 
@@ -100,9 +99,7 @@ def _embedder_step(cache: Path) -> Callable[[], object]:
         from .landmarks import ShapePredictor, default_model_path
 
         image = warmup_image()
-        height, width = image.shape[:2]
-        box = np.array([[width // 4, height // 8, 3 * width // 4, 7 * height // 8]], np.int64)
-        points = ShapePredictor.from_file(default_model_path(5), cache).predict(image, box)
+        points = ShapePredictor.from_file(default_model_path(5), cache).predict(image, _face_box(image))
         with FaceEmbedder.from_file(model_path("embedder"), cache) as embedder:
             embedder.embed_chips(extract_face_chips(image, points))
 
