@@ -258,7 +258,7 @@ class Follower:
             # network call, one per tile of a large frame) and the new one starts as soon as it has.
             if state.scan is None:
                 self._start_scan(state, frame)
-            else:  # it stops at its next network call (tile); the new one starts once it has
+            else:
                 state.scan_stop.set()
                 state.last_scan = -np.inf
             return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
