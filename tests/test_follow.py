@@ -108,13 +108,14 @@ def test_a_cut_stops_the_background_scan_under_way_and_the_next_one_runs_on_the_
     frames = clip_frames(22)
     state = follower.streams.setdefault("cam", StreamState())
     start = time.time()
-    follower.process(FrameMessage("cam", 0, start, True, frames[0]))
+    assert not follower.process(FrameMessage("cam", 0, start, True, frames[0])).new_scene  # no earlier scene
     first = state.scan
     assert first is not None and not first.done()
-    follower.process(FrameMessage("cam", 20, start + 20 / FPS, True, frames[20]))  # the cut
+    cut = follower.process(FrameMessage("cam", 20, start + 20 / FPS, True, frames[20]))
     assert follower.counters["scan_scene_cut"] == 1 and state.scan_stop.is_set()
+    assert cut.new_scene and len(cut) == 0  # the sink ends the tracks here
     assert isinstance(first.exception(timeout=60), DetectionStoppedError)
-    follower.process(FrameMessage("cam", 21, start + 21 / FPS, True, frames[21]))
+    assert not follower.process(FrameMessage("cam", 21, start + 21 / FPS, True, frames[21])).new_scene
     assert follower.counters["scans_stopped"] == 1 and "scans_discarded" not in follower.counters
     assert state.scan is not None and state.scan is not first and state.scan_frame == 21
     assert not state.scan_stop.is_set()
@@ -131,6 +132,7 @@ def test_a_new_size_or_scene_cut_is_scanned_on_the_frame_itself(models: tuple) -
     results = [follower.process(FrameMessage("f", i, i / FPS, False, image)) for i, image in
                enumerate([frame, frame, big])]  # fmt: skip
     assert [r.scanned for r in results] == [True, False, True]
+    assert [r.new_scene for r in results] == [False, False, True]
     assert follower.counters["scan_size_change"] == 1
     assert results[1].faces.box_source.tolist() == [BOX_REGION]
     assert len(results[2]) and set(results[2].faces.box_source.tolist()) == {BOX_SCAN}

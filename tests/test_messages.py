@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,8 @@ def all_messages() -> list[messages.Message]:
         faces_message(3),
         faces_message(0),
         faces_message(2, track_ids=False, score_dtype=np.float32),
+        replace(faces_message(1), new_scene=True, scanned=False),
+        replace(frame_message(), new_scene=True),
         descriptors_message(2),
         descriptors_message(0, track_ids=True),
         EndOfStream("cam-1", 275),
@@ -130,7 +133,7 @@ def test_header_layout_is_the_documented_one() -> None:
     frames = encode(faces_message(2))
     header = bytes(frames[0])
     magic, version, kind, n_arrays, meta_len = PREFIX.unpack_from(header)
-    assert (magic, version, kind, n_arrays) == (b"FSTM", 2, messages.MessageType.FACES, 8)
+    assert (magic, version, kind, n_arrays) == (b"FSTM", 3, messages.MessageType.FACES, 8)
     assert len(frames) == 1 + n_arrays
     assert len(header) == 12 + 8 * 18 + meta_len < 300  # small: the arrays travel in their own frames
     assert ARRAY.unpack_from(header, 12) == (2, 2, 2, 4, 0, 0)  # boxes: int64 (2,4)
@@ -138,7 +141,7 @@ def test_header_layout_is_the_documented_one() -> None:
     assert ARRAY.unpack_from(header, 12 + 5 * 18) == (1, 1, 2, 0, 0, 0)  # box_source: uint8 (2,)
     assert json.loads(header[12 + 8 * 18 :]) == {
         "stream_id": "cam-1", "frame_index": 41, "timestamp": 1712.25, "width": 640, "height": 480,
-        "scanned": True,
+        "scanned": True, "new_scene": False,
     }  # fmt: skip
 
 

@@ -621,6 +621,17 @@ def test_a_change_of_frame_size_is_detected_never_carried(work: Path, gallery: P
     assert {f["box_source"] for f in records[3]["faces"]} == {"carried"}
     stream = run.stats()["streams"]["sizes"]
     assert stream["size_changes"] == 1 and stream["scene_cuts"] == 1
+    # Both the source and the detect worker flag frame 1 new_scene: the sink ends frame 0's tracks there.
+    assert counters["scene_cuts"] == 1
+    assert not {f["track_id"] for f in records[0]["faces"]} & {f["track_id"] for f in records[1]["faces"]}
+    # follow off: the source's flag alone (the detect worker keeps no picture of its own).
+    for extra in ("frame2.png", "frame3.png"):
+        (folder / extra).unlink()
+    plain = Run(work, "sizes-plain", ["--source", f"sizes={folder}", "--gallery", str(gallery), "--detect-every", "2",
+                                      "--detections", "detections.jsonl", "--stats", "stats.json"])  # fmt: skip
+    runs.append(plain)
+    assert plain.run() == 0, plain.log
+    assert plain.stats()["stages"]["sink"]["counters"]["scene_cuts"] == 1
 
 
 def test_a_replayed_video_runs_live_after_the_workers_are_ready(work: Path, gallery: Path, runs: list[Run]) -> None:

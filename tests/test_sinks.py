@@ -233,6 +233,28 @@ def test_a_scene_cut_ends_the_tracks_instead_of_naming_a_stranger(tmp_path: Path
         assert identities == [(1, "Alice")] * 10
 
 
+def test_a_frame_flagged_new_scene_ends_the_tracks_whatever_the_descriptors_say(tmp_path: Path) -> None:
+    """The same cut, told by the detect worker (``new_scene`` on frame 5) with the descriptor test off: the
+    stranger starts a new track (the live run that found this: a guest's face overlapping the singer's last
+    box after a cut, 0.6 from his last face, under scene_cut_distance, inherited his name)."""
+    sink_outputs = SinkOutputs(events=str(tmp_path / "e.jsonl"), detections=str(tmp_path / "d.jsonl"))
+    core = SinkCore({"cam": False}, ScriptedMatcher(), sink_outputs, tracker_config(scene_cut_distance=0.0))
+    box = [100, 60, 179, 139]
+    for index in range(10):
+        who, sharpness = (1, 120.0) if index < 5 else (3, 5.0)
+        message = faces_at("cam", index, [(who, box)], sharpness)
+        message.new_scene = index in (0, 5)  # frame 0: no track yet, nothing ends
+        core.add(message, "descriptors")
+    core.add(EndOfStream("cam", 10), "sink_in")
+    core.pump()
+    core.close()
+    identities = [(d["faces"][0]["track_id"], d["faces"][0]["identity"]) for d in read_lines(tmp_path / "d.jsonl")]
+    assert identities == [(1, "Alice")] * 5 + [(2, "unknown")] * 5
+    ended = next(e for e in read_lines(tmp_path / "e.jsonl") if e["event"] == "track_ended" and e["track_id"] == 1)
+    assert ended["last_frame"] == 4 and ended["frame_index"] == 5
+    assert core.stats.counters["scene_cuts"] == 1
+
+
 def test_live_stream_reorders_briefly_and_drops_late_results(tmp_path: Path) -> None:
     sink_outputs = SinkOutputs(detections=str(tmp_path / "d.jsonl"))
     core = SinkCore({"live": True}, ScriptedMatcher(), sink_outputs, tracker_config(), live_hold_s=0.2)

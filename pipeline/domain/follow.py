@@ -16,7 +16,8 @@ streams, ``all`` for every stream, ``off`` for today's full-frame detection on e
     a scene cut (the 64x36 thumbnail test of `scenes.scene_changed`, ``pipeline.scene_cut_threshold``).
     The followers are dropped; files scan that very frame (``box_source`` "scan"), live streams start a
     background scan (below) and send frames without faces until it ends, so that no live frame ever
-    waits for a full-frame detection (capture-to-result stays that of region detection);
+    waits for a full-frame detection (capture-to-result stays that of region detection). The faces
+    message of a cut or a size change says ``new_scene``, and the sink ends the stream's tracks there;
   - *in the background*, live streams: every ``detector.scan_interval_s`` of wall-clock time, and at once
     when the picture changed outside the followed regions (``detector.motion_threshold`` of the pixels
     of a small grey image, NVR-style motion detection, changed by more than ``detector.motion_pixel_delta``
@@ -89,7 +90,8 @@ def faces_message(
             boxes, np.asarray(scores, np.float64), landmarks, chips, quality=face_quality(chips, boxes, scores),
             box_source=np.asarray(box_source, np.uint8), embed=FaceBatch().embed if embed is None else embed,
         )  # fmt: skip
-    return FacesMessage(frame.stream_id, frame.frame_index, frame.timestamp, width, height, faces, scanned)
+    return FacesMessage(frame.stream_id, frame.frame_index, frame.timestamp, width, height, faces, scanned,
+                        frame.new_scene)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class Follower:
             state.generation += 1  # a scan under way saw the old picture: its faces are not followed
             state.followed = []
             if self.executor is None or not frame.live:
-                return self._scan_now(frame, state)
+                return self._new_scene(self._scan_now(frame, state), reason)
             # Live: even this scan runs in the background, so no frame waits for a full-frame detection
             # (capture-to-result stays that of region detection); its faces are followed once it ends. A
             # scan already under way saw the old picture: it is told to stop (it does so before its next
@@ -261,7 +263,8 @@ class Follower:
             else:
                 state.scan_stop.set()
                 state.last_scan = -np.inf
-            return faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
+            empty = faces_message(frame, self.predictor, np.zeros((0, 4)), np.zeros(0), np.zeros(0), None, False)
+            return self._new_scene(empty, reason)
 
         self._collect_scan(state, now)
         # Followers unseen too long are gone (the next scan finds the face again if it is still there); "too
@@ -287,6 +290,14 @@ class Follower:
         self.count("region_frames")
         self.count("region_faces", len(boxes))
         return self._followed_faces(frame, state, boxes, scores, np.full(len(boxes), BOX_REGION), False)
+
+    @staticmethod
+    def _new_scene(message: FacesMessage, reason: str) -> FacesMessage:
+        """Tell the sink the picture changed, so that it ends the stream's tracks: else a stranger where a
+        tracked face was would continue that track, and its identity (a stream's first frame here need not
+        be the sink's: another detect worker may have sent earlier ones)."""
+        message.new_scene = message.new_scene or reason != "first_frame"
+        return message
 
     def _start_scan(self, state: StreamState, frame: FrameMessage) -> None:
         assert self.executor is not None

@@ -8,7 +8,7 @@ A message is a list of ZeroMQ frames (one multipart message)::
 Fixed prefix (12 bytes, little-endian, ``struct`` format ``<4sBBBxI``)::
 
     magic       4 bytes  b"FSTM"
-    version     u8       FORMAT_VERSION (2)
+    version     u8       FORMAT_VERSION (3)
     type        u8       MessageType: 1 frame, 2 faces, 3 descriptors, 4 end of stream, 5 control
     n_arrays    u8       number of array frames that follow (= array descriptors in this header)
     reserved    u8       must be 0
@@ -32,6 +32,11 @@ face on this frame), ``embed`` (N,) uint8 (faces: 1 = embed this face; descripto
 descriptor, 0 = not embedded, the row is NaN) and the metadata flag ``scanned`` (a full-frame detector
 ran on this frame). Constructors default them to today's meaning: every box from a scan, every face
 embedded, the frame scanned.
+
+Version 3 added the metadata flag ``new_scene`` to frame, faces and descriptors messages: the frame is
+another scene than the stream's last one (a scene cut or a change of frame size, found by the source or by
+the detect worker's follower), so the sink ends every track of the stream before this frame's faces
+(else a face where a tracked face was would continue its track, and its identity). Default false.
 
 Decoding checks everything against the actual frames — magic, version, type, frame count, header
 length, dtype codes, shapes, the byte length of every array frame, the metadata keys and types — and
@@ -87,7 +92,7 @@ __all__ = [
 ]
 
 MAGIC = b"FSTM"
-FORMAT_VERSION = 2  # 2: faces and descriptors carry box_source, embed and scanned
+FORMAT_VERSION = 3  # 2: faces and descriptors carry box_source, embed and scanned; 3: new_scene
 CHIP_SIZE = 150
 DESCRIPTOR_SIZE = 128
 MAX_METADATA_BYTES = 4096
@@ -132,6 +137,7 @@ class FrameMessage:
     timestamp: float  # capture time, seconds
     live: bool  # live source (newest frame wins) or file (every frame, in order)
     image: np.ndarray
+    new_scene: bool = False  # the source found a scene cut or a size change here
 
 
 @dataclass(eq=False)
@@ -147,6 +153,7 @@ class FacesMessage:
     height: int
     faces: FaceBatch
     scanned: bool = True  # a full-frame detector ran on this frame
+    new_scene: bool = False  # another scene than the last frame's: the sink ends the stream's tracks
 
     def __post_init__(self) -> None:
         self.faces = _with_face_flags(self.faces)
@@ -169,6 +176,7 @@ class DescriptorsMessage:
     height: int
     faces: FaceBatch
     scanned: bool = True
+    new_scene: bool = False
 
     def __post_init__(self) -> None:
         self.faces = _with_face_flags(self.faces)
@@ -180,7 +188,8 @@ class DescriptorsMessage:
     def from_faces(cls, faces: FacesMessage, descriptors: np.ndarray) -> DescriptorsMessage:
         """The embed stage's output: ``faces`` without its chips, plus their (N,128) descriptors."""
         batch = replace(faces.faces, chips=FaceBatch().chips, descriptors=descriptors)
-        return cls(faces.stream_id, faces.frame_index, faces.timestamp, faces.width, faces.height, batch, faces.scanned)
+        return cls(faces.stream_id, faces.frame_index, faces.timestamp, faces.width, faces.height, batch,
+                   faces.scanned, faces.new_scene)  # fmt: skip
 
 
 def _with_face_flags(faces: FaceBatch) -> FaceBatch:
@@ -318,7 +327,7 @@ class _Schema:
 _U8, _I8, _F4, _F8 = (np.dtype(code) for code in ("<u1", "<i8", "<f4", "<f8"))
 _FACE_METADATA: dict[str, _Check] = {
     "stream_id": _stream_id, "frame_index": _count, "timestamp": _seconds, "width": _pixels, "height": _pixels,
-    "scanned": _flag,
+    "scanned": _flag, "new_scene": _flag,
 }  # fmt: skip
 _BOXES = _ArraySlot("boxes", (_I8,), ("N", 4))
 _SCORES = _ArraySlot("scores", (_F8, _F4), ("N",))
@@ -333,7 +342,7 @@ _EMBED = _ArraySlot("embed", (_U8,), ("N",))
 _SCHEMAS: dict[MessageType, _Schema] = {
     MessageType.FRAME: _Schema(
         FrameMessage,
-        {"stream_id": _stream_id, "frame_index": _count, "timestamp": _seconds, "live": _flag},
+        {"stream_id": _stream_id, "frame_index": _count, "timestamp": _seconds, "live": _flag, "new_scene": _flag},
         (_ArraySlot("image", (_U8,), ("H", "W", 3)),),
     ),
     MessageType.FACES: _Schema(

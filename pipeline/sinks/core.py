@@ -12,7 +12,8 @@ one older than a frame already processed is dropped (counted as ``late``).
 
 Per frame the tracker (`pipeline.domain.tracker.FaceTracker`, one per stream) assigns track ids, the gallery
 (`matcher.Matcher`) names each embedded face (identity or "unknown", distance) and the track's vote decides
-its identity; a face far from its track's last face ends every track of the stream (a scene cut). Kiosk
+its identity; a frame flagged ``new_scene`` (a cut or a size change seen upstream) and a face far from its
+track's last face (a cut nobody saw) each end every track of the stream. Kiosk
 decisions and unknown faces are collected from the same matches.
 """
 
@@ -299,6 +300,8 @@ class SinkCore:
         # Faces the detect worker did not send to the embedder (embed 0) are tracked but not matched.
         embedded = np.flatnonzero(np.asarray(batch.embed, bool))
         part = batch if len(embedded) == len(batch) else batch.take(embedded)
+        if message.new_scene:
+            self._end_tracks_at_a_new_scene(stream, frame_index)
         self._end_tracks_at_a_cut(stream, frame_index, timestamp, part)
         track_ids = tracker.update(frame_index, timestamp, batch.boxes, batch.scores, batch.quality)
         part_ids = track_ids[embedded]
@@ -406,6 +409,17 @@ class SinkCore:
                     decision = self.kiosk.end_track(stream.stream_id, event.track_id)
                     if decision is not None:
                         self.outputs.event(decision.to_record())
+
+    def _end_tracks_at_a_new_scene(self, stream: StreamSink, frame_index: int) -> None:
+        """The source or the detect worker saw a scene cut or a size change on this frame (``new_scene``):
+        every track of the stream ends, whatever the boxes overlap."""
+        if not stream.tracker.tracks:
+            return
+        log.info("%s: new scene at frame %d (a cut or a size change): every track ends", stream.stream_id,
+                 frame_index)  # fmt: skip
+        stream.tracker.finish()
+        stream.last_descriptor.clear()
+        self.stats.count("scene_cuts")
 
     def _end_tracks_at_a_cut(self, stream: StreamSink, frame_index: int, timestamp: float, faces: FaceBatch) -> None:
         """A scene cut can put another person where a tracked face was: the boxes overlap, so the tracker

@@ -222,10 +222,10 @@ class SourceStage(StageProcess):
                 stream.exhausted = True
                 return
             image, timestamp = item
-            frame = FrameMessage(stream.spec.stream_id, stream.next_index, timestamp, False, image)
-            stream.next_index += 1
             stream.count("read")
             cut = self._cut(stream, image)  # every frame: the thumbnail is compared with the previous frame's
+            frame = FrameMessage(stream.spec.stream_id, stream.next_index, timestamp, False, image, cut)
+            stream.next_index += 1
             detect = frame.frame_index % self.detect_every == 0 or cut
             if not self._to_sink_first(stream, frame, detect):
                 return
@@ -321,7 +321,8 @@ class SourceStage(StageProcess):
         # Every k-th frame *taken*: frames dropped before they were taken do not skip a detection.
         if stream.held.index != stream.last_checked_index:  # once per frame taken, though it may wait
             stream.last_checked_index = stream.held.index
-            stream.held_cut = self._cut(stream, stream.held.image)
+            # a cut stays pending while the frame it was found on is replaced by a newer one (below)
+            stream.held_cut = self._cut(stream, stream.held.image) or stream.held_cut
         detect = stream.last_detect_index < 0 or stream.held.index - stream.last_detect_index >= self.detect_every
         detect = detect or stream.held_cut
         if detect and len(stream.live_sent) >= self.live_inflight:
@@ -330,13 +331,13 @@ class SourceStage(StageProcess):
             stream.held = stream.live.queue.newest(stream.held)
             return False
         live = stream.held
-        frame = FrameMessage(stream.spec.stream_id, live.index, live.timestamp, True, live.image)
+        frame = FrameMessage(stream.spec.stream_id, live.index, live.timestamp, True, live.image, stream.held_cut)
         if detect:
             self.frames.send_multipart(messages.encode(frame), zmq.NOBLOCK, copy=False)  # raises Again
             stream.live_sent[live.index] = time.monotonic()
             stream.last_detect_index = live.index
             stream.count("sent")
-        stream.held = None
+        stream.held, stream.held_cut = None, False
         stream.next_index = live.index + 1
         stream.count("read")
         self._to_sink_first(stream, frame, detect)
