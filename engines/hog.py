@@ -349,11 +349,8 @@ def _resize_cols(in_w: int, out_w: int, channels: int) -> tuple[int, tuple[np.nd
     n_simd, left, right, lr_s, lr_t = pyramid._col_params(in_w, out_w)
     lrd = np.zeros(out_w, np.float64)
     lrd[n_simd:] = lr_t
-    channel = np.arange(channels)
-    flat_left = (left[:n_simd, None] * channels + channel).ravel().astype(np.int32)
-    flat_right = (right[:n_simd, None] * channels + channel).ravel().astype(np.int32)
     flat_lr = np.repeat(lr_s, channels)
-    return n_simd, (flat_left, flat_right, _F32(1.0) - flat_lr, flat_lr, left, right, lrd)
+    return n_simd, (_F32(1.0) - flat_lr, flat_lr, left, right, lrd)
 
 
 def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

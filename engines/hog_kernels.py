@@ -35,13 +35,14 @@ _TAPS = 10  # filter rows = columns
 
 # Over 60 lines: one compiled loop: numba inlines nothing across calls here, so the loop stays whole.
 @compiled()
-def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_right, flat_ilr, flat_lr, left, right, lrd):  # noqa: E501
+def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_ilr, flat_lr, left, right, lrd):
     """dlib's bilinear ``resize_image`` of an ``(H, W, C)`` uint8 image into ``out`` ``(h, w, C)``: C = 3 is
     RGB, C = 1 grey (the two differ in rounding and in the tail columns).
 
     Per output row: ``top``/``bottom`` source rows, ``tbf``/``itbf`` = f32(tb)/f32(1-tb), ``tbd`` = tb.
-    SIMD columns ``[0, n_simd)``, flattened with their channels (index ``c*C + ch``): source offsets
-    ``flat_left``/``flat_right`` and float32 weights ``flat_ilr``/``flat_lr``; the blend
+    SIMD columns ``[0, n_simd)``, flattened with their channels (index ``c*C + ch``): source columns
+    ``left`` and ``left + 1`` (dlib's SIMD loop stops before a right column would leave the image) and
+    float32 weights ``flat_ilr``/``flat_lr``; the blend
     ``((tl*TL + tr*TR) + bl*BL) + br*BR`` is float32, truncated for RGB and rounded (``+0.5``) for
     grey. Tail columns: source columns ``left``/``right`` and the double ``lrd``; RGB blends in double
     and truncates; grey blends x in float32 and y in double, stores to float, clamps and truncates.
@@ -65,16 +66,10 @@ def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_rig
                 top_r, bot_r = bot_r, top_r
                 loaded_bottom = -1
             else:
-                row = flat_src[t]
-                for j in range(n):
-                    top_l[j] = _F32(row[flat_left[j]])
-                    top_r[j] = _F32(row[flat_right[j]])
+                _column_pairs(flat_src[t], left, n_simd, C, top_l, top_r)
             loaded_top = t
         if b != loaded_bottom:
-            row = flat_src[b]
-            for j in range(n):
-                bot_l[j] = _F32(row[flat_left[j]])
-                bot_r[j] = _F32(row[flat_right[j]])
+            _column_pairs(flat_src[b], left, n_simd, C, bot_l, bot_r)
             loaded_bottom = b
         ty, iy = tbf[r], itbf[r]
         o = flat_out[r]
@@ -99,6 +94,25 @@ def resize_u8(src, out, top, bottom, tbf, itbf, tbd, n_simd, flat_left, flat_rig
                     bot_x = (1.0 - lr) * np.float64(src[b, lc, ch]) + lr * np.float64(src[b, rc, ch])
                     out[r, c, ch] = np.uint8(np.int64((1.0 - tb) * top_x + tb * bot_x))
     return out
+
+
+@compiled()
+def _column_pairs(row, left, n_simd, C, out_left, out_right):
+    """The pixels of SIMD columns ``[0, n_simd)`` at source columns ``left`` and ``left + 1`` of one source
+    row (``(W*C,)`` uint8, C = 1 or 3) as float32, index ``c*C + ch``. A pixel's channels and its right
+    neighbour's are one run of 2*C bytes, copied as such: a gather per byte through flattened indices
+    took ~75% of the resize."""
+    if C == 3:
+        for c in range(n_simd):
+            s, k = left[c] * 3, 3 * c
+            out_left[k], out_left[k + 1], out_left[k + 2] = _F32(row[s]), _F32(row[s + 1]), _F32(row[s + 2])
+            out_right[k], out_right[k + 1], out_right[k + 2] = _F32(row[s + 3]), _F32(row[s + 4]), _F32(row[s + 5])
+    elif C == 1:
+        for c in range(n_simd):
+            s = left[c]
+            out_left[c], out_right[c] = _F32(row[s]), _F32(row[s + 1])
+    else:
+        raise ValueError("resize_u8 takes 1 (grey) or 3 (RGB) channels")
 
 
 # -- fHOG, spec §4 -------------------------------------------------------------------------------

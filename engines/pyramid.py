@@ -275,10 +275,8 @@ def resize_window_rgb_u8(
     rows, (n_simd, left, right, ilr, lr) = _window_weights(plan, origin, window)
     lrd = np.zeros(c1 - c0, dtype=np.float64)
     lrd[n_simd:] = plan.lr_t[max(c0, plan.n_simd) - plan.n_simd : max(c1, plan.n_simd) - plan.n_simd]
-    channels = np.arange(3)
-    flat = (left[:n_simd, None] * 3 + channels).reshape(-1), (right[:n_simd, None] * 3 + channels).reshape(-1)
     weights = np.repeat(ilr[:n_simd], 3), np.repeat(lr[:n_simd], 3)
-    pyramid_kernels.resize_u8(np.ascontiguousarray(src), out, *rows, n_simd, *flat, *weights, left, right, lrd)
+    pyramid_kernels.resize_u8(np.ascontiguousarray(src), out, *rows, n_simd, *weights, left, right, lrd)
     return out
 
 
