@@ -15,7 +15,9 @@ from pathlib import Path
 
 from .cachedir import default_cache_dir
 
-EXPORT_VERSION = 1  # bump when the graph layout changes: old cache files are then ignored
+# Bump when a graph changes: old cache files are then ignored. 2: the detector's channels widened to NCHWc
+# blocks, its last conv as row sums.
+EXPORT_VERSION = 2
 KINDS = ("detector", "embedder")
 
 

@@ -14,11 +14,15 @@ from facestream.engines.chips import extract_face_chips
 from facestream.engines.embedder import FaceEmbedder, normalize_chips
 from facestream.engines.models import model_path
 from facestream.engines.onnx_cache import cached_onnx
+from facestream.engines.onnx_export import CHANNEL_BLOCK
 
 from conftest import DATA, golden_images, load_rgb_as_dlib, require_dlib
 
 # Operators TensorRT's ONNX parser supports that these graphs may use.
-ALLOWED_OPS = {"Conv", "Relu", "Add", "Mul", "Pad", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Gemm"}
+ALLOWED_OPS = {
+    "Conv", "Relu", "Add", "Mul", "Pad", "Slice", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
+    "Gemm",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +84,11 @@ def test_onnx_graph_is_valid_and_tensorrt_friendly(kind: str, tmp_path: Path) ->
     assert {node.op_type for node in inferred.graph.node} <= ALLOWED_OPS
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param == "batch"  # dynamic batch
+    if kind == "detector":  # ONNX Runtime's blocked convs need channel counts in whole blocks
+        weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+        shapes = [weights[node.input[1]] for node in model.graph.node if node.op_type == "Conv"]
+        assert shapes[0][1] == 3 and all(f % CHANNEL_BLOCK == 0 for f, _, _, _ in shapes)
+        assert all(c % CHANNEL_BLOCK == 0 for _, c, _, _ in shapes[1:])
 
 
 def test_onnx_cache_is_reused_and_rebuilt_when_corrupt(tmp_path: Path) -> None:
