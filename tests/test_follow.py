@@ -4,6 +4,7 @@ models (in process: the ZeroMQ side is tests/test_pipeline.py)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -93,6 +94,19 @@ def test_scans_in_the_background_never_stop_the_followers(models: tuple) -> None
     follower.close()
     assert followed_during_scan >= 3, follower.counters
     assert follower.counters["scan_first_frame"] == 1 and follower.counters["scans_finished"] >= 1
+
+
+def test_the_scan_thread_runs_at_lower_priority(models: tuple) -> None:
+    """detector.scan_nice: the scan thread's niceness is the worker's plus the setting (Linux sets it per
+    thread), so a busy machine runs the per-frame work first; the worker's own thread is unchanged."""
+    detector, scan_detector, predictor = models
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice, expected in ((7, min(19, before + 7)), (0, before)):
+        follower = Follower(FollowSettings(scan_nice=nice), detector, predictor, QualityGate(), scan_detector)
+        assert follower.executor is not None
+        assert follower.executor.submit(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=30) == expected
+        follower.close()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def test_a_cut_stops_the_background_scan_under_way_and_the_next_one_runs_on_the_new_picture(models: tuple) -> None:

@@ -90,6 +90,10 @@ class DetectorConfig:
         1.0, "a full-frame scan at least this often (wall clock live, media time files)", gt=0
     )
     scan_threads: int = setting(1, "ONNX Runtime threads of the background scan (the followers get the rest)", ge=1)
+    scan_nice: int = setting(
+        10, "niceness added to the background scan's thread, so the per-frame work wins\n"
+        "the cores when both want them (Linux; 0 = same priority)", ge=0, le=19,
+    )  # fmt: skip
     region_margin: float = setting(
         0.25, "a followed face's region: its predicted box grown by this share per side", ge=0, le=4
     )

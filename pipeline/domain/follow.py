@@ -22,7 +22,8 @@ streams, ``all`` for every stream, ``off`` for today's full-frame detection on e
     when the picture changed outside the followed regions (``detector.motion_threshold`` of the pixels
     of a small grey image, NVR-style motion detection, changed by more than ``detector.motion_pixel_delta``
     grey levels). A background scan runs in its own thread with its own ONNX Runtime session
-    (``detector.scan_threads`` intra-op threads), so the per-frame path never waits for it: on two cores
+    (``detector.scan_threads`` intra-op threads; its thread's niceness raised by ``detector.scan_nice``),
+    so the per-frame path never waits for it: on two cores
     the followers keep their frame rate while a scan is under way; a cut stops the scan under way before
     its next network call (`FaceDetector.detect`'s ``stop``). When it ends, its faces that no
     follower covers become followers from the next frame on (found there by region detection, so
@@ -46,6 +47,7 @@ if it is still there.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,6 +140,19 @@ def motion_outside(previous: np.ndarray, current: np.ndarray, regions: np.ndarra
     return float((changed & outside).sum()) / count if count else 0.0
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's niceness (Linux sets it per thread: ``PRIO_PROCESS`` with 0 is the
+    calling thread). The scan thread runs the scan's network calls itself (one ONNX Runtime thread), so
+    on a busy machine the followers, the embedder and the sink get the cores first and the scan takes
+    what is left. Where it cannot be set (another OS, a limit), the scan runs at normal priority."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+    except OSError as error:
+        log.debug("scan thread priority not lowered: %s", error)
+
+
 # ------------------------------------------------------------------------------------------------
 # per-stream state
 
@@ -184,6 +199,7 @@ class FollowSettings:
     embed_first: int = 16
     improve_factor: float = 1.5
     reembed_interval_s: float = 1.0
+    scan_nice: int = 10
 
     @classmethod
     def from_config(cls, config: Config) -> FollowSettings:
@@ -196,7 +212,7 @@ class FollowSettings:
                    float(detector.follow_miss_s), float(detector.motion_threshold),
                    float(detector.motion_pixel_delta), float(config.pipeline.scene_cut_threshold),
                    int(embedder.embed_first), float(embedder.improve_factor),
-                   float(embedder.reembed_interval_s))  # fmt: skip
+                   float(embedder.reembed_interval_s), int(detector.scan_nice))  # fmt: skip
 
     def applies(self, live: bool) -> bool:
         return self.mode == "all" or (self.mode == "live" and live)
@@ -213,7 +229,10 @@ class Follower:
         self.settings, self.detector, self.predictor, self.gate = settings, detector, predictor, gate
         self.stats = stats
         self.scan_detector = scan_detector
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="scan") if scan_detector is not None else None
+        self.executor = None
+        if scan_detector is not None:
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="scan", initializer=lower_thread_priority,
+                                               initargs=(settings.scan_nice,))  # fmt: skip
         self.streams: dict[str, StreamState] = {}
         self.counters: dict[str, int] = {}
         self.lock = threading.Lock()
