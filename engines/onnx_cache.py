@@ -16,8 +16,8 @@ from pathlib import Path
 from .cachedir import default_cache_dir
 
 # Bump when a graph changes: old cache files are then ignored. 2: the detector's channels widened to NCHWc
-# blocks, its last conv as row sums.
-EXPORT_VERSION = 2
+# blocks, its last conv as row sums; 3: those nodes named (`onnx_export.score_node_names`).
+EXPORT_VERSION = 3
 KINDS = ("detector", "embedder")
 
 

@@ -60,8 +60,8 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], prefix: str | None = None, **attrs) -> str:
-        out = self.name(prefix or op_type.lower())
+    def op(self, op_type: str, inputs: list[str], prefix: str | None = None, name: str | None = None, **attrs) -> str:
+        out = name or self.name(prefix or op_type.lower())
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
@@ -91,9 +91,10 @@ class _GraphBuilder:
         rows = np.zeros((_rounded_up(k), in_channels, 1, k), np.float64)
         rows[:k] = weights[0].transpose(1, 0, 2)[:, :, None, :]
         half = k // 2
+        names = score_node_names(k)
         padded = self.op("Pad", [x, self.const(np.array([0, 0, half, 0, 0, 0, half, 0], np.int64), "pads")],
-                         "rowpad", mode="constant")  # fmt: skip
-        sums = self.op("Conv", [padded, self.const(rows.astype(np.float32), "w")], "rowsums",
+                         name=names[0], mode="constant")  # fmt: skip
+        sums = self.op("Conv", [padded, self.const(rows.astype(np.float32), "w")], name=names[1],
                        kernel_shape=[1, k], pads=[0, half, 0, half])  # fmt: skip
         axes = self.const(np.array([1, 2], np.int64), "axes")
         last = np.iinfo(np.int64).max
@@ -101,8 +102,8 @@ class _GraphBuilder:
         for dy in range(k):  # channel dy, rows dy .. dy + H - 1 of the padded rows
             starts = self.const(np.array([dy, dy], np.int64), "starts")
             ends = self.const(np.array([dy + 1, dy - 2 * half if dy < 2 * half else last], np.int64), "ends")
-            parts.append(self.op("Slice", [sums, starts, ends, axes], "row"))
-        return self.op("Sum", [*parts, self.const(bias.astype(np.float32).reshape(1, 1, 1, 1), "b")], "rowsum")
+            parts.append(self.op("Slice", [sums, starts, ends, axes], name=names[2 + dy]))
+        return self.op("Sum", [*parts, self.const(bias.astype(np.float32).reshape(1, 1, 1, 1), "b")], name=names[-1])
 
     def affine(self, x: str, layer: Affine) -> str:
         gamma = self.const(layer.gamma.reshape(1, -1, 1, 1), "gamma")
@@ -119,6 +120,12 @@ class _GraphBuilder:
             "MaxPool" if layer.kind == "max" else "AveragePool", [x], f"{layer.kind}pool",
             kernel_shape=list(layer.size), strides=[sy, sx],
         )  # fmt: skip
+
+
+def score_node_names(kernel: int = 9) -> tuple[str, ...]:
+    """The nodes computing the detector's score map from its last hidden layer (`single_output_conv` with a
+    `kernel` x `kernel` filter: dlib's detector has 9): kept in FP32 in FP16 engines."""
+    return ("scores_pad", "scores_rows", *(f"scores_row{dy}" for dy in range(kernel)), "scores_sum")
 
 
 def _folded(layer: Conv, affine: Affine | None) -> tuple[np.ndarray, np.ndarray]:

@@ -25,10 +25,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# Nodes kept in FP32 in each network's FP16 engine (README, "GPU"): the detector's last convolution writes
-# the score map, where float16's step of 1e-3 near 1.0 turns near-tied windows into ties (5 boxes moved by one
-# position on the bundled data with it in FP16, 2 without).
-KEEP_FP32: dict[str, tuple[str, ...]] = {"detector": ("conv_27",), "embedder": ()}
+from .onnx_export import score_node_names
+
+# Nodes kept in FP32 in each network's FP16 engine (README, "GPU"): the detector's last convolution (now its
+# row sums) writes the score map, where float16's step of 1e-3 near 1.0 turns near-tied windows into ties
+# (5 boxes moved by one position on the bundled data with it in FP16, 2 without; measured on export v1).
+KEEP_FP32: dict[str, tuple[str, ...]] = {"detector": score_node_names(), "embedder": ()}
 # `engine.precision: auto` (the default): each network's precision, chosen by `facestream engines check`.
 # Measured on the bundled data (README, "GPU"): FP16 misses the bar for both networks (2 detector boxes move by
 # one window; one pair 2.7e-6 below 0.6 crosses it), so both default to FP32; fp16 is there on request.
