@@ -82,10 +82,10 @@ class _GraphBuilder:
     def single_output_conv(self, x: str, layer: Conv, in_channels: int) -> str:
         """A one-filter k x k conv (stride 1, output the input's size) as row sums: a 1 x k conv whose
         output channel dy holds filter row dy's sums (channels rounded up to a block, the extra ones
-        zero), then output(y) = bias + sum over dy of channel dy at row y + dy - k//2. ONNX Runtime ran
-        the one-filter conv at ~8 GFLOP/s (a matrix-vector product per position): 50 of 430 ms of a
-        640x360 frame at upsample 1 on one thread; as row sums, ~14 ms. Exact in real arithmetic (the
-        sum is regrouped by rows; float rounding moves by ~1e-6)."""
+        zero), then output(y) = bias + sum over dy of channel dy at row y + dy - k//2. ONNX Runtime runs
+        a one-filter conv as a matrix-vector product per position, far below its convolution rate; the
+        row sums are a blocked convolution and nine slices added. Exact in real arithmetic (the sum is
+        regrouped by rows; float rounding moves by ~1e-6)."""
         weights, bias = _zero_extended(*_folded(layer, None), 1, in_channels)
         k = weights.shape[2]
         rows = np.zeros((_rounded_up(k), in_channels, 1, k), np.float64)
