@@ -417,6 +417,10 @@ class SinkCore:
             return
         log.info("%s: new scene at frame %d (a cut or a size change): every track ends", stream.stream_id,
                  frame_index)  # fmt: skip
+        self._end_every_track(stream)
+
+    def _end_every_track(self, stream: StreamSink) -> None:
+        """A scene cut: the stream's tracks end (their events go out with this frame's), faces start new ones."""
         stream.tracker.finish()
         stream.last_descriptor.clear()
         self.stats.count("scene_cuts")
@@ -443,9 +447,7 @@ class SinkCore:
             if distance > self.cut_distance:
                 log.info("%s: scene cut at frame %d (the face continuing track %d is %.2f from its last face): "
                          "every track ends", stream.stream_id, frame_index, int(track_ids[row]), distance)  # fmt: skip
-                tracker.finish()
-                stream.last_descriptor.clear()
-                self.stats.count("scene_cuts")
+                self._end_every_track(stream)
                 return
 
     def finish(self, stream_id: str) -> None:
