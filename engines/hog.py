@@ -49,13 +49,11 @@ from typing import TypeVar
 import numpy as np
 
 from facestream.engines import pyramid
+from facestream.engines.cachedir import default_cache_dir
 from facestream.engines.dlib_format import ByteReader, DlibFormatError
 from facestream.engines.fhog import CELL_SIZE, NUM_FEATURES, fhog_features
-from facestream.engines.hog_kernels import (
-    approximate_responses,
-    exact_scores,
-    resize_u8,
-)
+from facestream.engines.hog_loops import hog_loops
+from facestream.engines.npz_cache import load_arrays, save_arrays
 
 __all__ = [
     "DETECTOR_FILE",
@@ -145,24 +143,21 @@ def parse_hog_detector(data: bytes, path: str = "<bytes>") -> HogModel:
     )
 
 
-@dataclass(frozen=True)
-class _Term:
-    plane: int
-    row: np.ndarray  # (10,) float32 horizontal taps
-    col: np.ndarray  # (10,) float32 vertical taps
-
-
-def _separable_terms(filt: np.ndarray) -> list[_Term]:
-    """``build_fhog_filterbank``: each plane's SVD, singular values below max(1e-4, 1e-3·max) dropped,
-    taps ``f32(u·√s)``, ``f32(v·√s)`` in descending s (spec §5). Sign choices cancel exactly."""
-    terms = []
-    for plane in range(filt.shape[0]):
-        u, s, vt = np.linalg.svd(filt[plane])
-        keep = s >= max(1e-4, 1e-3 * s.max()) if s.size else s
-        for j in np.flatnonzero(keep):
-            root = np.sqrt(s[j])
-            terms.append(_Term(plane, (vt[j] * root).astype(_F32), (u[:, j] * root).astype(_F32)))
-    return terms
+def _separable_terms(filters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``build_fhog_filterbank`` of every filter (K, 31, 10, 10) at once: each plane's SVD (one LAPACK call
+    per plane, as one at a time), singular values below max(1e-4, 1e-3·max) dropped, taps ``f32(v·√s)`` and
+    ``f32(u·√s)`` in descending s (spec §5); sign choices cancel exactly. Returns ``(planes, rows, cols,
+    starts)``, the terms in dlib's order (filter, then plane, then descending s): filter k's are
+    ``starts[k]:starts[k+1]``, rows the horizontal taps (T, 10), cols the vertical ones."""
+    k, p = filters.shape[:2]
+    u, s, vt = np.linalg.svd(filters.reshape(k * p, _FILTER, _FILTER))
+    keep = s >= np.maximum(1e-4, 1e-3 * s.max(axis=1, initial=0.0, keepdims=True))
+    matrix, j = np.nonzero(keep)  # row-major: matrix (filter-major) ascending, then s descending
+    root = np.sqrt(s[matrix, j])[:, None]
+    rows = np.ascontiguousarray((vt[matrix, j, :] * root).astype(_F32))
+    cols = np.ascontiguousarray((u[matrix, :, j] * root).astype(_F32))
+    starts = np.concatenate([[0], np.cumsum(np.bincount(matrix // p, minlength=k))]).astype(np.int64)
+    return (matrix % p).astype(np.int64), rows, cols, starts
 
 
 class HogFaceDetector:
@@ -170,19 +165,16 @@ class HogFaceDetector:
 
     def __init__(self, model: HogModel) -> None:
         self.model = model
-        self._terms = [_separable_terms(f) for f in model.filters]
-        # Per filter, its rank-1 terms in dlib's order (planes 0..30, descending singular value).
-        self._planes = [np.array([t.plane for t in terms]) for terms in self._terms]
-        self._rows = [np.stack([t.row for t in terms]) for terms in self._terms]
-        self._cols = [np.stack([t.col for t in terms]) for terms in self._terms]
-        # All filters' terms in one set of arrays for the compiled scorer; filter k owns starts[k]:starts[k+1].
-        self._term_planes = np.concatenate(self._planes).astype(np.int64)
-        self._term_rows = np.ascontiguousarray(np.concatenate(self._rows), dtype=_F32)
-        self._term_cols = np.ascontiguousarray(np.concatenate(self._cols), dtype=_F32)
-        self._term_starts = np.cumsum([0] + [len(t) for t in self._terms]).astype(np.int64)
+        # All filters' rank-1 terms in one set of arrays for the compiled loops; filter k owns starts[k]:starts[k+1].
+        self._term_planes, self._term_rows, self._term_cols, self._term_starts = _separable_terms(model.filters)
         # sum over terms of sum|col|*|row|: with max(feature), it bounds every partial sum of a response
-        self._abs_mass = np.array([sum(float(np.abs(t.col).sum() * np.abs(t.row).sum()) for t in terms)
-                                   for terms in self._terms])  # fmt: skip
+        mass = np.abs(self._term_cols).sum(axis=1) * np.abs(self._term_rows).sum(axis=1)
+        owner = np.repeat(np.arange(self.filter_count), np.diff(self._term_starts))
+        self._abs_mass = np.bincount(owner, weights=mass.astype(np.float64), minlength=self.filter_count)
+
+    @property
+    def filter_count(self) -> int:
+        return len(self._term_starts) - 1
 
     @classmethod
     def from_bytes(cls, data: bytes, path: str = "<bytes>") -> HogFaceDetector:
@@ -212,21 +204,22 @@ class HogFaceDetector:
         """
         _, P, Q = feats.shape
         n_r, n_c = P - _FILTER + 1, Q - _FILTER + 1
-        approx = np.empty((len(self._terms), n_r, n_c), dtype=_F32)
-        approximate_responses(feats, self._term_planes, self._term_rows, self._term_cols, self._term_starts,
-                              _BAND, approx)  # fmt: skip
+        approx = np.empty((self.filter_count, n_r, n_c), dtype=_F32)
+        loops = hog_loops()
+        loops.approximate_responses(feats, self._term_planes, self._term_rows, self._term_cols, self._term_starts,
+                                    _BAND, approx)  # fmt: skip
         margin = _BOUND_STEPS * 2.0**-24 * float(feats.max(initial=0.0)) * self._abs_mass + 1e-12
         n_simd = 8 * (n_c // 8)  # dlib's SIMD blocks start at 5, 13, ... while start < last - 7
         out = []
-        for k in range(len(self._terms)):
+        for k in range(self.filter_count):
             # contiguous, so the compiled scorer has one signature (each one is a cache entry loaded per process)
             rr, cc = (np.ascontiguousarray(i) for i in np.nonzero(approx[k] >= thresholds[k] - margin[k]))
             if rr.size == 0:
                 out.append((rr, cc, np.zeros(0, np.float64)))
                 continue
             s = self._term_starts
-            scores = exact_scores(feats, self._term_planes, self._term_rows, self._term_cols, s[k], s[k + 1],
-                                  n_simd, rr, cc)  # fmt: skip
+            scores = loops.exact_scores(feats, self._term_planes, self._term_rows, self._term_cols, s[k], s[k + 1],
+                                        n_simd, rr, cc)  # fmt: skip
             hit = scores >= thresholds[k]
             out.append((rr[hit], cc[hit], scores[hit]))
         return out
@@ -361,7 +354,7 @@ def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     out = np.zeros((out_h, out_w, channels), np.uint8)
     if out.size and img.size:
         n_simd, cols = _resize_cols(img.shape[1], out_w, channels)
-        resize_u8(planar, out, *_resize_rows(img.shape[0], out_h), n_simd, *cols)
+        hog_loops().resize_u8(planar, out, *_resize_rows(img.shape[0], out_h), n_simd, *cols)
     return out if img.ndim == 3 else out[:, :, 0]
 
 
@@ -409,16 +402,50 @@ def _window_rects(r: np.ndarray, c: np.ndarray, level: int) -> np.ndarray:
     return pyramid.lround(d)
 
 
-def load_hog_detector(path: str | Path = DETECTOR_FILE, sha256: str | None = DETECTOR_SHA256) -> HogFaceDetector:
+MODEL_CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+_MODEL_ARRAYS = ("filters", "thresholds", "overlap", "min_pyramid_layer", "max_pyramid_levels")
+
+
+def _model_from_arrays(a: dict[str, np.ndarray]) -> HogModel | None:
+    filters, thresholds = a["filters"], a["thresholds"]
+    k = len(thresholds)
+    if not 1 <= k <= 64 or filters.shape != (k, NUM_FEATURES, _FILTER, _FILTER) or a["overlap"].shape != (2,):
+        return None
+    return HogModel(filters=filters, thresholds=thresholds, iou_thresh=float(a["overlap"][0]),
+                    percent_covered_thresh=float(a["overlap"][1]),
+                    min_pyramid_layer=(int(a["min_pyramid_layer"][0]), int(a["min_pyramid_layer"][1])),
+                    max_pyramid_levels=int(a["max_pyramid_levels"]))  # fmt: skip
+
+
+def load_hog_detector(
+    path: str | Path = DETECTOR_FILE, sha256: str | None = DETECTOR_SHA256, cache_dir: Path | None = None
+) -> HogFaceDetector:
     """A detector from a serialized record file, refused (DlibFormatError) unless its sha256 is ``sha256``
-    (pass None to skip the check, e.g. for a detector trained with dlib's own tools)."""
+    (pass None to skip the check, e.g. for a detector trained with dlib's own tools). With `cache_dir`, the
+    parsed record is kept there (``.npz`` keyed by the file's sha256) and read back by later processes."""
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
         raise DlibFormatError(str(path), 0, f"a file with sha256 {sha256}", f"sha256 {digest}")
-    return HogFaceDetector.from_bytes(data, str(path))
+    cached = Path(cache_dir) / f"hog_detector-{digest}-v{MODEL_CACHE_FORMAT}.npz" if cache_dir is not None else None
+    if cached is not None:
+        arrays = load_arrays(cached, digest, MODEL_CACHE_FORMAT, _MODEL_ARRAYS)
+        model = _model_from_arrays(arrays) if arrays is not None else None
+        if model is not None:
+            return HogFaceDetector(model)
+    model = parse_hog_detector(data, str(path))
+    if cached is not None:
+        arrays = {"filters": model.filters, "thresholds": model.thresholds,
+                  "overlap": np.array([model.iou_thresh, model.percent_covered_thresh]),
+                  "min_pyramid_layer": np.array(model.min_pyramid_layer),
+                  "max_pyramid_levels": np.array(model.max_pyramid_levels)}  # fmt: skip
+        try:
+            save_arrays(cached, digest, MODEL_CACHE_FORMAT, arrays)
+        except OSError:
+            pass  # a read-only or full cache directory costs time, not correctness
+    return HogFaceDetector(model)
 
 
 @cache
 def _default_detector() -> HogFaceDetector:
-    return load_hog_detector()
+    return load_hog_detector(cache_dir=default_cache_dir())

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from facestream.engines.digests import file_sha256
 from facestream.engines.dlib_format import DlibFormatError, ShapePredictorModel, parse_shape_predictor, read_model_bytes
 from facestream.engines.models import model_path
+from facestream.engines.npz_cache import load_arrays, save_arrays
 
 MODEL_FILE = "shape_predictor_5_face_landmarks.dat"
 # dlib's 68-point model (iBUG 300-W layout: 0-16 jaw, 17-26 brows, 27-35 nose, 36-47 eyes, 48-67
@@ -102,33 +101,19 @@ def _cache_file(cache_dir: Path, digest: str) -> Path:
 
 def _load_cache(path: Path, digest: str) -> ShapePredictorModel | None:
     """The cached model, or None if the file is missing, unreadable, foreign or inconsistent."""
+    arrays = load_arrays(path, digest, CACHE_FORMAT, _FIELDS)
+    if arrays is None:
+        return None
+    model = ShapePredictorModel(**arrays)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if str(archive["sha256"]) != digest or int(archive["format"]) != CACHE_FORMAT:
-                return None
-            model = ShapePredictorModel(**{name: archive[name] for name in _FIELDS})
         check_model(model)
-    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+    except (ValueError, TypeError):
         return None
     return model
 
 
 def _save_cache(path: Path, digest: str, model: ShapePredictorModel) -> None:
-    """Write atomically (temp file + rename) so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            np.savez(
-                out,
-                sha256=np.array(digest),
-                format=np.array(CACHE_FORMAT),
-                **{name: getattr(model, name) for name in _FIELDS},
-            )
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    save_arrays(path, digest, CACHE_FORMAT, {name: getattr(model, name) for name in _FIELDS})
 
 
 def load_model(path: str | Path, cache_dir: Path | None = None) -> ShapePredictorModel:
@@ -139,13 +124,17 @@ def load_model(path: str | Path, cache_dir: Path | None = None) -> ShapePredicto
     DlibFormatError naming it (nothing is cached).
     """
     path = str(path)
+    if cache_dir is not None:
+        try:
+            known = file_sha256(path, cache_dir)  # remembered while the file is unchanged: no read on a hit
+        except OSError:
+            known = None  # read_model_bytes below names the problem
+        model = _load_cache(_cache_file(cache_dir, known), known) if known else None
+        if model is not None:
+            return model
     data = read_model_bytes(path, "a dlib shape predictor")
     digest = hashlib.sha256(data).hexdigest()
     cached = _cache_file(cache_dir, digest) if cache_dir is not None else None
-    if cached is not None:
-        model = _load_cache(cached, digest)
-        if model is not None:
-            return model
     model = parse_shape_predictor(data, path)
     try:
         check_model(model)

@@ -1,9 +1,9 @@
 """The on-disk cache of exported ONNX graphs, keyed by the dlib model file's sha256.
 
-A hit costs two file hashes and no `onnx` import (importing onnx and running its checker took seconds of
-every command's start-up): each cache file has a ``.sha256`` beside it, written after the file itself, and a
-file whose bytes do not match it (truncated, corrupt, an interrupted write) is rebuilt. Building imports
-`onnx_export`, which needs onnx.
+A hit costs two file digests (remembered while the files are unchanged: :mod:`.digests`) and no `onnx`
+import (importing onnx and running its checker took seconds of every command's start-up): each cache file
+has a ``.sha256`` beside it, written after the file itself, and a file whose bytes do not match it
+(truncated, corrupt, an interrupted write) is rebuilt. Building imports `onnx_export`, which needs onnx.
 """
 
 from __future__ import annotations
@@ -14,20 +14,12 @@ import tempfile
 from pathlib import Path
 
 from .cachedir import default_cache_dir
+from .digests import file_sha256
 
 # Bump when a graph changes: old cache files are then ignored. 2: the detector's channels widened to NCHWc
 # blocks, its last conv as row sums; 3: those nodes named (`onnx_export.score_node_names`).
 EXPORT_VERSION = 3
 KINDS = ("detector", "embedder")
-
-
-def sha256_file(path: str | Path) -> str:
-    """The hex sha256 of a file, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -45,12 +37,12 @@ def cached_onnx(
     if kind not in KINDS:
         raise ValueError(f"unknown network {kind!r}; expected one of {', '.join(KINDS)}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    digest = sha256_file(model_path)
+    digest = file_sha256(model_path, cache)
     suffix = "" if fold_affine else "-unfolded"
     target = cache / f"{kind}-{digest[:16]}-v{EXPORT_VERSION}{suffix}.onnx"
     stamp = target.with_name(target.name + ".sha256")
     try:
-        if target.is_file() and stamp.read_text(encoding="ascii").strip() == sha256_file(target):
+        if target.is_file() and stamp.read_text(encoding="ascii").strip() == file_sha256(target, cache):
             return target
     except (OSError, UnicodeDecodeError):
         pass  # no stamp, or unreadable: rebuild

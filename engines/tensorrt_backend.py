@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import BackendError
+from .digests import hash_file as sha256_file
 from .gpu_probe import PYCUDA_HINT, GpuProbe
-from .onnx_cache import sha256_file
 
 if TYPE_CHECKING:
     from ..pipeline.config import EngineConfig

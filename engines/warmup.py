@@ -110,7 +110,7 @@ def steps(cache_dir: Path | None = None) -> Iterator[tuple[str, Callable[[], obj
     """The work, as (what, do it) pairs in order."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     yield from _detector_steps(cache)
-    yield "HOG detector: kernels (upsample 0 and 1, colour and grey)", _hog_step()
+    yield "HOG detector: C loops (or numba kernels), upsample 0 and 1, colour and grey", _hog_step()
     yield "5-point shape predictor", _landmarks_step(5, cache)
     yield "68-point shape predictor: parse dlib's file", _landmarks_step(68, cache)
     yield "embedder: ONNX export", _embedder_step(cache)

@@ -85,8 +85,8 @@ class PairFaces:
 
     def __init__(self, config: Config, options: FaceOptions, use_cache: bool) -> None:
         from ....engines.cachedir import default_cache_dir
+        from ....engines.digests import hash_file as sha256_file
         from ....engines.models import model_path
-        from ....engines.onnx_cache import sha256_file
 
         self.config, self.options = config, options
         models = config.models

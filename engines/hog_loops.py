@@ -1,0 +1,243 @@
+"""The HOG detector's loops, built from C once per machine where a C compiler is found, else numba's.
+
+The C loops (``csrc/hog_loops.c``, ``csrc/hog_responses.c``) follow :mod:`facestream.engines.hog_kernels`
+line for line, so both give dlib's results bit for bit (tests/test_hog_loops.py checks them against each
+other; the HOG parity tests run whichever is in use). The point of C is the start of a process: numba's
+import and the loading of its cached machine code cost ~0.9 s before the first face, a shared library
+~1 ms. The library is compiled at first use (``cc``, or ``$CC``; ~2 s) into facestream's cache, keyed by
+the sources, the flags and this CPU (``-march=native``), and loaded with ctypes, which releases the GIL
+during each call, so pyramid levels still run on several threads at once.
+
+``FACESTREAM_HOG_LOOPS`` chooses: ``auto`` (default: C, numba where C cannot be built, with one warning),
+``c`` (C or an error) or ``numba``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+
+from facestream.engines.cachedir import default_cache_dir
+from facestream.errors import BackendError
+
+__all__ = ["CHOICE_VARIABLE", "HogLoops", "LoopsBuildError", "build_c_loops", "c_library_path", "hog_loops"]
+
+log = logging.getLogger(__name__)
+
+CHOICE_VARIABLE = "FACESTREAM_HOG_LOOPS"
+SOURCES = Path(__file__).with_name("csrc")
+# No FMA contraction, no fast-math: dlib's float32 operation order. -fno-math-errno only lets sqrtf be the
+# instruction (the arguments are never negative). The approximate responses may contract (their docstring).
+_COMMON = ("-O3", "-march=native", "-fPIC", "-fno-math-errno")
+_UNITS = (("hog_loops.c", (*_COMMON, "-ffp-contract=off")), ("hog_responses.c", (*_COMMON, "-ffp-contract=fast")))
+
+
+class LoopsBuildError(BackendError):
+    """The C loops could not be compiled or loaded here."""
+
+
+class HogLoops(Protocol):
+    """The four loops :mod:`facestream.engines.hog` and :mod:`facestream.engines.fhog` call (numba's signatures)."""
+
+    def resize_u8(self, *args: Any) -> None: ...
+    def fhog_features_u8(self, *args: Any) -> np.ndarray: ...
+    def approximate_responses(self, *args: Any) -> np.ndarray: ...
+    def exact_scores(self, *args: Any) -> np.ndarray: ...
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC") or "cc")
+
+
+def _cpu_fingerprint() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (Linux), else what platform says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            lines = [line for line in info.read(1 << 16).splitlines() if line.startswith(("model name", "flags"))]
+        return "\n".join(lines[:2])
+    except OSError:
+        return f"{platform.processor()} {platform.machine()}"
+
+
+def c_library_path(cache_dir: Path | None = None) -> Path:
+    """Where the library for these sources, flags, compiler command and CPU is (or will be) cached."""
+    digest = hashlib.sha256()
+    for name, flags in _UNITS:
+        digest.update((SOURCES / name).read_bytes())
+        digest.update(" ".join(flags).encode())
+    digest.update(" ".join(_compiler()).encode())
+    digest.update(_cpu_fingerprint().encode())
+    digest.update(platform.machine().encode())
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "hog_loops" / f"hog_loops-{digest.hexdigest()[:16]}.so"
+
+
+def build_c_loops(target: Path) -> Path:
+    """Compile the C loops into ``target`` (written whole by a rename: concurrent builds are harmless)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
+        objects = []
+        for name, flags in _UNITS:
+            obj = Path(tmp) / (Path(name).stem + ".o")
+            _run([*_compiler(), *flags, "-c", str(SOURCES / name), "-o", str(obj)])
+            objects.append(str(obj))
+        built = Path(tmp) / target.name
+        _run([*_compiler(), "-shared", *objects, "-o", str(built), "-lm"])
+        os.replace(built, target)
+    return target
+
+
+def _run(command: list[str]) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LoopsBuildError(f"{command[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise LoopsBuildError(f"{shlex.join(command)} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+
+
+def _pointer(array: np.ndarray, dtype: type, name: str) -> int:
+    """The address of a C-contiguous array of exactly `dtype` (C reads raw memory: nothing is converted)."""
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        raise TypeError(f"{name}: a C-contiguous {np.dtype(dtype).name} array is needed, got {array.dtype} "
+                        f"(contiguous: {array.flags.c_contiguous})")  # fmt: skip
+    return array.ctypes.data
+
+
+def _check(status: int) -> None:
+    if status == -2:
+        raise MemoryError("HOG loops: out of memory")
+    if status != 0:
+        raise ValueError("resize_u8 takes 1 (grey) or 3 (RGB) channels")
+
+
+class CLoops:
+    """The C library behind numba's four signatures."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise LoopsBuildError(f"cannot load {path}: {exc}") from exc
+        self.path = path
+        p, i = ctypes.c_void_p, ctypes.c_int64
+        self._resize = lib.fs_resize_u8
+        self._resize.argtypes = [p, i, i, i, p, i, i, p, p, p, p, p, i, p, p, p, p, p]
+        self._resize.restype = ctypes.c_int
+        self._fhog = lib.fs_fhog_features_u8
+        self._fhog.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, p, p]
+        self._fhog.restype = ctypes.c_int
+        self._approximate = lib.fs_approximate_responses
+        self._approximate.argtypes = [p, i, i, p, p, p, p, i, p, i, i, i]
+        self._approximate.restype = ctypes.c_int
+        self._exact = lib.fs_exact_scores
+        self._exact.argtypes = [p, i, i, p, p, p, i, i, i, p, p, i, p]
+        self._exact.restype = None
+
+    def resize_u8(self, src: np.ndarray, out: np.ndarray, top: np.ndarray, bottom: np.ndarray, tbf: np.ndarray,
+                  itbf: np.ndarray, tbd: np.ndarray, n_simd: int, flat_ilr: np.ndarray, flat_lr: np.ndarray,
+                  left: np.ndarray, right: np.ndarray, lrd: np.ndarray) -> None:  # fmt: skip
+        H, W, C = src.shape
+        out_h, out_w, out_c = out.shape
+        if out_c != C or len(top) < out_h or len(left) < out_w or n_simd > out_w:
+            raise ValueError(f"resize_u8: out {out.shape} does not fit src {src.shape} and the row/column plans")
+        _check(self._resize(
+            _pointer(src, np.uint8, "src"), H, W, C, _pointer(out, np.uint8, "out"), out_h, out_w,
+            _pointer(top, np.int64, "top"), _pointer(bottom, np.int64, "bottom"), _pointer(tbf, np.float32, "tbf"),
+            _pointer(itbf, np.float32, "itbf"), _pointer(tbd, np.float64, "tbd"), int(n_simd),
+            _pointer(flat_ilr, np.float32, "flat_ilr"), _pointer(flat_lr, np.float32, "flat_lr"),
+            _pointer(left, np.int64, "left"), _pointer(right, np.int64, "right"), _pointer(lrd, np.float64, "lrd"),
+        ))  # fmt: skip
+
+    def fhog_features_u8(self, img: np.ndarray, cells_nr: int, cells_nc: int, bins_lut: np.ndarray,
+                         fractions_y: tuple[np.ndarray, np.ndarray, np.ndarray],
+                         fractions_x: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:  # fmt: skip
+        H, W, C = img.shape
+        iy, vy0, vy1 = fractions_y
+        ix, vx0, vx1 = fractions_x
+        if len(iy) < min(cells_nr * 8, H) or len(ix) < min(cells_nc * 8, W):
+            raise ValueError("fhog_features_u8: vote positions shorter than the visible image")
+        hist = np.zeros((cells_nr + 2, cells_nc + 2, 18), dtype=np.float32)
+        out = np.zeros((31, cells_nr + 7, cells_nc + 7), dtype=np.float32)
+        _check(self._fhog(
+            _pointer(img, np.uint8, "img"), H, W, C, int(cells_nr), int(cells_nc),
+            _pointer(bins_lut, np.uint8, "bins_lut"), _pointer(iy, np.int64, "iy"), _pointer(vy0, np.float32, "vy0"),
+            _pointer(vy1, np.float32, "vy1"), _pointer(ix, np.int64, "ix"), _pointer(vx0, np.float32, "vx0"),
+            _pointer(vx1, np.float32, "vx1"), hist.ctypes.data, out.ctypes.data,
+        ))  # fmt: skip
+        return out
+
+    def approximate_responses(self, feats: np.ndarray, planes: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                              starts: np.ndarray, band: int, out: np.ndarray) -> np.ndarray:  # fmt: skip
+        _, P, Q = feats.shape
+        K, n_r, n_c = out.shape
+        if n_r > P - 9 or n_c > Q - 9 or len(starts) < K + 1:
+            raise ValueError(f"approximate_responses: out {out.shape} does not fit feats {feats.shape}")
+        _check(self._approximate(
+            _pointer(feats, np.float32, "feats"), P, Q, _pointer(planes, np.int64, "planes"),
+            _pointer(rows, np.float32, "rows"), _pointer(cols, np.float32, "cols"),
+            _pointer(starts, np.int64, "starts"), int(band), _pointer(out, np.float32, "out"), K, n_r, n_c,
+        ))  # fmt: skip
+        return out
+
+    def exact_scores(self, feats: np.ndarray, planes: np.ndarray, rows: np.ndarray, cols: np.ndarray, start: int,
+                     stop: int, n_simd: int, cells_r: np.ndarray, cells_c: np.ndarray) -> np.ndarray:  # fmt: skip
+        _, P, Q = feats.shape
+        n = len(cells_r)
+        if len(cells_c) != n:
+            raise ValueError("exact_scores: cells_r and cells_c differ in length")
+        out = np.empty(n, dtype=np.float64)
+        self._exact(
+            _pointer(feats, np.float32, "feats"), P, Q, _pointer(planes, np.int64, "planes"),
+            _pointer(rows, np.float32, "rows"), _pointer(cols, np.float32, "cols"), int(start), int(stop),
+            int(n_simd), _pointer(cells_r, np.int64, "cells_r"), _pointer(cells_c, np.int64, "cells_c"), n,
+            out.ctypes.data,
+        )  # fmt: skip
+        return out
+
+
+def load_c_loops(cache_dir: Path | None = None) -> CLoops:
+    """The C loops from the cache, compiled first if they are not there yet."""
+    path = c_library_path(cache_dir)
+    if not path.exists():
+        log.info("compiling the HOG detector's C loops into %s (once per machine)", path.parent)
+        try:
+            build_c_loops(path)
+        except OSError as exc:  # an unwritable cache folder
+            raise LoopsBuildError(f"cannot write {path.parent}: {exc}") from exc
+    return CLoops(path)
+
+
+def _numba_loops() -> ModuleType:
+    from facestream.engines import hog_kernels
+
+    return hog_kernels
+
+
+@cache
+def hog_loops() -> HogLoops:
+    """The loops this process uses (chosen once; see the module's docstring)."""
+    choice = os.environ.get(CHOICE_VARIABLE, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "c", "numba"):
+        raise ValueError(f"{CHOICE_VARIABLE}={choice!r}: use auto, c or numba")
+    if choice == "numba":
+        return _numba_loops()  # type: ignore[return-value]
+    try:
+        return load_c_loops()
+    except LoopsBuildError as exc:
+        if choice == "c":
+            raise
+        log.warning("HOG detector: no C compiler build (%s); using numba's loops (~1 s more at start)", exc)
+        return _numba_loops()  # type: ignore[return-value]
