@@ -9,7 +9,7 @@ the whole detector each: pyramid, network or filters, decoding and NMS.
 CNN (MMOD, ONNX Runtime vs dlib's cnn_face_detection_model_v1): dlib takes tens of seconds per
 1080p frame at upsample 1, so it is timed once per case; ours is the best of several runs.
 
-HOG (engines/hog.py, compiled with numba, vs dlib.get_frontal_face_detector()): `--hog-runs` runs of each,
+HOG (engines/hog.py, its loops in C or numba, vs dlib.get_frontal_face_detector()): `--hog-runs` runs of each,
 interleaved (ours, dlib, ours, dlib, ...) after one warm-up each, and the median of each side;
 the ratio is dlib's median over ours. `same` says whether both returned identical boxes and scores.
 
@@ -33,6 +33,7 @@ import numpy as np
 from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
 from facestream.engines.hog import HogFaceDetector
+from facestream.engines.hog_loops import CLoops, hog_loops
 from facestream.engines.imageio import read_image
 from facestream.engines.models import model_path
 from facestream.engines.onnx_cache import cached_onnx
@@ -48,6 +49,7 @@ def hog_rows(sizes: list[str], upsamples: list[int], runs: int) -> list[dict]:
     import dlib
 
     ours, theirs = HogFaceDetector.default(), dlib.get_frontal_face_detector()
+    loops = "C" if isinstance(hog_loops(), CLoops) else "numba"  # FACESTREAM_HOG_LOOPS chooses
     rows = []
     for size in sizes:
         frame = read_image(FRAMES[size])
@@ -67,13 +69,15 @@ def hog_rows(sizes: list[str], upsamples: list[int], runs: int) -> list[dict]:
             same = result[0].tolist() == boxes and result[1].tolist() == list(scores)
             ours_s, dlib_s = statistics.median(mine), statistics.median(dlibs)
             rows.append({"size": size, "width": frame.shape[1], "height": frame.shape[0], "upsample": upsample,
-                         "runs": runs, "ours_median_s": ours_s, "dlib_median_s": dlib_s, "ratio": dlib_s / ours_s,
-                         "faces_ours": len(result[0]), "faces_dlib": len(boxes), "same": same})  # fmt: skip
+                         "runs": runs, "loops": loops, "ours_median_s": ours_s, "dlib_median_s": dlib_s,
+                         "ratio": dlib_s / ours_s, "faces_ours": len(result[0]), "faces_dlib": len(boxes),
+                         "same": same})  # fmt: skip
     return rows
 
 
 def hog_table(rows: list[dict]) -> list[str]:
-    table = ["detector (HOG frontal face); ratio = dlib median / ours median (> 1: ours faster)",
+    loops = rows[0]["loops"] if rows else "?"
+    table = [f"detector (HOG frontal face, our loops in {loops}); ratio = dlib median / ours median (> 1: ours faster)",
              f"{'frame':>6} {'up':>3} {'runs':>5} {'ours s':>8} {'dlib s':>8} "
              f"{'ratio':>7} {'faces':>6} {'same':>5}"]  # fmt: skip
     table += [
