@@ -33,8 +33,8 @@ import numpy as np
 from facestream.engines import pyramid
 from facestream.engines.detector import FaceDetector
 from facestream.engines.hog import HogFaceDetector
-from facestream.engines.hog_loops import CLoops, hog_loops
 from facestream.engines.imageio import read_image
+from facestream.engines.loops import loops
 from facestream.engines.models import model_path
 from facestream.engines.onnx_cache import cached_onnx
 
@@ -49,7 +49,7 @@ def hog_rows(sizes: list[str], upsamples: list[int], runs: int) -> list[dict]:
     import dlib
 
     ours, theirs = HogFaceDetector.default(), dlib.get_frontal_face_detector()
-    loops = "C" if isinstance(hog_loops(), CLoops) else "numba"  # FACESTREAM_HOG_LOOPS chooses
+    kind = loops().kind  # "C" or "numba": FACESTREAM_LOOPS chooses
     rows = []
     for size in sizes:
         frame = read_image(FRAMES[size])
@@ -69,7 +69,7 @@ def hog_rows(sizes: list[str], upsamples: list[int], runs: int) -> list[dict]:
             same = result[0].tolist() == boxes and result[1].tolist() == list(scores)
             ours_s, dlib_s = statistics.median(mine), statistics.median(dlibs)
             rows.append({"size": size, "width": frame.shape[1], "height": frame.shape[0], "upsample": upsample,
-                         "runs": runs, "loops": loops, "ours_median_s": ours_s, "dlib_median_s": dlib_s,
+                         "runs": runs, "loops": kind, "ours_median_s": ours_s, "dlib_median_s": dlib_s,
                          "ratio": dlib_s / ours_s, "faces_ours": len(result[0]), "faces_dlib": len(boxes),
                          "same": same})  # fmt: skip
     return rows

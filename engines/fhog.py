@@ -24,7 +24,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from facestream.engines.hog_loops import hog_loops
+from facestream.engines.loops import loops
 
 __all__ = ["CELL_SIZE", "FILTER_PADDING", "NUM_FEATURES", "fhog_cells", "fhog_features"]
 
@@ -90,5 +90,5 @@ def fhog_features(image: np.ndarray) -> np.ndarray:
     bins_lut = _orientation_lut()
     h, w = img.shape[:2]
     planar = img if img.ndim == 3 else img[:, :, None]
-    return hog_loops().fhog_features_u8(np.ascontiguousarray(planar), cells_nr, cells_nc, bins_lut,
+    return loops().fhog_features_u8(np.ascontiguousarray(planar), cells_nr, cells_nc, bins_lut,
                             _vote_fractions(h), _vote_fractions(w))  # fmt: skip

@@ -52,7 +52,7 @@ from facestream.engines import pyramid
 from facestream.engines.cachedir import default_cache_dir
 from facestream.engines.dlib_format import ByteReader, DlibFormatError
 from facestream.engines.fhog import CELL_SIZE, NUM_FEATURES, fhog_features
-from facestream.engines.hog_loops import hog_loops
+from facestream.engines.loops import loops as compiled_loops
 from facestream.engines.npz_cache import load_arrays, save_arrays
 
 __all__ = [
@@ -205,7 +205,7 @@ class HogFaceDetector:
         _, P, Q = feats.shape
         n_r, n_c = P - _FILTER + 1, Q - _FILTER + 1
         approx = np.empty((self.filter_count, n_r, n_c), dtype=_F32)
-        loops = hog_loops()
+        loops = compiled_loops()
         loops.approximate_responses(feats, self._term_planes, self._term_rows, self._term_cols, self._term_starts,
                                     _BAND, approx)  # fmt: skip
         margin = _BOUND_STEPS * 2.0**-24 * float(feats.max(initial=0.0)) * self._abs_mass + 1e-12
@@ -354,7 +354,7 @@ def _resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     out = np.zeros((out_h, out_w, channels), np.uint8)
     if out.size and img.size:
         n_simd, cols = _resize_cols(img.shape[1], out_w, channels)
-        hog_loops().resize_u8(planar, out, *_resize_rows(img.shape[0], out_h), n_simd, *cols)
+        compiled_loops().resize_u8(planar, out, *_resize_rows(img.shape[0], out_h), n_simd, *cols)
     return out if img.ndim == 3 else out[:, :, 0]
 
 

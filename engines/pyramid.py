@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .hog_loops import hog_loops
+from .loops import loops
 
 __all__ = [
     "NMS_IOU_THRESH",
@@ -78,12 +77,6 @@ _POINT_CHUNK = 1 << 16  # candidates per block in nearest_level
 # --------------------------------------------------------------------------------------------------
 # rounding
 
-
-def _kernels() -> ModuleType:
-    """The CNN pyramid's numba loops, imported at first use: the HOG path, which needs none, starts without numba."""
-    from . import pyramid_kernels
-
-    return pyramid_kernels
 
 
 def lround(x: np.ndarray | float) -> np.ndarray:
@@ -234,7 +227,7 @@ def resize_window_f32(
         return out
     rows, cols = _window_weights(plan, origin, window)
     planes = np.ascontiguousarray(src, dtype=np.float32).reshape(-1, *src.shape[-2:])
-    _kernels().resize_f32(planes, out.reshape(-1, r1 - r0, c1 - c0), *rows, *cols)
+    loops().resize_f32(planes, out.reshape(-1, r1 - r0, c1 - c0), *rows, *cols)
     return out
 
 
@@ -284,7 +277,7 @@ def resize_window_rgb_u8(
     lrd = np.zeros(c1 - c0, dtype=np.float64)
     lrd[n_simd:] = plan.lr_t[max(c0, plan.n_simd) - plan.n_simd : max(c1, plan.n_simd) - plan.n_simd]
     weights = np.repeat(ilr[:n_simd], 3), np.repeat(lr[:n_simd], 3)
-    hog_loops().resize_u8(np.ascontiguousarray(src), out, *rows, n_simd, *weights, left, right, lrd)
+    loops().resize_u8(np.ascontiguousarray(src), out, *rows, n_simd, *weights, left, right, lrd)
     return out
 
 
@@ -458,7 +451,7 @@ def _resize_levels(planes: np.ndarray, rects: np.ndarray) -> None:
         if previous is not None:
             plan = resize_plan(*previous.shape[-2:], *level.shape[-2:])
             rows, cols = _window_weights(plan, (0, 0), (0, plan.out_h, 0, plan.out_w))
-            _kernels().resize_f32(previous, level, *rows, *cols)
+            loops().resize_f32(previous, level, *rows, *cols)
         previous = level
 
 
@@ -482,7 +475,7 @@ def build_input_tensor(
     n, h, w, _ = stack.shape
     tensor, planes, rects = _empty_tensor(n, 3, h, w, padding, outer_padding)
     l, t, r, b = rects[0]
-    _kernels().normalize_into(stack, np.asarray(means, dtype=np.float32), planes[:, t : b + 1, l : r + 1])
+    loops().normalize_into(stack, np.asarray(means, dtype=np.float32), planes[:, t : b + 1, l : r + 1])
     _resize_levels(planes, rects)
     return tensor, rects
 

@@ -5,7 +5,8 @@ upsampling (``pyramid_up``) dominate the cost of building the detector's input; 
 a gather per weight and per chunk. These loops do the same arithmetic operation by operation
 (float32 where dlib's SSE lanes compute in float, double in its scalar tail; no ``fastmath``, so no
 FMA contraction or reassociation), so the results stay bit-identical to dlib's (``tests/test_pyramid.py``).
-The RGB uint8 resize is the HOG detector's (:mod:`facestream.engines.hog_loops`): dlib runs the same code for both.
+The RGB uint8 resize is the HOG detector's (`hog_kernels.resize_u8`): dlib runs the same code for both. The
+same loops in C (`csrc/pyramid_loops.c`) run instead where a C compiler is found (:mod:`facestream.engines.loops`).
 Machine code is cached on disk (:mod:`facestream.engines.jit`).
 """
 

@@ -1,14 +1,15 @@
 """Everything a first run would otherwise build, done ahead: the ONNX exports of dlib's networks, the parsed
-shape predictors and the compiled numba kernels, all in facestream's cache (`facestream engines prepare`,
-which ``make install`` runs).
+shape predictors and the HOG record, and the compiled loops, all in facestream's cache (`facestream engines
+prepare`, which ``make install`` runs).
 
-Without it the first process pays ~30 s on two cores before its first face: exporting the detector and the
-embedder, parsing the 68-point model and compiling the HOG and pyramid kernels. The kernels are compiled
-by running the real code on a bundled photo (``data/warmup-face.jpg``) along the paths the pipeline and the
-API take: the CNN pyramid whole, tiled and around regions; HOG at upsample 0 and 1, colour and grey; both
-predictors; the embedder. numba compiles one machine-code version per argument type (dtype, dimensions,
-memory layout), so calling each kernel once would not be enough; tests/test_warmup.py checks that the
-API's paths use no kernel version this does not compile.
+Without it the first process pays ~20-30 s on two cores before its first face: exporting the detector and
+the embedder, parsing the 68-point model and building the loops. The work is done by running the real code
+on a bundled photo (``data/warmup-face.jpg``) along the paths the pipeline and the API take: the CNN
+pyramid whole, tiled and around regions; HOG at upsample 0 and 1, colour and grey; both predictors; the
+embedder. The loops are one C library (:mod:`.loops`, built on first use); where numba runs them instead,
+it compiles one machine-code version per argument type (dtype, dimensions, memory layout), so calling
+each kernel once would not be enough; tests/test_warmup.py checks both: after this, the API's paths run
+without numba, and with numba they use no kernel version this does not compile.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _detector_steps(cache: Path) -> Iterator[tuple[str, Callable[[], object]]]:
         detector.close()
 
     yield "CNN detector: ONNX export", load
-    yield "CNN detector: pyramid kernels (whole, batched, regions, tiled)", run
+    yield "CNN detector: pyramid loops (whole, batched, regions, tiled)", run
 
 
 def _hog_step() -> Callable[[], object]:
@@ -110,7 +111,7 @@ def steps(cache_dir: Path | None = None) -> Iterator[tuple[str, Callable[[], obj
     """The work, as (what, do it) pairs in order."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     yield from _detector_steps(cache)
-    yield "HOG detector: C loops (or numba kernels), upsample 0 and 1, colour and grey", _hog_step()
+    yield "HOG detector: record, loops (upsample 0 and 1, colour and grey)", _hog_step()
     yield "5-point shape predictor", _landmarks_step(5, cache)
     yield "68-point shape predictor: parse dlib's file", _landmarks_step(68, cache)
     yield "embedder: ONNX export", _embedder_step(cache)

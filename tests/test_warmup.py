@@ -1,9 +1,11 @@
-"""`facestream engines prepare` (engines/warmup.py): after it, the API's paths run on machine code it compiled.
+"""`facestream engines prepare` (engines/warmup.py): after it, the API's paths run on machine code it built.
 
-numba compiles one version of a kernel per argument type (dtype, dimensions, memory layout), so the check is
-on those versions: a fresh process runs the warm-up, another runs the library the way users and the pipeline
-do (CNN and HOG on other photos, colour, grey and a BGR->RGB view, batches, regions, the tiled path, 68
-points, face_recognition's API); every kernel version the second used must be one the first made.
+With a C compiler (the default), the loops are one C library: after the warm-up, the library's paths run
+without importing numba at all. Where numba runs them instead (no compiler, or FACESTREAM_LOOPS=numba),
+numba compiles one version of a kernel per argument type (dtype, dimensions, memory layout), so the check
+is on those versions: a fresh process runs the warm-up, another runs the library the way users and the
+pipeline do (CNN and HOG on other photos, colour, grey and a BGR->RGB view, batches, regions, the tiled
+path, 68 points, face_recognition's API); every kernel version the second used must be one the first made.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ prepare()
 print(json.dumps(signatures()))
 """
 
-USE = SIGNATURES + f"""
+WORKLOAD = f"""
 import numpy as np
 import facestream as fs
 from facestream.compat import face_recognition as fr
@@ -58,19 +60,28 @@ with FaceDetector.from_file(model_path("detector"), default_cache_dir()) as dete
     detector.detect_regions(small, np.array([[10.0, 10.0, 60.0, 60.0]]), 1)
 fr.batch_face_locations([photo, photo], 1)
 fr.face_encodings(photo, model="large")
+"""
+USE = SIGNATURES + WORKLOAD + """
 print(json.dumps(signatures()))
 """
 
 
-def run(code: str) -> dict[str, list[str]]:
+def run(code: str, loops: str = "auto") -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env=os.environ)  # fmt: skip
+                          env={**os.environ, "FACESTREAM_LOOPS": loops})  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_after_prepare_the_library_runs_only_kernel_versions_it_compiled() -> None:
-    prepared, used = run(PREPARE), run(USE)
+def test_after_prepare_the_library_runs_without_numba() -> None:
+    run("import json; from facestream.engines.warmup import prepare; prepare(); print(json.dumps({}))")
+    found = run(WORKLOAD + "import json, sys; from facestream.engines.loops import loops\n"
+                "print(json.dumps({'numba': 'numba' in sys.modules, 'loops': loops().kind}))")  # fmt: skip
+    assert found == {"numba": False, "loops": "C"}
+
+
+def test_with_numba_after_prepare_the_library_runs_only_kernel_versions_it_compiled() -> None:
+    prepared, used = run(PREPARE, "numba"), run(USE, "numba")
     assert used.keys() == prepared.keys() and len(used) >= 8, sorted(used)
     assert any(used.values()), "the workload ran no kernel: the check proves nothing"
     missing = {name: sorted(set(sigs) - set(prepared[name])) for name, sigs in used.items()}

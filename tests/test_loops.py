@@ -1,9 +1,10 @@
-"""The HOG detector's loops (engines/hog_loops.py): C built at first use, numba's as the fallback.
+"""The compiled loops (engines/loops.py): C built at first use, numba's as the fallback.
 
 Both must give the same bits: the C loops follow numba's line for line, and numba's are the ones the
-first HOG parity work matched to dlib. Here they are run side by side on photos and on random images
-(sizes chosen to hit the SIMD tails and the smallest images); tests/test_hog.py checks whichever loops
-the process uses against dlib's golden outputs. Also: the C loops refuse arrays they would misread, a
+parity work matched to dlib. Here they are run side by side on photos and on random images (sizes chosen
+to hit the SIMD tails and the smallest images), for the HOG detector and the CNN pyramid;
+tests/test_hog.py, test_pyramid.py and test_detector.py check whichever loops the process uses against
+dlib's golden outputs. Also: the C loops refuse arrays they would misread, a
 machine without a C compiler falls back to numba with one warning, and face_recognition's HOG path
 (locations, then encodings) runs without importing numba at all, which is what the C loops are for.
 """
@@ -21,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 
-from facestream.engines import fhog, hog, hog_kernels, hog_loops
+from facestream.engines import fhog, hog, loops, pyramid
 from facestream.engines.hog import HogFaceDetector
 
 from conftest import DATA, load_rgb_as_dlib
@@ -31,28 +32,28 @@ PHOTOS = ["fr_examples/obama-480p.jpg", "fr_examples/two_people.jpg", "fr_test_i
 
 
 @contextmanager
-def loops(choice: str) -> Iterator[hog_loops.HogLoops]:
+def using(choice: str) -> Iterator[loops.Loops]:
     """This process's loops switched to `choice` ("c" or "numba") for the block."""
-    previous = os.environ.get(hog_loops.CHOICE_VARIABLE)
-    os.environ[hog_loops.CHOICE_VARIABLE] = choice
-    hog_loops.hog_loops.cache_clear()
+    previous = os.environ.get(loops.CHOICE_VARIABLE)
+    os.environ[loops.CHOICE_VARIABLE] = choice
+    loops.loops.cache_clear()
     try:
-        yield hog_loops.hog_loops()
+        yield loops.loops()
     finally:
         if previous is None:
-            os.environ.pop(hog_loops.CHOICE_VARIABLE, None)
+            os.environ.pop(loops.CHOICE_VARIABLE, None)
         else:
-            os.environ[hog_loops.CHOICE_VARIABLE] = previous
-        hog_loops.hog_loops.cache_clear()
+            os.environ[loops.CHOICE_VARIABLE] = previous
+        loops.loops.cache_clear()
 
 
 def both(run: Callable[[], T]) -> tuple[T, T]:
     """`run`'s result with the C loops, then with numba's."""
-    with loops("c") as c:
-        assert isinstance(c, hog_loops.CLoops), "the C loops were not built on this machine"
+    with using("c") as c:
+        assert isinstance(c, loops.CLoops), "the C loops were not built on this machine"
         from_c = run()
-    with loops("numba") as n:
-        assert n is hog_kernels
+    with using("numba") as n:
+        assert n.kind == "numba"
         from_numba = run()
     return from_c, from_numba
 
@@ -118,7 +119,7 @@ def test_filter_scores_are_identical_and_responses_within_their_bound() -> None:
     P, Q = feats.shape[1:]
     approx = []
     for choice in ("c", "numba"):
-        with loops(choice) as chosen:
+        with using(choice) as chosen:
             out = np.empty((detector.filter_count, P - 9, Q - 9), np.float32)
             chosen.approximate_responses(feats, detector._term_planes, detector._term_rows, detector._term_cols,
                                          detector._term_starts, 64, out)  # fmt: skip
@@ -128,7 +129,7 @@ def test_filter_scores_are_identical_and_responses_within_their_bound() -> None:
 
 
 def test_the_c_loops_refuse_arrays_they_would_misread() -> None:
-    with loops("c") as c:
+    with using("c") as c:
         image = np.zeros((20, 30, 3), np.uint8)
         out = np.zeros((10, 15, 3), np.uint8)
         rows = hog._resize_rows(20, 10)
@@ -142,6 +143,49 @@ def test_the_c_loops_refuse_arrays_they_would_misread() -> None:
             c.resize_u8(image, np.zeros((10, 15, 1), np.uint8), *rows, n_simd, *cols)
 
 
+def test_pyramid_resize_and_normalisation_are_identical() -> None:
+    """Whole and windowed float resizes (windows of a larger tensor: strided planes), the uint8 RGB resize,
+    and the CNN's whole input tensor of a photo."""
+    rng = np.random.default_rng(3)
+    planes = rng.normal(0, 1, (3, 97, 133)).astype(np.float32)
+    tensor = rng.normal(0, 1, (3, 120, 180)).astype(np.float32)
+    photo = load_rgb_as_dlib(DATA / PHOTOS[0])
+
+    def run() -> list[np.ndarray]:
+        out = [pyramid.resize_bilinear_f32(planes, oh, ow) for oh, ow in ((80, 110), (41, 57), (150, 230), (1, 5))]
+        # a window of a tensor resized into another window of it, as the pyramid's levels are
+        target = tensor.copy()
+        src, dst = target[:, 2:99, 3:136], target[:, 100:117, 140:170]
+        plan = pyramid.resize_plan(97, 133, 80, 110)
+        rows, cols = pyramid._window_weights(plan, (0, 0), (10, 27, 60, 90))
+        loops.loops().resize_f32(src, dst, *rows, *cols)
+        out.append(target)
+        out.append(pyramid.resize_bilinear_rgb_u8(photo, 301, 517))
+        out.append(pyramid.build_input_tensor(photo, 1)[0])
+        return out
+
+    from_c, from_numba = both(run)
+    for a, b in zip(from_c, from_numba, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_c_pyramid_loops_refuse_arrays_they_would_misread() -> None:
+    with using("c") as c:
+        plan = pyramid.resize_plan(20, 30, 10, 15)
+        rows, cols = pyramid._window_weights(plan, (0, 0), (0, 10, 0, 15))
+        src = np.zeros((3, 20, 30), np.float32)
+        c.resize_f32(src, np.zeros((3, 10, 15), np.float32), *rows, *cols)
+        with pytest.raises(TypeError, match="contiguous columns"):
+            c.resize_f32(np.zeros((3, 20, 60), np.float32)[:, :, ::2], np.zeros((3, 10, 15), np.float32), *rows, *cols)
+        with pytest.raises(TypeError, match="float32"):
+            c.resize_f32(src.astype(np.float64), np.zeros((3, 10, 15), np.float32), *rows, *cols)
+        with pytest.raises(ValueError, match="does not fit"):  # a plan reading outside the source
+            c.resize_f32(src[:, :15], np.zeros((3, 10, 15), np.float32), *rows, *cols)
+        with pytest.raises(ValueError, match="do not fit"):
+            c.normalize_into(np.zeros((1, 4, 4, 3), np.uint8), np.zeros(3, np.float32), np.zeros((3, 4, 5), np.float32))
+
+
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, **env})  # fmt: skip
@@ -152,20 +196,20 @@ def test_without_a_c_compiler_numba_runs_them_with_one_warning(tmp_path: Path) -
 import logging, sys
 logging.basicConfig(level=logging.WARNING)
 from facestream.engines.hog import HogFaceDetector
-from facestream.engines.hog_loops import hog_loops
+from facestream.engines.loops import loops
 import facestream as fs
 image = fs.load_image({str(DATA / PHOTOS[0])!r})
 boxes = HogFaceDetector.default().detect(image, upsample=0)[0]
-print(hog_loops().__name__, len(boxes))
+print(loops().kind, len(boxes))
 """
-    done = run_python(code, CC="/nonexistent/cc", FACESTREAM_CACHE=str(tmp_path), FACESTREAM_HOG_LOOPS="auto")
+    done = run_python(code, CC="/nonexistent/cc", FACESTREAM_CACHE=str(tmp_path), FACESTREAM_LOOPS="auto")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["facestream.engines.hog_kernels", "1"]
-    warnings = [line for line in done.stderr.splitlines() if "numba's loops" in line]
+    assert done.stdout.split() == ["numba", "1"]
+    warnings = [line for line in done.stderr.splitlines() if "using numba's" in line]
     assert len(warnings) == 1 and "/nonexistent/cc" in warnings[0], done.stderr[-2000:]
-    assert not list((tmp_path / "hog_loops").glob("*.so"))
+    assert not list((tmp_path / "loops").glob("*.so"))
 
-    strict = run_python(code, CC="/nonexistent/cc", FACESTREAM_CACHE=str(tmp_path), FACESTREAM_HOG_LOOPS="c")
+    strict = run_python(code, CC="/nonexistent/cc", FACESTREAM_CACHE=str(tmp_path), FACESTREAM_LOOPS="c")
     assert strict.returncode != 0 and "LoopsBuildError" in strict.stderr
 
 
@@ -178,8 +222,8 @@ image = fr.load_image_file({str(DATA / PHOTOS[1])!r})
 encodings = fr.face_encodings(image, fr.face_locations(image))
 print(len(encodings), "numba" in sys.modules)
 """
-    first = run_python(code, FACESTREAM_HOG_LOOPS="auto")  # builds what the cache lacks
+    first = run_python(code, FACESTREAM_LOOPS="auto")  # builds what the cache lacks
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_python(code, FACESTREAM_HOG_LOOPS="auto")
+    second = run_python(code, FACESTREAM_LOOPS="auto")
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.split() == ["2", "False"], second.stdout

@@ -1,14 +1,15 @@
-"""The HOG detector's loops, built from C once per machine where a C compiler is found, else numba's.
+"""The compiled loops of the HOG detector and the CNN pyramid: C built once per machine where a C compiler is
+found, else numba's.
 
-The C loops (``csrc/hog_loops.c``, ``csrc/hog_responses.c``) follow :mod:`facestream.engines.hog_kernels`
-line for line, so both give dlib's results bit for bit (tests/test_hog_loops.py checks them against each
-other; the HOG parity tests run whichever is in use). The point of C is the start of a process: numba's
+The C loops (``csrc/``) follow :mod:`facestream.engines.hog_kernels` and :mod:`facestream.engines.pyramid_kernels`
+line for line, so both give dlib's results bit for bit (tests/test_loops.py checks them against each other;
+the parity tests run whichever is in use). The point of C is the start of a process: numba's
 import and the loading of its cached machine code cost ~0.9 s before the first face, a shared library
 ~1 ms. The library is compiled at first use (``cc``, or ``$CC``; ~2 s) into facestream's cache, keyed by
 the sources, the flags and this CPU (``-march=native``), and loaded with ctypes, which releases the GIL
 during each call, so pyramid levels still run on several threads at once.
 
-``FACESTREAM_HOG_LOOPS`` chooses: ``auto`` (default: C, numba where C cannot be built, with one warning),
+``FACESTREAM_LOOPS`` chooses: ``auto`` (default: C, numba where C cannot be built, with one warning),
 ``c`` (C or an error) or ``numba``.
 """
 
@@ -24,7 +25,7 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,29 +33,34 @@ import numpy as np
 from facestream.engines.cachedir import default_cache_dir
 from facestream.errors import BackendError
 
-__all__ = ["CHOICE_VARIABLE", "HogLoops", "LoopsBuildError", "build_c_loops", "c_library_path", "hog_loops"]
+__all__ = ["CHOICE_VARIABLE", "CLoops", "Loops", "LoopsBuildError", "build_c_loops", "c_library_path", "loops"]
 
 log = logging.getLogger(__name__)
 
-CHOICE_VARIABLE = "FACESTREAM_HOG_LOOPS"
+CHOICE_VARIABLE = "FACESTREAM_LOOPS"
 SOURCES = Path(__file__).with_name("csrc")
 # No FMA contraction, no fast-math: dlib's float32 operation order. -fno-math-errno only lets sqrtf be the
 # instruction (the arguments are never negative). The approximate responses may contract (their docstring).
 _COMMON = ("-O3", "-march=native", "-fPIC", "-fno-math-errno")
-_UNITS = (("hog_loops.c", (*_COMMON, "-ffp-contract=off")), ("hog_responses.c", (*_COMMON, "-ffp-contract=fast")))
+_STRICT, _CONTRACT = (*_COMMON, "-ffp-contract=off"), (*_COMMON, "-ffp-contract=fast")
+_UNITS = (("hog_loops.c", _STRICT), ("hog_responses.c", _CONTRACT), ("pyramid_loops.c", _STRICT))
 
 
 class LoopsBuildError(BackendError):
     """The C loops could not be compiled or loaded here."""
 
 
-class HogLoops(Protocol):
-    """The four loops :mod:`facestream.engines.hog` and :mod:`facestream.engines.fhog` call (numba's signatures)."""
+class Loops(Protocol):
+    """The loops :mod:`.hog`, :mod:`.fhog` and :mod:`.pyramid` call, with numba's signatures."""
+
+    kind: str  # "C" or "numba"
 
     def resize_u8(self, *args: Any) -> None: ...
     def fhog_features_u8(self, *args: Any) -> np.ndarray: ...
     def approximate_responses(self, *args: Any) -> np.ndarray: ...
     def exact_scores(self, *args: Any) -> np.ndarray: ...
+    def resize_f32(self, *args: Any) -> np.ndarray: ...
+    def normalize_into(self, *args: Any) -> np.ndarray: ...
 
 
 def _compiler() -> list[str]:
@@ -81,7 +87,7 @@ def c_library_path(cache_dir: Path | None = None) -> Path:
     digest.update(_cpu_fingerprint().encode())
     digest.update(platform.machine().encode())
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / "hog_loops" / f"hog_loops-{digest.hexdigest()[:16]}.so"
+    return root / "loops" / f"loops-{digest.hexdigest()[:16]}.so"
 
 
 def build_c_loops(target: Path) -> Path:
@@ -116,15 +122,42 @@ def _pointer(array: np.ndarray, dtype: type, name: str) -> int:
     return array.ctypes.data
 
 
+def _planes_view(array: np.ndarray, dtype: type, name: str) -> tuple[int, int]:
+    """Plane and row strides (elements) of a (P, rows, cols) array of `dtype` whose columns are contiguous
+    (a window of a larger tensor is fine)."""
+    size = np.dtype(dtype).itemsize
+    strides = array.strides
+    if array.dtype != dtype or array.ndim != 3 or strides[2] != size or min(strides) < 0 or strides[0] % size \
+            or strides[1] % size:  # fmt: skip
+        raise TypeError(f"{name}: a (planes, rows, columns) {np.dtype(dtype).name} array with contiguous columns "
+                        f"is needed, got {array.dtype} {array.shape} strides {strides}")  # fmt: skip
+    return strides[0] // size, strides[1] // size
+
+
+def _plan_fits(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndarray, n_simd: int, out_h: int,
+               out_w: int, h: int, w: int, neighbour: int) -> bool:  # fmt: skip
+    """Whether a resize plan reads only inside an (h, w) source (C checks nothing): `neighbour` = 1 where the
+    SIMD columns also read the pixel right of `left`."""
+    if out_h == 0 or out_w == 0:
+        return len(top) >= out_h and len(left) >= out_w
+    if len(top) < out_h or len(bottom) < out_h or len(left) < out_w or len(right) < out_w or not 0 <= n_simd <= out_w:
+        return False
+    rows, cols = np.concatenate([top[:out_h], bottom[:out_h]]), np.concatenate([left[:out_w], right[:out_w]])
+    reach = int(left[:n_simd].max()) + neighbour if n_simd else 0
+    return bool(rows.min() >= 0 and rows.max() < h and cols.min() >= 0 and cols.max() < w and reach < w)
+
+
 def _check(status: int) -> None:
     if status == -2:
-        raise MemoryError("HOG loops: out of memory")
+        raise MemoryError("compiled loops: out of memory")
     if status != 0:
         raise ValueError("resize_u8 takes 1 (grey) or 3 (RGB) channels")
 
 
 class CLoops:
-    """The C library behind numba's four signatures."""
+    """The C library behind numba's signatures."""
+
+    kind = "C"
 
     def __init__(self, path: Path) -> None:
         try:
@@ -145,13 +178,19 @@ class CLoops:
         self._exact = lib.fs_exact_scores
         self._exact.argtypes = [p, i, i, p, p, p, i, i, i, p, p, i, p]
         self._exact.restype = None
+        self._resize_f32 = lib.fs_resize_f32
+        self._resize_f32.argtypes = [p, i, i, i, p, i, i, i, i, p, p, p, p, p, i, p, p, p, p]
+        self._resize_f32.restype = ctypes.c_int
+        self._normalize = lib.fs_normalize_into
+        self._normalize.argtypes = [p, i, i, i, p, p, i, i]
+        self._normalize.restype = None
 
     def resize_u8(self, src: np.ndarray, out: np.ndarray, top: np.ndarray, bottom: np.ndarray, tbf: np.ndarray,
                   itbf: np.ndarray, tbd: np.ndarray, n_simd: int, flat_ilr: np.ndarray, flat_lr: np.ndarray,
                   left: np.ndarray, right: np.ndarray, lrd: np.ndarray) -> None:  # fmt: skip
         H, W, C = src.shape
         out_h, out_w, out_c = out.shape
-        if out_c != C or len(top) < out_h or len(left) < out_w or n_simd > out_w:
+        if out_c != C or not _plan_fits(top, bottom, left, right, n_simd, out_h, out_w, H, W, 1):
             raise ValueError(f"resize_u8: out {out.shape} does not fit src {src.shape} and the row/column plans")
         _check(self._resize(
             _pointer(src, np.uint8, "src"), H, W, C, _pointer(out, np.uint8, "out"), out_h, out_w,
@@ -208,11 +247,39 @@ class CLoops:
         return out
 
 
+    def resize_f32(self, src: np.ndarray, out: np.ndarray, top: np.ndarray, bottom: np.ndarray, tbf: np.ndarray,
+                   itbf: np.ndarray, tbd: np.ndarray, n_simd: int, left: np.ndarray, right: np.ndarray,
+                   ilr: np.ndarray, lr: np.ndarray) -> np.ndarray:  # fmt: skip
+        P, h, w = src.shape
+        p_out, out_h, out_w = out.shape
+        if p_out != P or not _plan_fits(top, bottom, left, right, n_simd, out_h, out_w, h, w, 0):
+            raise ValueError(f"resize_f32: out {out.shape} does not fit src {src.shape} and the row/column plans")
+        src_plane, src_row = _planes_view(src, np.float32, "src")
+        out_plane, out_row = _planes_view(out, np.float32, "out")
+        _check(self._resize_f32(
+            src.ctypes.data, P, src_plane, src_row, out.ctypes.data, out_h, out_w, out_plane, out_row,
+            _pointer(top, np.int64, "top"), _pointer(bottom, np.int64, "bottom"), _pointer(tbf, np.float32, "tbf"),
+            _pointer(itbf, np.float32, "itbf"), _pointer(tbd, np.float64, "tbd"), int(n_simd),
+            _pointer(left, np.int64, "left"), _pointer(right, np.int64, "right"), _pointer(ilr, np.float32, "ilr"),
+            _pointer(lr, np.float32, "lr"),
+        ))  # fmt: skip
+        return out
+
+    def normalize_into(self, images: np.ndarray, means: np.ndarray, out: np.ndarray) -> np.ndarray:
+        n, h, w, c = images.shape
+        if c != 3 or out.shape != (3 * n, h, w) or len(means) != 3:
+            raise ValueError(f"normalize_into: images {images.shape} do not fit out {out.shape}")
+        out_plane, out_row = _planes_view(out, np.float32, "out")
+        self._normalize(_pointer(images, np.uint8, "images"), n, h, w, _pointer(means, np.float32, "means"),
+                        out.ctypes.data, out_plane, out_row)  # fmt: skip
+        return out
+
+
 def load_c_loops(cache_dir: Path | None = None) -> CLoops:
     """The C loops from the cache, compiled first if they are not there yet."""
     path = c_library_path(cache_dir)
     if not path.exists():
-        log.info("compiling the HOG detector's C loops into %s (once per machine)", path.parent)
+        log.info("compiling facestream's C loops into %s (once per machine)", path.parent)
         try:
             build_c_loops(path)
         except OSError as exc:  # an unwritable cache folder
@@ -220,24 +287,28 @@ def load_c_loops(cache_dir: Path | None = None) -> CLoops:
     return CLoops(path)
 
 
-def _numba_loops() -> ModuleType:
-    from facestream.engines import hog_kernels
+def _numba_loops() -> Loops:
+    from facestream.engines import hog_kernels, pyramid_kernels
 
-    return hog_kernels
+    return SimpleNamespace(
+        resize_u8=hog_kernels.resize_u8, fhog_features_u8=hog_kernels.fhog_features_u8,
+        approximate_responses=hog_kernels.approximate_responses, exact_scores=hog_kernels.exact_scores,
+        resize_f32=pyramid_kernels.resize_f32, normalize_into=pyramid_kernels.normalize_into, kind="numba",
+    )  # type: ignore[return-value]
 
 
 @cache
-def hog_loops() -> HogLoops:
+def loops() -> Loops:
     """The loops this process uses (chosen once; see the module's docstring)."""
     choice = os.environ.get(CHOICE_VARIABLE, "auto").strip().lower() or "auto"
     if choice not in ("auto", "c", "numba"):
         raise ValueError(f"{CHOICE_VARIABLE}={choice!r}: use auto, c or numba")
     if choice == "numba":
-        return _numba_loops()  # type: ignore[return-value]
+        return _numba_loops()
     try:
         return load_c_loops()
     except LoopsBuildError as exc:
         if choice == "c":
             raise
-        log.warning("HOG detector: no C compiler build (%s); using numba's loops (~1 s more at start)", exc)
-        return _numba_loops()  # type: ignore[return-value]
+        log.warning("compiled loops: no C build (%s); using numba's (~1 s more at start)", exc)
+        return _numba_loops()
