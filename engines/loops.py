@@ -81,8 +81,9 @@ def c_library_path(cache_dir: Path | None = None) -> Path:
     """Where the library for these sources, flags, compiler command and CPU is (or will be) cached."""
     digest = hashlib.sha256()
     for name, flags in _UNITS:
-        digest.update((SOURCES / name).read_bytes())
-        digest.update(" ".join(flags).encode())
+        digest.update(name.encode() + b"\0" + " ".join(flags).encode())
+    for source in sorted(SOURCES.glob("*.[ch]")):  # the units and the headers they include
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     digest.update(" ".join(_compiler()).encode())
     digest.update(_cpu_fingerprint().encode())
     digest.update(platform.machine().encode())

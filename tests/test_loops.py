@@ -58,6 +58,12 @@ def both(run: Callable[[], T]) -> tuple[T, T]:
     return from_c, from_numba
 
 
+def assert_identical(from_c: list[np.ndarray], from_numba: list[np.ndarray]) -> None:
+    for a, b in zip(from_c, from_numba, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
 def test_detections_on_photos_are_identical() -> None:
     detector = HogFaceDetector.default()
     images = [load_rgb_as_dlib(DATA / p) for p in PHOTOS]
@@ -95,10 +101,7 @@ def test_resize_and_fhog_are_identical_on_random_images(channels: int) -> None:
             out.append(fhog.fhog_features(image))
         return out
 
-    from_c, from_numba = both(run)
-    for a, b in zip(from_c, from_numba, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
+    assert_identical(*both(run))
 
 
 def test_filter_scores_are_identical_and_responses_within_their_bound() -> None:
@@ -164,10 +167,7 @@ def test_pyramid_resize_and_normalisation_are_identical() -> None:
         out.append(pyramid.build_input_tensor(photo, 1)[0])
         return out
 
-    from_c, from_numba = both(run)
-    for a, b in zip(from_c, from_numba, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
+    assert_identical(*both(run))
 
 
 def test_the_c_pyramid_loops_refuse_arrays_they_would_misread() -> None:

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "row_pairs.h"
+
 typedef int64_t i64;
 
 #define KEY0 (255 * 511 + 255) /* key = gx*511 + gy + KEY0: exact in float32 (|.| < 2**17) */
@@ -56,24 +58,14 @@ int fs_resize_u8(const uint8_t *src, i64 H, i64 W, i64 C, uint8_t *out, i64 out_
     float *buf = malloc(sizeof(float) * (size_t)(4 * n + row_len + 1));
     if (!buf) return -2;
     float *row_f = buf + 4 * n;
-    float *top_l = buf, *top_r = buf + n, *bot_l = buf + 2 * n, *bot_r = buf + 3 * n, *swap;
-    i64 loaded_top = -1, loaded_bottom = -1;
+    row_pairs rows = row_pairs_init(buf, n);
     for (i64 r = 0; r < out_h; r++) {
         const i64 t = top[r], b = bottom[r];
-        if (t != loaded_top) {
-            if (t == loaded_bottom) {
-                swap = top_l, top_l = bot_l, bot_l = swap;
-                swap = top_r, top_r = bot_r, bot_r = swap;
-                loaded_bottom = -1;
-            } else {
-                column_pairs(src + t * row_len, row_len, left, n_simd, C, row_f, top_l, top_r);
-            }
-            loaded_top = t;
-        }
-        if (b != loaded_bottom) {
-            column_pairs(src + b * row_len, row_len, left, n_simd, C, row_f, bot_l, bot_r);
-            loaded_bottom = b;
-        }
+        int gather_top, gather_bottom;
+        row_pairs_next(&rows, t, b, &gather_top, &gather_bottom);
+        if (gather_top) column_pairs(src + t * row_len, row_len, left, n_simd, C, row_f, rows.top_l, rows.top_r);
+        if (gather_bottom) column_pairs(src + b * row_len, row_len, left, n_simd, C, row_f, rows.bot_l, rows.bot_r);
+        const float *top_l = rows.top_l, *top_r = rows.top_r, *bot_l = rows.bot_l, *bot_r = rows.bot_r;
         const float ty = tbf[r], iy = itbf[r];
         uint8_t *o = out + r * out_w * C;
         for (i64 j = 0; j < n; j++) {

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "row_pairs.h"
+
 typedef int64_t i64;
 
 /* Source row `row` of each of P planes (plane_stride apart): its pixels at the SIMD columns' left and right
@@ -44,24 +46,15 @@ int fs_resize_f32(const float *src, i64 P, i64 src_plane, i64 src_row, float *ou
     /* Per plane, the left and right pixels of the SIMD columns of the loaded top and bottom source rows. */
     float *buf = malloc(sizeof(float) * (size_t)(4 * P * n_simd + 1));
     if (!buf) return -2;
-    float *top_l = buf, *top_r = buf + P * n_simd, *bot_l = buf + 2 * P * n_simd, *bot_r = buf + 3 * P * n_simd, *swap;
-    i64 loaded_top = -1, loaded_bottom = -1;
+    row_pairs rows = row_pairs_init(buf, P * n_simd);
     for (i64 r = 0; r < out_h; r++) {
         const i64 t = top[r], b = bottom[r];
-        if (t != loaded_top) {
-            if (t == loaded_bottom) {
-                swap = top_l, top_l = bot_l, bot_l = swap;
-                swap = top_r, top_r = bot_r, bot_r = swap;
-                loaded_bottom = -1;
-            } else {
-                gather_pairs(src + t * src_row, P, src_plane, left, right, n_simd, top_l, top_r);
-            }
-            loaded_top = t;
-        }
-        if (b != loaded_bottom) {
-            gather_pairs(src + b * src_row, P, src_plane, left, right, n_simd, bot_l, bot_r);
-            loaded_bottom = b;
-        }
+        int gather_top, gather_bottom;
+        row_pairs_next(&rows, t, b, &gather_top, &gather_bottom);
+        if (gather_top) gather_pairs(src + t * src_row, P, src_plane, left, right, n_simd, rows.top_l, rows.top_r);
+        if (gather_bottom)
+            gather_pairs(src + b * src_row, P, src_plane, left, right, n_simd, rows.bot_l, rows.bot_r);
+        const float *top_l = rows.top_l, *top_r = rows.top_r, *bot_l = rows.bot_l, *bot_r = rows.bot_r;
         const float ty = tbf[r], iy = itbf[r];
         const double tb = tbd[r];
         for (i64 p = 0; p < P; p++) {
