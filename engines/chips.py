@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from .loops import loops
+
 __all__ = ["extract_face_chips", "face_chip_details", "pyramid_down2", "similarity_transform"]
 
 # Mean-face template of dlib's 5-point model, in units of the unpadded chip (get_face_chip_details).
@@ -267,6 +269,12 @@ def _bilinear(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return v.astype(np.uint8)  # static_cast<unsigned char>: truncation
 
 
+def _sample(src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`_bilinear`, in C where the compiled loops are (:mod:`.loops`; the same bits, ~20x faster)."""
+    native = loops()
+    return native.chip_bilinear(src, x, y) if native.kind == "C" else _bilinear(src, x, y)
+
+
 def _plain_copy(img: np.ndarray, rect: np.ndarray) -> np.ndarray:
     """dlib's basic_extract_image_chip: copy lround(rect) with black outside the image."""
     x0, y0, x1, y1 = (int(v) for v in _lround(rect))
@@ -378,6 +386,6 @@ def extract_image_chips(image: np.ndarray, rects: np.ndarray, angles: np.ndarray
             src = img[y0 : y1 + 1, x0 : x1 + 1] if (x0 <= x1 and y0 <= y1) else img[:0, :0]
             for _ in range(int(level[i]) + 1):
                 src = pyramid_down2(src)
-            chip = _bilinear(src, xs[i], ys[i])
+            chip = _sample(src, xs[i], ys[i])
         chips[i] = chip  # broadcasts a grey (…, 1) chip to R = G = B
     return chips

@@ -1,5 +1,5 @@
-"""The compiled loops of the HOG detector and the CNN pyramid: C built once per machine where a C compiler is
-found, else numba's.
+"""The compiled loops of the HOG detector, the CNN pyramid and face-chip sampling: C built once per machine
+where a C compiler is found, else numba's (and, for chips, numpy's).
 
 The C loops (``csrc/``) follow :mod:`facestream.engines.hog_kernels` and :mod:`facestream.engines.pyramid_kernels`
 line for line, so both give dlib's results bit for bit (tests/test_loops.py checks them against each other;
@@ -43,7 +43,8 @@ SOURCES = Path(__file__).with_name("csrc")
 # instruction (the arguments are never negative). The approximate responses may contract (their docstring).
 _COMMON = ("-O3", "-march=native", "-fPIC", "-fno-math-errno")
 _STRICT, _CONTRACT = (*_COMMON, "-ffp-contract=off"), (*_COMMON, "-ffp-contract=fast")
-_UNITS = (("hog_loops.c", _STRICT), ("hog_responses.c", _CONTRACT), ("pyramid_loops.c", _STRICT))
+_UNITS = (("hog_loops.c", _STRICT), ("hog_responses.c", _CONTRACT), ("pyramid_loops.c", _STRICT),
+          ("chip_loops.c", _STRICT))
 
 
 class LoopsBuildError(BackendError):
@@ -185,6 +186,9 @@ class CLoops:
         self._normalize = lib.fs_normalize_into
         self._normalize.argtypes = [p, i, i, i, p, p, i, i]
         self._normalize.restype = None
+        self._chip = lib.fs_chip_bilinear
+        self._chip.argtypes = [p, i, i, i, p, p, i, p]
+        self._chip.restype = None
 
     def resize_u8(self, src: np.ndarray, out: np.ndarray, top: np.ndarray, bottom: np.ndarray, tbf: np.ndarray,
                   itbf: np.ndarray, tbd: np.ndarray, n_simd: int, flat_ilr: np.ndarray, flat_lr: np.ndarray,
@@ -273,6 +277,22 @@ class CLoops:
         out_plane, out_row = _planes_view(out, np.float32, "out")
         self._normalize(_pointer(images, np.uint8, "images"), n, h, w, _pointer(means, np.float32, "means"),
                         out.ctypes.data, out_plane, out_row)  # fmt: skip
+        return out
+
+
+    def chip_bilinear(self, src: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """:func:`facestream.engines.chips._bilinear` (the reference): `src` (H, W, C) uint8 at float points
+        `x`, `y` (same shape S) -> (*S, C) uint8."""
+        if src.dtype != np.uint8 or src.ndim != 3:
+            raise TypeError(f"chip_bilinear: an (H, W, C) uint8 image is needed, got {src.dtype} {src.shape}")
+        src = np.ascontiguousarray(src)
+        h, w, c = src.shape
+        xs = np.ascontiguousarray(x, dtype=np.float64)
+        ys = np.ascontiguousarray(y, dtype=np.float64)
+        if xs.shape != ys.shape:
+            raise ValueError(f"chip_bilinear: x {xs.shape} and y {ys.shape} differ")
+        out = np.empty((*xs.shape, c), dtype=np.uint8)
+        self._chip(src.ctypes.data, h, w, c, xs.ctypes.data, ys.ctypes.data, xs.size, out.ctypes.data)
         return out
 
 

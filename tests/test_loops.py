@@ -170,6 +170,35 @@ def test_pyramid_resize_and_normalisation_are_identical() -> None:
     assert_identical(*both(run))
 
 
+def test_chip_sampling_is_identical_to_numpys() -> None:
+    """chips._bilinear (numpy, the reference that matched dlib's chips) against the C loop: random affine
+    grids reaching outside the image, NaN and infinite points, colour and grey; then whole chips of photos."""
+    from facestream.engines import chips
+
+    rng = np.random.default_rng(11)
+    with using("c") as c:
+        for channels in (3, 1):
+            src = rng.integers(0, 256, (57, 83, channels), dtype=np.uint8)
+            x = rng.uniform(-5, 90, (150, 150))
+            y = rng.uniform(-5, 62, (150, 150))
+            x[0, :3], y[1, :3] = np.nan, np.inf
+            x[2, 0], y[2, 1] = 82.0, 56.0  # the last column/row: black, as dlib never samples them
+            with np.errstate(invalid="ignore"):  # numpy's inf - inf, masked black afterwards
+                reference = chips._bilinear(src, x, y)
+            np.testing.assert_array_equal(c.chip_bilinear(src, x, y), reference)
+        with pytest.raises(TypeError, match="uint8"):
+            c.chip_bilinear(src.astype(np.float32), x, y)
+
+    photo = load_rgb_as_dlib(DATA / PHOTOS[1])
+    boxes = HogFaceDetector.default().detect(photo, upsample=1)[0]
+    from facestream.engines.landmarks import ShapePredictor, default_model_path
+
+    points = ShapePredictor.from_file(default_model_path(5)).predict(photo, boxes)
+    from_c, from_numpy = both(lambda: [chips.extract_face_chips(photo, points)])
+    assert len(boxes) == 2
+    assert_identical(from_c, from_numpy)
+
+
 def test_the_c_pyramid_loops_refuse_arrays_they_would_misread() -> None:
     with using("c") as c:
         plan = pyramid.resize_plan(20, 30, 10, 15)
