@@ -3,7 +3,7 @@ where a C compiler is found, else numba's (and, for chips, numpy's).
 
 The C loops (``csrc/``) follow :mod:`facestream.engines.hog_kernels` and :mod:`facestream.engines.pyramid_kernels`
 line for line, so both give dlib's results bit for bit (tests/test_loops.py checks them against each other;
-the parity tests run whichever is in use). The point of C is the start of a process: numba's
+the parity tests run whichever is in use). The point of C is first the start of a process: numba's
 import and the loading of its cached machine code cost ~0.9 s before the first face, a shared library
 ~1 ms. The library is compiled at first use (``cc``, or ``$CC``; ~2 s) into facestream's cache, keyed by
 the sources, the flags and this CPU (``-march=native``), and loaded with ctypes, which releases the GIL
@@ -52,7 +52,8 @@ class LoopsBuildError(BackendError):
 
 
 class Loops(Protocol):
-    """The loops :mod:`.hog`, :mod:`.fhog` and :mod:`.pyramid` call, with numba's signatures."""
+    """The loops :mod:`.hog`, :mod:`.fhog` and :mod:`.pyramid` call, with numba's signatures. (The C library also
+    samples face chips, :meth:`CLoops.chip_bilinear`; :mod:`.chips` uses numpy where it is not built.)"""
 
     kind: str  # "C" or "numba"
 
