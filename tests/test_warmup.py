@@ -96,3 +96,4 @@ def test_the_command_reports_its_steps_as_json() -> None:
         "CNN detector", "CNN detector", "HOG detector", "5-point shape predictor", "68-point shape predictor",
         "embedder"]  # fmt: skip
     assert Path(record["cache"]).is_dir() and record["seconds"] >= 0
+    assert record["loops"] == "C" and Path(record["loops_library"]).is_file()

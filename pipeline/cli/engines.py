@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 EPILOG = """\
 examples:
   facestream engines info                 which backend `engine.backend: auto` picks here, and why
-  facestream engines prepare              ONNX exports, parsed models, compiled kernels now (make install does it)
+  facestream engines prepare              ONNX exports, parsed models, compiled loops now (make install does it)
   facestream engines build                build (or find in the cache) both engines at engine.precision
   facestream engines build --precision fp32 --json
   facestream engines check --precision fp16 --json   FP16 against FP32 (simulated without a GPU)
@@ -73,6 +73,7 @@ def cmd_info(args: argparse.Namespace, config: Config) -> int:
 def cmd_prepare(args: argparse.Namespace, config: Config) -> int:
     import os
 
+    from ...engines.loops import CLoops, loops
     from ...engines.warmup import prepare
 
     cache = _cache(config)
@@ -83,13 +84,16 @@ def cmd_prepare(args: argparse.Namespace, config: Config) -> int:
 
     started = time.perf_counter()
     done = prepare(cache, progress)
-    record = {"cache": str(cache), "numba_cache": os.environ.get("NUMBA_CACHE_DIR"),
-              "seconds": round(time.perf_counter() - started, 1),
+    native = loops()
+    library = str(native.path) if isinstance(native, CLoops) else None
+    record = {"cache": str(cache), "loops": native.kind, "loops_library": library,
+              "numba_cache": os.environ.get("NUMBA_CACHE_DIR"), "seconds": round(time.perf_counter() - started, 1),
               "steps": [{"step": step.name, "seconds": step.seconds} for step in done]}  # fmt: skip
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"ready in {record['seconds']} s: {cache} (compiled kernels: {record['numba_cache']})")
+        where = library if library else f"numba, cached in {record['numba_cache']}"
+        print(f"ready in {record['seconds']} s: {cache} (compiled loops: {where})")
     return 0
 
 
