@@ -14,6 +14,7 @@ import pytest
 
 from facestream.engines.face_batch import BOX_REGION, BOX_SCAN
 from facestream.pipeline.domain.follow import (
+    Followed,
     Follower,
     FollowSettings,
     StreamState,
@@ -171,8 +172,6 @@ def test_followers_boxes_equal_full_frame_boxes_on_the_demo_clip(models: tuple) 
 
 
 def test_embedding_schedule_first_faces_then_better_ones_or_after_the_interval() -> None:
-    from facestream.pipeline.domain.follow import Followed
-
     follower = Follower(FollowSettings(embed_first=2, improve_factor=1.5, reembed_interval_s=1.0), None, None,
                         QualityGate())  # fmt: skip
     item = Followed(np.zeros(4), 0.0)
@@ -184,3 +183,12 @@ def test_embedding_schedule_first_faces_then_better_ones_or_after_the_interval()
         chosen.append(wanted)
     # two first faces; 0.5 < 1.5 x 0.4; 0.61 >= 0.6; 0.7 < 0.915; 1.2 s: 0.9 s after the last; 1.3: 1.0 s after
     assert chosen == [True, True, False, True, False, False, True]
+
+
+def test_a_face_s_motion_is_extrapolated_at_most_follow_miss_s() -> None:
+    """After a camera stall the last velocity says nothing: 2.2 s of it moved a slowly moving face out of its
+    region (seen as a flaky run of test_pipeline's 2 s stall), so the prediction stops at the horizon."""
+    face = Followed(np.array([100.0, 100.0, 180.0, 180.0]), seen_at=10.0, velocity=np.array([20.0, 0.0, 20.0, 0.0]))
+    np.testing.assert_array_equal(face.predicted(10.1, 0.3), [102.0, 100.0, 182.0, 180.0])
+    np.testing.assert_array_equal(face.predicted(12.2, 0.3), [106.0, 100.0, 186.0, 180.0])
+    np.testing.assert_array_equal(face.predicted(9.0, 0.3), face.box)  # a timestamp before it was seen

@@ -97,7 +97,8 @@ class DetectorConfig:
     region_margin: float = setting(
         0.25, "a followed face's region: its predicted box grown by this share per side", ge=0, le=4
     )
-    follow_miss_s: float = setting(0.3, "a followed face its region no longer finds is dropped after this long", ge=0)
+    follow_miss_s: float = setting(0.3, "a followed face its region no longer finds is dropped after this long "
+                                   "(also the longest its motion is extrapolated)", ge=0)
     motion_threshold: float = setting(
         0.01, "scan at once when this share of the picture outside followed faces moved", ge=0, le=1
     )

@@ -169,8 +169,10 @@ class Followed:
     last_embed: float = -np.inf
     misses: int = 0  # frames in a row its region did not find it
 
-    def predicted(self, timestamp: float) -> np.ndarray:
-        return self.box + self.velocity * max(0.0, timestamp - self.seen_at)
+    def predicted(self, timestamp: float, horizon: float) -> np.ndarray:
+        """The last box moved by its velocity for the time since, at most `horizon` seconds: after a camera
+        stall or a slow frame the velocity says nothing (2 s of it moved a slow face out of its region)."""
+        return self.box + self.velocity * min(max(0.0, timestamp - self.seen_at), horizon)
 
 
 @dataclass
@@ -289,7 +291,7 @@ class Follower:
         # Followers unseen too long are gone (the next scan finds the face again if it is still there); "too
         # long" also needs two looks that missed, so a stalled camera or a slow frame does not drop a face.
         state.followed = [f for f in state.followed if f.misses < 2 or now - f.seen_at <= s.follow_miss_s]
-        predicted = np.array([f.predicted(now) for f in state.followed]).reshape(-1, 4)
+        predicted = np.array([f.predicted(now, s.follow_miss_s) for f in state.followed]).reshape(-1, 4)
         regions = grow_boxes(predicted, s.region_margin, width, height)
         moved = (
             previous_motion is not None and previous_motion.shape == motion.shape
@@ -348,7 +350,7 @@ class Follower:
             return
         self.count("scans_finished")
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        current = np.array([f.predicted(now) for f in state.followed]).reshape(-1, 4)
+        current = np.array([f.predicted(now, self.settings.follow_miss_s) for f in state.followed]).reshape(-1, 4)
         covered = (box_iou(boxes, current) >= 0.3).any(axis=1) if len(current) else np.zeros(len(boxes), bool)
         for box in boxes[~covered]:
             state.followed.append(Followed(box.copy(), now))
@@ -361,7 +363,7 @@ class Follower:
         now = frame.timestamp
         boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
         followed = state.followed
-        predicted = np.array([f.predicted(now) for f in followed]).reshape(-1, 4)
+        predicted = np.array([f.predicted(now, self.settings.follow_miss_s) for f in followed]).reshape(-1, 4)
         rows, columns = greedy_assignment(box_iou(predicted, boxes), 0.2) if len(followed) and len(boxes) else (
             np.zeros(0, np.int64), np.zeros(0, np.int64))  # fmt: skip
         owner: list[Followed | None] = [None] * len(boxes)
