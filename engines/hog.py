@@ -409,8 +409,9 @@ _MODEL_ARRAYS = ("filters", "thresholds", "overlap", "min_pyramid_layer", "max_p
 def _model_from_arrays(a: dict[str, np.ndarray]) -> HogModel | None:
     filters, thresholds = a["filters"], a["thresholds"]
     k = len(thresholds)
-    if not 1 <= k <= 64 or filters.shape != (k, NUM_FEATURES, _FILTER, _FILTER) or a["overlap"].shape != (2,):
-        return None
+    shapes = (filters.shape, a["overlap"].shape, a["min_pyramid_layer"].shape, a["max_pyramid_levels"].shape)
+    if not 1 <= k <= 64 or shapes != ((k, NUM_FEATURES, _FILTER, _FILTER), (2,), (2,), ()):
+        return None  # not what load_hog_detector writes: parsed again
     return HogModel(filters=filters, thresholds=thresholds, iou_thresh=float(a["overlap"][0]),
                     percent_covered_thresh=float(a["overlap"][1]),
                     min_pyramid_layer=(int(a["min_pyramid_layer"][0]), int(a["min_pyramid_layer"][1])),

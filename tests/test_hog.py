@@ -238,3 +238,31 @@ def test_same_as_dlib_bin_on_unseen_variants(det: HogFaceDetector) -> None:
         assert_same_as_dlib(det.detect(image, upsample, adjust), expected, name)
         found += len(rects)
     assert found >= 10  # the variants do contain faces, so boxes and scores were really compared
+
+
+def test_the_parsed_record_is_cached_and_a_bad_cache_entry_is_parsed_again(tmp_path: Path) -> None:
+    """The record's floats need dlib's decoding (slow in Python): the parsed arrays are kept as .npz keyed by
+    the file's sha256 and read back; an entry that is not what it should be is ignored and rewritten."""
+    photo = load_rgb_as_dlib(DATA / "fr_examples" / "two_people.jpg")
+    fresh = hog.load_hog_detector()
+    first = hog.load_hog_detector(cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("hog_detector-*.npz")
+    written = entry.stat().st_mtime_ns
+    again = hog.load_hog_detector(cache_dir=tmp_path)
+    assert entry.stat().st_mtime_ns == written  # read back, not parsed and written again
+    for detector in (first, again):
+        for field in ("filters", "thresholds"):
+            np.testing.assert_array_equal(getattr(detector.model, field), getattr(fresh.model, field))
+        for field in ("iou_thresh", "percent_covered_thresh", "min_pyramid_layer", "max_pyramid_levels"):
+            assert getattr(detector.model, field) == getattr(fresh.model, field), field
+    assert repr(again.detect(photo, upsample=0)) == repr(fresh.detect(photo, upsample=0))
+
+    entry.write_bytes(b"not a zip file")
+    assert hog.load_hog_detector(cache_dir=tmp_path).model.max_pyramid_levels == fresh.model.max_pyramid_levels
+    np.savez(entry, sha256=np.array(hog.DETECTOR_SHA256), format=np.array(hog.MODEL_CACHE_FORMAT),
+             filters=np.zeros((5, 31, 10, 10)), thresholds=np.zeros(5), overlap=np.zeros(2),
+             min_pyramid_layer=np.zeros(1), max_pyramid_levels=np.array(1000))  # fmt: skip
+    reparsed = hog.load_hog_detector(cache_dir=tmp_path)  # wrong shape: parsed again, not trusted
+    np.testing.assert_array_equal(reparsed.model.filters, fresh.model.filters)
+    assert reparsed.model.max_pyramid_levels == fresh.model.max_pyramid_levels
+
