@@ -5,7 +5,7 @@ The C loops (``csrc/``) follow :mod:`facestream.engines.hog_kernels` and :mod:`f
 line for line, so both give dlib's results bit for bit (tests/test_loops.py checks them against each other;
 the parity tests run whichever is in use). The point of C is first the start of a process: numba's
 import and the loading of its cached machine code cost ~0.9 s before the first face, a shared library
-~1 ms. The library is compiled at first use (``cc``, or ``$CC``; ~2 s) into facestream's cache, keyed by
+1-2 ms. The library is compiled at first use (``cc``, or ``$CC``; ~2 s) into facestream's cache, keyed by
 the sources, the flags and this CPU (``-march=native``), and loaded with ctypes, which releases the GIL
 during each call, so pyramid levels still run on several threads at once.
 
